@@ -1,0 +1,336 @@
+"""
+A single-file GPT-2, in the spirit of karpathy/nanoGPT, with two changes for adapter work:
+
+1. q, k and v are separate nn.Linear layers (GPT-2 fuses them in one `c_attn`). The LoRA and NOLA
+   GPT-2 experiments adapt W_q and W_v only; with separate layers an adapter targets them by name
+   (`attn.q`, `attn.v`) and never has to slice a fused weight. Loading a Hugging Face checkpoint
+   splits `c_attn` into the three (see from_pretrained). The cost is three small matmuls instead
+   of one, which is noise next to the MLP.
+2. A KV cache in generate(): exact-match evaluation decodes many short answers, and re-running the
+   whole prefix for every new token is the slow part on a CPU.
+
+References: GPT-2 (Radford et al. 2019); nanoGPT for the layout and the MFU estimate.
+"""
+import hashlib
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304  # GPT-2's 50257, padded up to a multiple of 64 when training from scratch
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linears and LayerNorms, as GPT-2
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        if config.n_embd % config.n_head != 0:
+            raise ValueError(f"n_embd={config.n_embd} must be divisible by n_head={config.n_head}")
+        self.q = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.k = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.v = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+
+    def forward(self, x, cache=None):
+        B, T, C = x.size()  # batch, sequence length, embedding dim
+        nh, hs = self.n_head, C // self.n_head
+        q = self.q(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.k(x).view(B, T, nh, hs).transpose(1, 2)
+        v = self.v(x).view(B, T, nh, hs).transpose(1, 2)
+        if cache is not None:
+            # decoding: attend to everything cached so far; new queries sit after it
+            if cache.get("k") is not None:
+                k = torch.cat([cache["k"], k], dim=2)
+                v = torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        if k.size(2) == T:  # no past: the usual causal mask
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                               dropout_p=self.dropout if self.training else 0.0)
+        else:  # T new queries after P cached keys: query i sees keys 0 .. P+i
+            P = k.size(2) - T
+            mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): re-assemble the heads
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))  # GPT-2's gelu
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.ln_1(x), cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        for f in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(config, f) <= 0:
+                raise ValueError(f"GPTConfig.{f} must be positive, got {getattr(config, f)}")
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # weight tying (Press & Wolf 2017), as GPT-2. An adapter on lm_head would therefore also
+        # change the input embedding: adapters.py refuses to target it.
+        self.transformer.wte.weight = self.lm_head.weight
+        self.apply(self._init_weights)
+        # GPT-2 scales the residual projections by 1/sqrt(2 * n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding=True):
+        """Parameter count; position embeddings are left out by default, as in nanoGPT (the token
+        embedding is shared with lm_head, so it counts once as a weight of the head)."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def forward(self, idx, targets=None, caches=None, label_smoothing=0.0):
+        B, T = idx.size()
+        past = 0 if not caches or caches[0].get("k") is None else caches[0]["k"].size(2)
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence of length {past + T} is longer than block_size={self.config.block_size}")
+        pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)  # (T,)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, None if caches is None else caches[i])
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
+        loss = None
+        if targets is not None:  # -1 marks positions that carry no loss (prompt tokens, padding)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1),
+                                   ignore_index=-1, label_smoothing=label_smoothing)
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, stop_token=None):
+        """Continue idx (B, T) by max_new_tokens tokens. temperature=0 decodes greedily. Rows must be
+        of equal length (no padding). Stops early once every row has emitted stop_token; a finished
+        row then keeps emitting stop_token."""
+        if idx.size(1) + max_new_tokens > self.config.block_size:
+            raise ValueError(f"prompt {idx.size(1)} + {max_new_tokens} new tokens exceeds block_size={self.config.block_size}")
+        caches = [{} for _ in self.transformer.h]
+        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        logits, _ = self(idx, caches=caches)  # prefill the cache with the whole prompt
+        for _ in range(max_new_tokens):
+            logits = logits[:, -1, :]  # (B, vocab_size)
+            if temperature == 0:
+                nxt = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits[logits < v[:, [-1]]] = -float("inf")
+                nxt = torch.multinomial(F.softmax(logits.float(), dim=-1), num_samples=1)
+            if stop_token is not None:
+                nxt[done] = stop_token
+                done |= nxt.squeeze(1) == stop_token
+            idx = torch.cat((idx, nxt), dim=1)
+            if stop_token is not None and bool(done.all()):
+                break
+            logits, _ = self(nxt, caches=caches)  # only the new token goes through the model
+        return idx
+
+    def estimate_mfu(self, tokens_per_iter, dt, peak_flops):
+        """Model FLOPs utilisation: achieved FLOP/s over peak_flops (PaLM paper, appendix B).
+        6N FLOPs per token for the weights (forward 2N, backward 4N) plus attention's 12·L·H·Q·T."""
+        cfg = self.config
+        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
+        flops_per_token = 6 * self.num_params() + 12 * L * H * Q * T
+        return flops_per_token * tokens_per_iter / dt / peak_flops
+
+    def fingerprint(self):
+        """A content hash of the weights (sha256, first 16 hex digits). Adapter checkpoints record it
+        so that they are refused against any other base."""
+        h = hashlib.sha256()
+        for name, t in sorted(self.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir, dropout=0.0):
+        """Load GPT-2 weights in Hugging Face layout (config.json + model.safetensors or
+        pytorch_model.bin) from a local directory, or by model name from a download cache."""
+        path = name_or_dir if os.path.isdir(name_or_dir) else hf_download(name_or_dir)
+        with open(os.path.join(path, "config.json")) as f:
+            hf = json.load(f)
+        config = GPTConfig(block_size=hf["n_positions"], vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
+                           n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=dropout, bias=True)
+        st, binf = os.path.join(path, "model.safetensors"), os.path.join(path, "pytorch_model.bin")
+        if os.path.exists(st):
+            sd_hf = read_safetensors(st)
+        elif os.path.exists(binf):
+            sd_hf = torch.load(binf, map_location="cpu", weights_only=True)
+        else:
+            raise FileNotFoundError(f"{path} has config.json but neither model.safetensors nor pytorch_model.bin")
+        model = cls(config)
+        model.load_state_dict(convert_hf_gpt2(sd_hf, config.n_layer))
+        return model
+
+
+def convert_hf_gpt2(sd_hf, n_layer):
+    """Map Hugging Face GPT-2 names onto ours. HF's Conv1D stores weights as (in, out), the transpose
+    of nn.Linear's (out, in); c_attn holds q, k, v side by side and is split into three."""
+    sd_hf = {k.removeprefix("transformer."): v for k, v in sd_hf.items()}
+    sd = {"lm_head.weight": sd_hf["wte.weight"]}  # tied: GPT-2 files may omit lm_head
+    for k in ("wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"):
+        sd["transformer." + k] = sd_hf[k]
+    for i in range(n_layer):
+        p, q = f"h.{i}.", f"transformer.h.{i}."
+        for k in ("ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias"):
+            sd[q + k] = sd_hf[p + k]
+        for k in ("attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+            sd[q + k + ".weight"] = sd_hf[p + k + ".weight"].t()
+            sd[q + k + ".bias"] = sd_hf[p + k + ".bias"]
+        w = sd_hf[p + "attn.c_attn.weight"].t()  # (3C, C)
+        b = sd_hf[p + "attn.c_attn.bias"]
+        for name, wi, bi in zip("qkv", w.chunk(3, dim=0), b.chunk(3, dim=0)):
+            sd[q + f"attn.{name}.weight"], sd[q + f"attn.{name}.bias"] = wi, bi
+    return {k: v.contiguous() for k, v in sd.items()}
+
+
+# --- safetensors, read with the standard library: 8-byte little-endian header length, a JSON
+# header {name: {dtype, shape, data_offsets}}, then the raw little-endian tensor bytes.
+_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+              "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < 8:
+        raise ValueError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > len(data) - 8:
+        raise ValueError(f"{path}: corrupt safetensors file (header length {n} exceeds file size)")
+    try:
+        header = json.loads(data[8:8 + n])
+    except ValueError:
+        raise ValueError(f"{path}: corrupt safetensors file (header is not JSON)") from None
+    header.pop("__metadata__", None)
+    body = memoryview(data)[8 + n:]
+    out = {}
+    for name, info in header.items():
+        dtype = _ST_DTYPES.get(info.get("dtype"))
+        start, end = info["data_offsets"]
+        shape = info["shape"]
+        if dtype is None or not 0 <= start <= end <= len(body) or \
+                end - start != math.prod(shape) * torch.empty((), dtype=dtype).element_size():
+            raise ValueError(f"{path}: corrupt safetensors entry {name!r}")
+        out[name] = torch.frombuffer(bytearray(body[start:end]), dtype=dtype).reshape(shape) if end > start \
+            else torch.empty(shape, dtype=dtype)
+    return out
+
+
+def write_safetensors(path, tensors):
+    """The inverse of read_safetensors (used by tests to build HF-layout checkpoints)."""
+    names = {v: k for k, v in _ST_DTYPES.items()}
+    header, blobs, offset = {}, [], 0
+    for name, t in tensors.items():
+        b = t.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(b)]}
+        blobs.append(b)
+        offset += len(b)
+    h = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+HF_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+
+
+def hf_download(name, cache_dir=None):
+    """Fetch config.json + model.safetensors for a GPT-2 name once into a cache folder."""
+    if name not in HF_MODELS:
+        raise ValueError(f"unknown model {name!r}: give a directory with config.json + model.safetensors, "
+                         f"or one of {', '.join(HF_MODELS)}")
+    cache_dir = cache_dir or os.environ.get("GPT2_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "lorafamily"))
+    path = os.path.join(cache_dir, name)
+    files = ("config.json", "model.safetensors")
+    if all(os.path.exists(os.path.join(path, f)) for f in files):
+        return path
+    os.makedirs(path, exist_ok=True)
+    import urllib.request
+    for f in files:
+        url = f"https://huggingface.co/{name}/resolve/main/{f}"
+        try:
+            urllib.request.urlretrieve(url, os.path.join(path, f + ".tmp"))
+        except OSError:
+            raise RuntimeError(f"cannot download {name} (offline?): put config.json and model.safetensors "
+                               f"from huggingface.co/{name} into {path}/") from None
+        os.replace(os.path.join(path, f + ".tmp"), os.path.join(path, f))
+    return path
+
+
+def load_model(path, device="cpu"):
+    """A model from a train.py checkpoint (with its full weights), or a GPT-2 name/directory.
+    Returns (model, ckpt); ckpt is {} for GPT-2 weights."""
+    if os.path.isdir(path) or path in HF_MODELS:
+        return GPT.from_pretrained(path), {}
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}: run train.py first, or give a GPT-2 name or directory")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: not a loadable checkpoint ({type(e).__name__}); only plain tensors are accepted") from None
+    if not isinstance(ckpt, dict) or "model_args" not in ckpt or "model" not in ckpt:
+        raise ValueError(f"{path}: not a full-model checkpoint of this project (no 'model_args'/'model'); "
+                         "adapter checkpoints need their base: see adapters.py")
+    known = {f.name for f in fields(GPTConfig)}
+    model = GPT(GPTConfig(**{k: v for k, v in ckpt["model_args"].items() if k in known}))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device), ckpt
