@@ -1,0 +1,365 @@
+"""
+Train a GPT: pretrain from scratch, fine-tune all weights, or train adapters (adapters.py) only.
+
+    python train.py                                  # pretrain the default small model on the offline world
+    python train.py config/finetune_mixture.py       # full fine-tuning of that base on the task mixture
+    python train.py config/lora_mixture.py --lora_r=4 --max_iters=300
+    python train.py --init_from=resume --out_dir=out/lora   # carry on where a run stopped
+
+Every default below can be overridden by config files (plain Python assignments) and then by
+--key=value arguments, in that order. A value is parsed as a Python literal and must have the type of
+its default (an int is accepted for a float); anything else is refused with one line.
+"""
+import ast
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from types import SimpleNamespace
+
+import torch
+
+import data
+from model import GPT, GPTConfig, load_model
+
+# -----------------------------------------------------------------------------
+# defaults: the embedded run pretrains a small base model on the synthetic world in a few CPU minutes
+# I/O
+out_dir = 'out/base'
+init_from = 'scratch'    # 'scratch' | 'resume' (from out_dir) | a train.py checkpoint | a GPT-2 name or HF directory
+eval_interval = 100      # iterations between validation losses (and checkpoints)
+eval_iters = 20          # batches per validation loss estimate
+log_interval = 10
+always_save_checkpoint = True  # else save only when the validation loss improves
+final_eval = True        # exact-match accuracy per task at the end (instruction datasets only)
+eval_split = 'test'
+eval_max_items = 200     # per task; 0 = all
+# data
+dataset = 'world'        # a name data.get_dataset knows: 'world', 'mixture', 'skill1', ... (see data.py)
+tokenizer = 'world'      # 'world' (offline, owned by the project) | 'gpt2' (tiktoken)
+data_dir = 'data'
+batch_size = 32
+block_size = 128
+gradient_accumulation_steps = 1
+# model (used when init_from='scratch')
+n_layer = 4
+n_head = 4
+n_embd = 256
+dropout = 0.0
+bias = True
+# adapters: '' trains every weight; otherwise only the adapter parameters train (adapters.py)
+adapter = ''             # '' | 'lora' | 'multilora' | 'nola' | 'cat'
+adapter_targets = 'attn.q,attn.v'  # comma-separated module names or patterns (W_q and W_v, as the GPT-2 papers)
+lora_r = 8               # rank of LoRA, of each MultiLoRA module, and of NOLA's A and B
+lora_alpha = 16.0        # scale s = alpha / r (alpha / sqrt(r) with lora_rslora)
+lora_dropout = 0.0
+lora_rslora = False
+multilora_n = 3          # MultiLoRA: number of parallel modules
+multilora_gate = 'scalar'  # MultiLoRA gates: 'scalar' per module (our choice) | 'channel' per output channel
+nola_k = 64              # NOLA: number of random bases for A
+nola_l = 64              # NOLA: number of random bases for B
+nola_seed = 0            # NOLA: the one seed every basis is derived from
+nola_stored_basis = False  # NOLA: keep bases in memory instead of regenerating them (faster, more memory)
+cat_adapters = ''        # CAT: comma-separated adapter checkpoints (one LoRA per skill)
+cat_weights = 'plain'    # CAT: 'plain' (start at 1) | 'softmax' (as the LoRA Soups code)
+# optimizer: AdamW, decay on matrices only
+learning_rate = 1e-3
+max_iters = 600
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.99
+grad_clip = 1.0          # over trainable parameters only; 0 disables
+label_smoothing = 0.0
+# learning rate: linear warmup, then cosine decay to min_lr
+decay_lr = True
+warmup_iters = 50
+min_lr = 1e-4
+# system
+device = 'auto'          # 'auto' | 'cpu' | 'cuda' | 'cuda:1' | 'mps'
+dtype = 'auto'           # 'auto' | 'float32' | 'bfloat16' | 'float16' (float16 uses a GradScaler)
+compile = False          # torch.compile the model (worth it on a GPU, slow to start on a CPU)
+seed = 1337
+# -----------------------------------------------------------------------------
+DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (bool, int, float, str))}
+
+
+def parse_args(argv):
+    """Defaults <- config files <- --key=value; type-checked against the defaults."""
+    cfg = dict(DEFAULTS)
+
+    def setkey(k, v, where):
+        if k not in DEFAULTS:
+            raise ValueError(f"unknown option {k!r} in {where} (python train.py --help lists them)")
+        d = DEFAULTS[k]
+        ok = isinstance(v, type(d)) and not (isinstance(v, bool) and not isinstance(d, bool))
+        if isinstance(d, float) and isinstance(v, int) and not isinstance(v, bool):
+            v, ok = float(v), True
+        if not ok:
+            raise ValueError(f"option {k} expects {type(d).__name__} but got {v!r} in {where}")
+        cfg[k] = v
+
+    for arg in argv:
+        if arg in ('-h', '--help'):
+            print(__doc__ + '\noptions and defaults:\n' + '\n'.join(f'  --{k}={v!r}' for k, v in DEFAULTS.items()))
+            sys.exit(0)
+        if arg.startswith('--'):
+            if '=' not in arg:
+                raise ValueError(f"expected --key=value, got {arg!r}")
+            k, v = arg[2:].split('=', 1)
+            try:
+                v = ast.literal_eval(v)
+            except (ValueError, SyntaxError):
+                pass  # a bare word is a string
+            setkey(k, v, 'the command line')
+        else:
+            if not os.path.isfile(arg):
+                raise FileNotFoundError(f"config file {arg!r} not found (see config/ for examples)")
+            scope = {}
+            exec(open(arg).read(), {}, scope)  # config files are trusted Python in this repo
+            for k, v in scope.items():
+                if not k.startswith('_'):
+                    setkey(k, v, arg)
+    if cfg['adapter'] not in ('', 'lora', 'multilora', 'nola', 'cat'):
+        raise ValueError(f"unknown adapter {cfg['adapter']!r}: choose '', lora, multilora, nola or cat")
+    for k in ('batch_size', 'block_size', 'max_iters', 'gradient_accumulation_steps', 'eval_iters', 'log_interval', 'eval_interval'):
+        if cfg[k] <= 0:
+            raise ValueError(f"option {k} must be positive, got {cfg[k]}")
+    return cfg
+
+
+def pick_device_dtype(c):
+    dev = c.device if c.device != 'auto' else 'cuda' if torch.cuda.is_available() else 'cpu'
+    dt = c.dtype
+    if dt == 'auto':
+        if dev.startswith('cuda'):
+            dt = 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
+        else:
+            dt = 'float32'  # measured faster than bf16 autocast for the default model on this CPU (README)
+    if dt not in ('float32', 'bfloat16', 'float16'):
+        raise ValueError(f"unknown dtype {dt!r}: choose auto, float32, bfloat16 or float16")
+    return dev, dt
+
+
+def lr_at(it, c):
+    """Linear warmup for warmup_iters, then cosine decay to min_lr at max_iters."""
+    if not c.decay_lr:
+        return c.learning_rate
+    if it < c.warmup_iters:
+        return c.learning_rate * (it + 1) / (c.warmup_iters + 1)
+    ratio = min(1.0, (it - c.warmup_iters) / max(1, c.max_iters - c.warmup_iters))
+    return c.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (c.learning_rate - c.min_lr)
+
+
+def build_model(c, ds, ckpt):
+    """Returns (model, base_info). base_info names the weights a fine-tune or adapter run started from."""
+    if c.init_from == 'scratch':
+        args = dict(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=c.block_size,
+                    bias=c.bias, vocab_size=ds.vocab_size, dropout=c.dropout)
+        return GPT(GPTConfig(**args)), None
+    if ckpt is not None and 'model' in ckpt:  # resuming a pretraining or full fine-tuning run
+        model = GPT(GPTConfig(**ckpt['model_args']))
+        model.load_state_dict(ckpt['model'])
+        return model, ckpt.get('base')
+    base_path = ckpt['base']['path'] if ckpt is not None else c.init_from  # resuming an adapter run: its base
+    model, _ = load_model(base_path)
+    base = {'path': os.path.abspath(base_path) if os.path.exists(base_path) else base_path,
+            'fingerprint': model.fingerprint()}
+    if ckpt is not None and ckpt['base']['fingerprint'] != base['fingerprint']:
+        raise ValueError(f"the base at {base_path} has changed since this adapter run began (fingerprint mismatch)")
+    if model.config.vocab_size < ds.vocab_size:
+        raise ValueError(f"model vocabulary {model.config.vocab_size} < dataset vocabulary {ds.vocab_size}: "
+                         "the data was tokenized for another model (set tokenizer=...)")
+    if c.dropout != model.config.dropout:
+        model.config.dropout = c.dropout
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = c.dropout
+            if hasattr(m, 'dropout') and isinstance(m.dropout, float):
+                m.dropout = c.dropout
+    if c.block_size > model.config.block_size:
+        raise ValueError(f"block_size={c.block_size} exceeds the model's {model.config.block_size}")
+    return model, base
+
+
+def add_adapters(model, c):
+    import adapters
+    paths = [p for p in c.cat_adapters.split(',') if p]
+    return adapters.add_adapters(
+        model, c.adapter, targets=c.adapter_targets, r=c.lora_r, alpha=c.lora_alpha, dropout=c.lora_dropout,
+        rslora=c.lora_rslora, n=c.multilora_n, gate=c.multilora_gate, k=c.nola_k, l=c.nola_l, seed=c.nola_seed,
+        stored_basis=c.nola_stored_basis, cat_adapters=paths, cat_weights=c.cat_weights)
+
+
+def save_checkpoint(path, model, optimizer, scaler, c, iter_num, best_val_loss, base, gen, ds):
+    ckpt = {'model_args': vars(model.config).copy(), 'optimizer': optimizer.state_dict(), 'iter_num': iter_num,
+            'best_val_loss': best_val_loss, 'config': vars(c).copy(), 'base': base,
+            'rng': {'torch': torch.get_rng_state(), 'data': gen.get_state(),
+                    'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            'data': {'dataset': c.dataset, 'tokenizer': c.tokenizer, 'fingerprint': getattr(ds, 'fingerprint', '')}}
+    if scaler is not None:
+        ckpt['scaler'] = scaler.state_dict()
+    if c.adapter:
+        import adapters
+        ckpt['adapter'] = {'config': adapters.adapter_config(model), 'state': adapters.adapter_state_dict(model)}
+    else:
+        ckpt['model'] = model.state_dict()
+    tmp = path + '.tmp'
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)  # atomic: a crash mid-write never destroys the last good checkpoint
+
+
+def main(argv=()):
+    c = SimpleNamespace(**parse_args(list(argv)))
+    torch.manual_seed(c.seed)
+    dev, dt = pick_device_dtype(c)
+    device_type = 'cuda' if dev.startswith('cuda') else 'cpu'
+    ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dt]
+    autocast = nullcontext() if dt == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
+    if device_type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    ckpt = None
+    if c.init_from == 'resume':
+        path = os.path.join(c.out_dir, 'ckpt.pt')
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"nothing to resume: no checkpoint at {path}")
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+        # the run's own config wins; only these may be changed on resume, when given explicitly
+        given = {k: getattr(c, k) for k in ('max_iters', 'eval_interval', 'log_interval', 'device', 'compile',
+                                           'final_eval', 'eval_max_items') if getattr(c, k) != DEFAULTS[k]}
+        c = SimpleNamespace(**{**DEFAULTS, **ckpt['config'], **given, 'init_from': 'resume', 'out_dir': c.out_dir})
+    ds = data.get_dataset(c.dataset, c.block_size, tokenizer=c.tokenizer, data_dir=c.data_dir, seed=c.seed)
+    model, base = build_model(c, ds, ckpt)
+    if c.adapter:
+        print(add_adapters(model, c))
+        if ckpt is not None:
+            import adapters
+            adapters.load_adapter_state_dict(model, ckpt['adapter']['state'])
+    model.to(dev)
+    params = [p for p in model.parameters() if p.requires_grad]  # the frozen base never reaches the optimizer
+    n_train, n_total = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
+    print(f"parameters: {n_total / 1e6:.2f}M total, {n_train:,} trainable ({100 * n_train / n_total:.2f}%)")
+
+    decay = [p for p in params if p.dim() >= 2]  # matrices decay; biases, LayerNorms and 1-d coefficients do not
+    no_decay = [p for p in params if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{'params': decay, 'weight_decay': c.weight_decay},
+                                   {'params': no_decay, 'weight_decay': 0.0}],
+                                  lr=c.learning_rate, betas=(c.beta1, c.beta2), fused=device_type == 'cuda')
+    scaler = torch.amp.GradScaler(device_type) if dt == 'float16' else None
+    gen = torch.Generator().manual_seed(c.seed)  # batch sampling has its own RNG, saved in checkpoints
+    iter_num, best_val_loss = 0, float('inf')
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt['optimizer'])
+        if scaler is not None and 'scaler' in ckpt:
+            scaler.load_state_dict(ckpt['scaler'])
+        iter_num, best_val_loss = ckpt['iter_num'], ckpt['best_val_loss']
+        torch.set_rng_state(ckpt['rng']['torch'])
+        gen.set_state(ckpt['rng']['data'])
+        if ckpt['rng']['cuda'] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt['rng']['cuda'])
+    fmodel = torch.compile(model) if c.compile else model
+    os.makedirs(c.out_dir, exist_ok=True)
+    ckpt_path = os.path.join(c.out_dir, 'ckpt.pt')
+
+    @torch.no_grad()
+    def estimate_loss():
+        """Mean loss over eval_iters batches per split, on fixed batches (own generator: the training
+        stream, and so resume, is untouched by evaluation)."""
+        out, egen = {}, torch.Generator().manual_seed(c.seed + 1)
+        fmodel.eval()
+        for split in ('train', 'val'):
+            losses = torch.zeros(c.eval_iters)
+            for i in range(c.eval_iters):
+                x, y = ds.get_batch(split, c.batch_size, egen)
+                with autocast:
+                    losses[i] = fmodel(x.to(dev), y.to(dev))[1].item()
+            out[split] = losses.mean().item()
+        fmodel.train()
+        return out
+
+    tokens_per_iter = c.gradient_accumulation_steps * c.batch_size * c.block_size
+    print(f"tokens per iteration: {tokens_per_iter:,}; device {dev}, dtype {dt}")
+    start_iter = last_log = iter_num
+    val_loss, losses = None, []
+    t_start = t_log = time.time()
+    while True:
+        lr = lr_at(iter_num, c)
+        for group in optimizer.param_groups:
+            group['lr'] = lr
+        if iter_num % c.eval_interval == 0 or iter_num == c.max_iters:
+            ev = estimate_loss()
+            val_loss = ev['val']
+            print(f"step {iter_num}: train loss {ev['train']:.4f}, val loss {ev['val']:.4f}")
+            if not math.isfinite(val_loss):
+                raise RuntimeError(f"validation loss is {val_loss} at step {iter_num}; stopped, last good checkpoint kept at {ckpt_path}")
+            if iter_num > start_iter and (c.always_save_checkpoint or val_loss < best_val_loss):
+                best_val_loss = min(best_val_loss, val_loss)
+                save_checkpoint(ckpt_path, model, optimizer, scaler, c, iter_num, best_val_loss, base, gen, ds)
+        if iter_num >= c.max_iters:
+            break
+        # forward / backward over gradient_accumulation_steps micro-batches, then one optimizer step
+        for _ in range(c.gradient_accumulation_steps):
+            x, y = ds.get_batch('train', c.batch_size, gen)
+            with autocast:
+                _, loss = fmodel(x.to(dev, non_blocking=True), y.to(dev, non_blocking=True),
+                                 label_smoothing=c.label_smoothing)
+                loss = loss / c.gradient_accumulation_steps
+            (scaler.scale(loss) if scaler else loss).backward()
+        lossf = loss.item() * c.gradient_accumulation_steps
+        if not math.isfinite(lossf):
+            raise RuntimeError(f"loss is {lossf} at step {iter_num}; stopped, last good checkpoint kept at {ckpt_path}")
+        if c.grad_clip > 0:
+            if scaler:
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(lossf)
+        iter_num += 1
+        if iter_num % c.log_interval == 0 or iter_num == c.max_iters:
+            t = time.time()
+            dt_iter = (t - t_log) / (iter_num - last_log)
+            t_log, last_log = t, iter_num
+            eta = (c.max_iters - iter_num) * (t - t_start) / (iter_num - start_iter)
+            print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {dt_iter * 1000:.1f} ms/iter, "
+                  f"{tokens_per_iter / dt_iter:,.0f} tok/s, eta {eta:.0f}s")
+
+    elapsed = time.time() - t_start
+    summary = {'iters': iter_num, 'train_time_s': elapsed, 'val_loss': val_loss, 'best_val_loss': best_val_loss,
+               'losses': losses, 'trainable_params': n_train, 'total_params': n_total}
+    print(f"done: {iter_num - start_iter} iterations in {elapsed:.1f}s; val loss {val_loss:.4f}")
+    if not ds.tasks:  # a plain corpus: compare with what counting tokens alone achieves
+        summary['unigram_entropy'] = unigram_entropy(ds, c)
+        print(f"unigram entropy of the data {summary['unigram_entropy']:.4f} nats/token vs val loss {val_loss:.4f}")
+    elif c.final_eval:
+        model.eval()
+        summary['eval'] = ds.evaluate(model, split=c.eval_split, max_items=c.eval_max_items or None)
+        print(data.format_results(summary['eval']))
+        with open(os.path.join(c.out_dir, 'eval.json'), 'w') as f:
+            json.dump(summary['eval'], f, indent=1)
+    return summary
+
+
+def unigram_entropy(ds, c, n_batches=50):
+    """Entropy (nats) of the token frequencies, estimated on n_batches training batches: the loss of a
+    model that knows only how often each token occurs."""
+    gen = torch.Generator().manual_seed(c.seed + 2)
+    ys = torch.cat([ds.get_batch('train', c.batch_size, gen)[1].view(-1) for _ in range(n_batches)])
+    p = torch.bincount(ys[ys >= 0]).double()
+    p = p[p > 0] / p.sum()
+    return float(-(p * p.log()).sum())
+
+
+if __name__ == '__main__':
+    try:
+        main(sys.argv[1:])
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
