@@ -206,10 +206,11 @@ def get_tokenizer(name='world'):
         try:
             enc = tiktoken.get_encoding('gpt2')
         except Exception as e:
-            cache = os.environ.get('TIKTOKEN_CACHE_DIR', '$TMPDIR/data-gym-cache')
-            raise ValueError(f"tiktoken could not fetch 'gpt2' ({type(e).__name__}; offline?): copy tiktoken's "
-                             f"cached gpt2 files (vocab.bpe, encoder.json) from a machine with network into "
-                             f"TIKTOKEN_CACHE_DIR={cache}") from None
+            import tempfile
+            cache = os.environ.get('TIKTOKEN_CACHE_DIR') or os.path.join(tempfile.gettempdir(), 'data-gym-cache')
+            raise ValueError(f"tiktoken could not load 'gpt2' ({type(e).__name__}; offline?): run "
+                             f"tiktoken.get_encoding('gpt2') once with network, then copy its cache folder to "
+                             f"{cache} (or point TIKTOKEN_CACHE_DIR at it)") from None
         _TOKENIZERS[name] = enc
         return enc
     else:
@@ -454,7 +455,8 @@ class InstructDataset:
         """(x, y) for a list of (prompt, answer): y is the next token on answer positions, -1 elsewhere."""
         rows = []
         for p, a in pairs:
-            p = p[max(0, len(p) + len(a) - 1 - self.block_size):]  # crop long prompts from the left
+            a = a[:self.block_size]  # keep at least one prompt token; crop long prompts from the left
+            p = p[max(0, len(p) + len(a) - 1 - self.block_size):]
             rows.append((p + a, len(p)))
         T = max(len(s) for s, _ in rows) - 1
         x = torch.full((len(rows), T), self.stop_token, dtype=torch.long)
@@ -491,7 +493,8 @@ class InstructDataset:
                 nll += torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
                                                          ignore_index=-1, reduction='sum').item()
                 n_tok += (y != -1).sum().item()
-            preds = self.generate(model, [p for p, _ in items], max(len(a) for _, a in items), batch_size)
+            max_new = min(max(len(a) for _, a in items), self.block_size // 2)
+            preds = self.generate(model, [p for p, _ in items], max_new, batch_size)
             out[t] = {'acc': accuracy(preds, [a for _, a in items], self.stop_token),
                       'loss': nll / max(n_tok, 1), 'n': len(items)}
         model.train(was_training)
@@ -613,8 +616,98 @@ def get_dataset(name, block_size, tokenizer=None, data_dir='data', seed=1337, **
     return InstructDataset(items, block_size, enc, tok_name, train, evals, mix)
 
 
+URLS = {'shakespeare': 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt',
+        'alpaca': 'https://raw.githubusercontent.com/tatsu-lab/stanford_alpaca/main/alpaca_data.json'}
+DEFAULT_PATHS = {'shakespeare': 'shakespeare/input.txt', 'alpaca': 'alpaca/alpaca_data.json', 'e2e': 'e2e'}
+
+
+def fetch(path, url=None):
+    """path if it exists, else a download to path when there is network; one-line error otherwise."""
+    if os.path.exists(path):
+        return path
+    if url is None:
+        raise FileNotFoundError(f'{path} not found: put the file there (or pass path=...)')
+    try:
+        import urllib.request
+        with urllib.request.urlopen(url, timeout=15) as r:
+            blob = r.read()
+    except Exception as e:
+        raise FileNotFoundError(f'{path} not found and {url} could not be downloaded ({type(e).__name__}): '
+                                f'put the file there (or pass path=...)') from None
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    with open(path + '.tmp', 'wb') as f:
+        f.write(blob)
+    os.replace(path + '.tmp', path)
+    return path
+
+
+def read_alpaca(path):
+    """Alpaca JSON: a list of {instruction, input, output} -> [(question, answer)]."""
+    with open(path) as f:
+        try:
+            rows = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f'{path} is not valid JSON ({e.msg} at line {e.lineno}): expected Alpaca format') from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and 'instruction' in r and 'output' in r for r in rows):
+        raise ValueError(f'{path}: expected a JSON list of {{"instruction", "input", "output"}} objects (Alpaca format)')
+    return [(r['instruction'].strip() + ('\n' + r['input'].strip() if r.get('input', '').strip() else ''),
+             r['output'].strip()) for r in rows]
+
+
+def read_e2e(path):
+    """E2E NLG CSV (columns mr, ref) -> [(question, answer)]: the meaning representation in, text out."""
+    with open(path, newline='', encoding='utf-8') as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {'mr', 'ref'} <= set(reader.fieldnames):
+            raise ValueError(f'{path}: expected a CSV with columns mr,ref (E2E NLG), got {reader.fieldnames}')
+        return [(f"describe: {r['mr'].strip()}", r['ref'].strip()) for r in reader]
+
+
+def split_by_question(pairs, seed, frac=0.05, cap=500):
+    """Deterministic train/val/test split in which a question never lands in two splits."""
+    qs = sorted({q for q, _ in pairs})
+    random.Random(seed).shuffle(qs)
+    n = max(1, min(cap, int(frac * len(qs))))
+    where = {q: 'val' if i < n else 'test' if i < 2 * n else 'train' for i, q in enumerate(qs)}
+    out = {'train': [], 'val': [], 'test': []}
+    for q, a in pairs:
+        out[where[q]].append((q, a))
+    return out
+
+
 def get_real_dataset(name, block_size, enc, tok_name, data_dir, seed, mix='uniform', path=None):
-    raise ValueError(f'dataset {name!r} is not implemented yet')
+    path = path or os.path.join(data_dir, DEFAULT_PATHS.get(name, ''))
+    if name == 'text' and (path is None or os.path.isdir(path)):
+        raise ValueError("dataset 'text' needs path=<a plain-text file>")
+    if name in ('text', 'shakespeare'):
+        fetch(path, URLS.get(name))
+        with open(path, encoding='utf-8') as f:
+            text = f.read()
+        src = hashlib.sha256(text.encode()).hexdigest()[:16]
+        folder = os.path.join(data_dir, f'{name}-{src}', tok_name)
+        if not os.path.exists(os.path.join(folder, 'meta.json')):
+            write_stream(folder, text, enc, tok_name, val_frac=0.1)
+        return StreamDataset(folder, block_size, enc, tok_name)
+    if name == 'alpaca':
+        splits = split_by_question(read_alpaca(fetch(path, URLS['alpaca'])), seed)
+    else:  # e2e: a folder with the official splits, or one CSV that we split ourselves
+        if os.path.isdir(path):
+            files = {s: [os.path.join(path, f) for f in fs if os.path.exists(os.path.join(path, f))] for s, fs in
+                     (('train', ['trainset.csv']), ('val', ['devset.csv']), ('test', ['testset_w_refs.csv', 'testset.csv']))}
+            missing = [s for s, fs in files.items() if not fs]
+            if missing:
+                raise FileNotFoundError(f'{path} lacks the E2E {"/".join(missing)} CSV (trainset.csv, devset.csv, '
+                                        f'testset_w_refs.csv from github.com/tuetschek/e2e-dataset): put them there')
+            splits = {s: read_e2e(fs[0]) for s, fs in files.items()}
+        elif os.path.exists(path):
+            splits = split_by_question(read_e2e(path), seed)
+        else:
+            raise FileNotFoundError(f'{path} not found: put the E2E CSVs (trainset.csv, devset.csv, testset_w_refs.csv '
+                                    f'from github.com/tuetschek/e2e-dataset) in a folder there, or pass path=<one CSV>')
+    for s, items in splits.items():
+        if not items:
+            raise ValueError(f'{path}: too few items for a {s} split')
+    return InstructDataset({name: splits}, block_size, enc, tok_name, [name], None, mix)
 
 
 def main(argv):
