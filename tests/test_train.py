@@ -1,0 +1,131 @@
+"""train.py: options and their errors, exact resume, atomic checkpoints, NaN handling, fine-tuning."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+from model import load_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=4', '--eval_iters=2',
+        '--log_interval=5', '--dropout=0.1', '--warmup_iters=5']
+
+
+def run(tmp_path, *args, name='run'):
+    return train.main(TINY + [f'--out_dir={tmp_path / name}', *args])
+
+
+def test_config_file_then_command_line(tmp_path):
+    cfg = tmp_path / 'c.py'
+    cfg.write_text("batch_size = 7\nlearning_rate = 3e-4\nadapter = 'lora'\n")
+    c = train.parse_args([str(cfg), '--batch_size=9', '--lora_alpha=8', '--dataset=mixture'])
+    assert (c['batch_size'], c['learning_rate'], c['adapter'], c['lora_alpha'], c['dataset']) == (9, 3e-4, 'lora', 8.0, 'mixture')
+    assert isinstance(c['lora_alpha'], float)
+
+
+@pytest.mark.parametrize('args, error, message', [
+    (['--bogus=1'], ValueError, "unknown option 'bogus' in the command line"),
+    (['--batch_size=1.5'], ValueError, 'option batch_size expects int but got 1.5'),
+    (['--compile=1'], ValueError, 'option compile expects bool but got 1'),
+    (['--batch_size'], ValueError, "expected --key=value, got '--batch_size'"),
+    (['config/does_not_exist.py'], FileNotFoundError, "config file 'config/does_not_exist.py' not found"),
+    (['--adapter=dora'], ValueError, "unknown adapter 'dora'"),
+    (['--max_iters=0'], ValueError, 'option max_iters must be positive'),
+])
+def test_bad_options(args, error, message):
+    with pytest.raises(error, match=message):
+        train.parse_args(args)
+
+
+def test_unknown_key_in_config_file(tmp_path):
+    cfg = tmp_path / 'c.py'
+    cfg.write_text("n_layers = 3\n")
+    with pytest.raises(ValueError, match=f"unknown option 'n_layers' in {cfg}"):
+        train.parse_args([str(cfg)])
+
+
+def test_bad_input_is_one_line_on_stderr(tmp_path):
+    for args, msg in [(['--lr=1'], "unknown option 'lr'"),
+                      ([f'--out_dir={tmp_path}', '--init_from=resume'], 'nothing to resume: no checkpoint at'),
+                      (['--dtype=float8'], 'unknown dtype'),
+                      (['--init_from=' + str(tmp_path / 'nope.pt'), '--max_iters=1'], 'no checkpoint at')]:
+        p = subprocess.run([sys.executable, 'train.py', *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 1
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and msg in lines[0], p.stderr
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
+    args = ['--max_iters=30', '--eval_interval=10']
+    full = run(tmp_path, *args, name='full')
+
+    real_save = train.save_checkpoint
+
+    def save_then_crash(path, model, optimizer, scaler, c, iter_num, *rest):
+        real_save(path, model, optimizer, scaler, c, iter_num, *rest)
+        if iter_num == 20:
+            raise Crash  # the process dies right after the checkpoint at step 20
+    monkeypatch.setattr(train, 'save_checkpoint', save_then_crash)
+    with pytest.raises(Crash):
+        run(tmp_path, *args, name='crashed')
+    monkeypatch.setattr(train, 'save_checkpoint', real_save)
+    resumed = train.main([f'--out_dir={tmp_path / "crashed"}', '--init_from=resume'])
+    assert resumed['iters'] == 30 and len(resumed['losses']) == 10
+    assert resumed['losses'] == full['losses'][20:]  # bit for bit, dropout included
+    assert resumed['val_loss'] == full['val_loss']
+
+
+def test_interrupted_checkpoint_write_keeps_last_good(tmp_path, monkeypatch):
+    run(tmp_path, '--max_iters=10', '--eval_interval=10')
+    path = tmp_path / 'run' / 'ckpt.pt'
+    before = torch.load(path, weights_only=True)
+
+    def torn_write(obj, f, *a, **k):
+        with open(f, 'wb') as fh:
+            fh.write(b'PK\x03\x04 half a checkpoint')
+        raise KeyboardInterrupt  # killed between writing the temp file and the rename
+    monkeypatch.setattr(torch, 'save', torn_write)
+    with pytest.raises(KeyboardInterrupt):
+        train.main([f'--out_dir={tmp_path / "run"}', '--init_from=resume', '--max_iters=20'])
+    monkeypatch.undo()
+    after = torch.load(path, weights_only=True)
+    assert after['iter_num'] == before['iter_num'] == 10
+    assert all(torch.equal(after['model'][k], before['model'][k]) for k in before['model'])
+    model, _ = load_model(str(path))
+    assert model.config.n_layer == 2
+
+
+def test_nan_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch):
+    import model as model_module
+    real_save = train.save_checkpoint
+
+    def save_then_poison(*a):
+        real_save(*a)
+        monkeypatch.setattr(model_module.F, 'cross_entropy', lambda *x, **k: torch.tensor(float('nan'), requires_grad=True))
+    monkeypatch.setattr(train, 'save_checkpoint', save_then_poison)
+    with pytest.raises(RuntimeError, match=r'loss is nan at step 10; stopped, last good checkpoint kept at .*ckpt.pt'):
+        run(tmp_path, '--max_iters=20', '--eval_interval=10')
+    monkeypatch.undo()
+    ckpt = torch.load(tmp_path / 'run' / 'ckpt.pt', weights_only=True)
+    assert ckpt['iter_num'] == 10 and all(torch.isfinite(v).all() for v in ckpt['model'].values())
+
+
+def test_pretrain_learns_and_full_finetune_records_base(tmp_path):
+    s = run(tmp_path, '--max_iters=150', '--eval_interval=150', '--batch_size=16', '--learning_rate=3e-3', '--dropout=0.0')
+    assert s['val_loss'] < 0.85 * s['unigram_entropy']  # learned more than token frequencies
+    base_path = tmp_path / 'run' / 'ckpt.pt'
+    base_model, _ = load_model(str(base_path))
+    ft = train.main(TINY + [f'--out_dir={tmp_path / "ft"}', f'--init_from={base_path}', '--max_iters=4',
+                            '--eval_interval=4', '--final_eval=False'])
+    ckpt = torch.load(tmp_path / 'ft' / 'ckpt.pt', weights_only=True)
+    assert ckpt['base']['fingerprint'] == base_model.fingerprint()
+    assert ft['trainable_params'] == ft['total_params']
+    changed = [k for k in ckpt['model'] if not torch.equal(ckpt['model'][k], base_model.state_dict()[k])]
+    assert len(changed) > 10  # every weight trains in full fine-tuning
