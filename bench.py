@@ -1,0 +1,233 @@
+"""
+What the adapters cost, measured side by side in one process on one model and one batch:
+training step time and peak memory for full fine-tuning, LoRA r=R, MultiLoRA n=3 r=R/3,
+NOLA (regenerated and stored bases) and CAT, and inference time for the base model, an unmerged
+LoRA and a merged one. Printed as ratios against the targets of issue 4.
+
+    python bench.py                        # default small model and GPT-2-small shape (~2-3 min on 2 cores)
+    python bench.py --models=small --steps=5
+
+Timing: every method runs its steps interleaved with the others (round-robin), so a burst of load
+from another process hits all methods alike; the table shows the best (least disturbed) round.
+Peak memory (CPU has no allocator statistics): bytes of all tensors alive at the worst moment of one
+training step = persistent (weights, buffers, optimizer state) + the peak of tensors created during
+the step (activations saved for backward, gradients, temporaries such as NOLA's regenerated bases),
+tracked per storage by a TorchDispatchMode. It counts tensors, not allocator slack or Python objects.
+"""
+import argparse
+import copy
+import os
+import sys
+import tempfile
+import time
+import weakref
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+import adapters
+from model import GPT, GPTConfig
+
+
+class TensorMemory(TorchDispatchMode):
+    """Peak bytes of storages created inside the `with` block and alive at the same time."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+
+    def _free(self, nbytes):
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
+                  if isinstance(t, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                st = t.untyped_storage()
+                # views and in-place/out= ops return an input's storage: not a new allocation
+                if st.data_ptr() in inputs or getattr(st, "_bench_seen", False) or st.nbytes() == 0:
+                    continue
+                st._bench_seen = True
+                self.live += st.nbytes()
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(st, self._free, st.nbytes())
+        return out
+
+
+def nbytes(tensors):
+    seen = {}
+    for t in tensors:
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+class Run:
+    """One training setup: a model, its optimizer, and a step function."""
+
+    def __init__(self, name, model):
+        self.name, self.model, self.times = name, model, []
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)  # the optimizer train.py uses (CPU: foreach)
+        self.trainable = sum(p.numel() for p in params)
+
+    def step(self, x, y):
+        self.opt.zero_grad(set_to_none=True)
+        _, loss = self.model(x, y)
+        loss.backward()
+        self.opt.step()
+
+    def timed_step(self, x, y):
+        t0 = time.perf_counter()
+        self.step(x, y)
+        self.times.append(time.perf_counter() - t0)
+
+    def peak_bytes(self, x, y):
+        self.opt.zero_grad(set_to_none=True)
+        persistent = nbytes([*self.model.parameters(), *self.model.buffers(),
+                             *[v for s in self.opt.state.values() for v in s.values() if torch.is_tensor(v)]])
+        with TensorMemory() as mem:
+            self.step(x, y)
+        return persistent + mem.peak, mem.peak
+
+
+def shared_copy(base):
+    """A copy of `base` whose (frozen) weights are the same tensors: adapters never write to them."""
+    return copy.deepcopy(base, memo={id(p): p for p in base.parameters()})
+
+
+def skill_checkpoints(base, n, r, targets, folder):
+    """n random LoRA 'skills' saved as train.py adapter checkpoints, for CAT to compose."""
+    paths = []
+    for i in range(n):
+        m = shared_copy(base)
+        adapters.add_adapters(m, "lora", targets=targets, r=r)
+        with torch.no_grad():
+            for p in m.parameters():
+                if p.requires_grad:
+                    p.normal_(0, 0.02)
+        paths.append(os.path.join(folder, f"skill{i}.pt"))
+        torch.save({"adapter": {"config": adapters.adapter_config(m), "state": adapters.adapter_state_dict(m)}},
+                   paths[-1])
+    return paths
+
+
+def bench_model(label, cfg, batch, args):
+    torch.manual_seed(0)
+    base = GPT(cfg)
+    base.requires_grad_(False)
+    x = torch.randint(0, cfg.vocab_size, (batch, args.block))
+    y = torch.randint(0, cfg.vocab_size, (batch, args.block))
+    R, T = args.r, args.targets
+    full = copy.deepcopy(base).requires_grad_(True)
+    setups = {
+        "full": None,
+        f"lora r={R}": ("lora", dict(r=R)),
+        f"multilora n=3 r={R // 3}": ("multilora", dict(n=3, r=R // 3)),
+        f"nola k=l={args.nola_k} r={R}": ("nola", dict(k=args.nola_k, l=args.nola_k, r=R)),
+        f"nola stored": ("nola", dict(k=args.nola_k, l=args.nola_k, r=R, stored_basis=True)),
+        f"cat 3 x lora r={R // 3}": ("cat", dict(cat_adapters=None)),
+    }
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, spec in setups.items():
+            if spec is None:
+                runs.append(Run(name, full))
+                continue
+            m = shared_copy(base)
+            method, opts = spec
+            if method == "cat":
+                opts = dict(cat_adapters=skill_checkpoints(base, 3, R // 3, T, tmp))
+            adapters.add_adapters(m, method, targets=T, **opts)
+            runs.append(Run(name, m))
+    for run in runs:  # warm-up: first-call allocations, optimizer state
+        run.step(x, y)
+    for _ in range(args.steps):
+        for run in runs:
+            run.timed_step(x, y)
+    mem = {run.name: run.peak_bytes(x, y) for run in runs}
+
+    # inference: base vs LoRA unmerged vs LoRA merged (wrapper kept: its forward is then base(x))
+    lora = runs[1].model
+    merged = copy.deepcopy(lora)
+    with torch.no_grad():
+        for p in merged.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.02)
+    adapters.merge_adapters(merged)
+    infer = {"base": base, "lora unmerged": lora, "lora merged": merged}
+    itimes = {k: [] for k in infer}
+    with torch.no_grad():
+        for m in infer.values():
+            m.eval()(x)
+        for _ in range(args.steps * 2):
+            for k, m in infer.items():
+                t0 = time.perf_counter()
+                m(x)
+                itimes[k].append(time.perf_counter() - t0)
+
+    med = {r.name: min(r.times) for r in runs}
+    full_t, lora_t = med["full"], med[runs[1].name]
+    lora_mem = mem[runs[1].name][0]
+    n_params = sum(p.numel() for p in base.parameters())
+    print(f"\n## {label}: {n_params / 1e6:.1f}M params, batch {batch}x{args.block}, targets {T}, "
+          f"{torch.get_num_threads()} threads, best of {args.steps} interleaved steps\n")
+    print("| training step | trainable | ms/step | x full | x LoRA | peak MB | x LoRA | in-step MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in runs:
+        t, (pk, tr) = med[r.name], mem[r.name]
+        print(f"| {r.name} | {r.trainable:,} | {1e3 * t:.0f} | {t / full_t:.2f} | {t / lora_t:.2f} | "
+              f"{pk / 2**20:.0f} | {pk / lora_mem:.2f} | {tr / 2**20:.0f} |")
+    imed = {k: min(v) for k, v in itimes.items()}
+    print("\n| inference (forward, no grad) | ms | x base |")
+    print("|---|---:|---:|")
+    for k, t in imed.items():
+        print(f"| {k} | {1e3 * t:.1f} | {t / imed['base']:.3f} |")
+
+    names = [r.name for r in runs]
+    checks = [
+        ("LoRA step <= 0.70 x full FT", med[names[1]] / full_t, 0.70),
+        ("MultiLoRA step <= 1.05 x LoRA", med[names[2]] / lora_t, 1.05),
+        ("NOLA step <= 1.15 x LoRA", med[names[3]] / lora_t, 1.15),
+        ("NOLA peak memory <= 1.05 x LoRA", mem[names[3]][0] / lora_mem, 1.05),
+        ("NOLA stored step <= 1.15 x LoRA", med[names[4]] / lora_t, 1.15),
+        ("NOLA stored peak memory <= 1.05 x LoRA", mem[names[4]][0] / lora_mem, 1.05),
+    ]
+    print("\n| target | measured | |")
+    print("|---|---:|---|")
+    for what, v, lim in checks:
+        print(f"| {what} | {v:.2f} | {'ok' if v <= lim else 'MISSED'} |")
+    d = imed["lora merged"] / imed["base"]
+    print(f"| merged inference = base +-3% | {d:.3f} | {'ok' if abs(d - 1) <= 0.03 else 'MISSED'} |")
+    sys.stdout.flush()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="small,gpt2", help="comma list of: small, gpt2")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per method (after one warm-up)")
+    p.add_argument("--r", type=int, default=12, help="LoRA rank R (MultiLoRA: n=3 of rank R/3; CAT: 3 LoRAs of R/3)")
+    p.add_argument("--nola_k", type=int, default=64, help="NOLA k = l (train.py's default)")
+    p.add_argument("--block", type=int, default=128, help="sequence length T")
+    p.add_argument("--batch_small", type=int, default=8)
+    p.add_argument("--batch_gpt2", type=int, default=1)
+    p.add_argument("--targets", default="attn.q,attn.v")
+    args = p.parse_args(argv)
+    if args.r % 3:
+        raise SystemExit(f"--r must be divisible by 3 (MultiLoRA n=3 r=R/3), got {args.r}")
+    t0 = time.time()
+    for name in args.models.split(","):
+        if name == "small":  # train.py's default model on the world tokenizer (1024 tokens)
+            cfg = GPTConfig(n_layer=4, n_head=4, n_embd=256, block_size=256, vocab_size=1024)
+            bench_model("default small model", cfg, args.batch_small, args)
+        elif name == "gpt2":
+            bench_model("GPT-2-small shape", GPTConfig(block_size=1024, vocab_size=50257), args.batch_gpt2, args)
+        else:
+            raise SystemExit(f"unknown model {name!r}: use small and/or gpt2")
+    print(f"\n(total {time.time() - t0:.0f} s; CPU timings are noisy when other processes share the cores)")
+
+
+if __name__ == "__main__":
+    main()
