@@ -71,9 +71,6 @@ class AdapterLinear(nn.Module):
         w.copy_((w.float() - self.delta_weight()).to(w.dtype))
         self.merged = False
 
-    def reset_derived(self):
-        """Rebuild tensors derived from loaded state (NOLA's seeds); no-op for most methods."""
-
     def extra_repr(self):
         return f"d_in={self.d_in}, d_out={self.d_out}, merged={self.merged}"
 
@@ -164,9 +161,10 @@ def derive_seed(seed, *names):
 
 
 def nola_bases(seed, count, shape, dtype=torch.float32, device="cpu"):
-    """(count, *shape) bases U(-1,1)/√count drawn from `seed` (fp32 on the CPU, then cast/moved)."""
-    g = torch.Generator().manual_seed(int(seed))
-    b = torch.rand(count, *shape, generator=g).mul_(2).sub_(1).div_(math.sqrt(count))
+    """(count, *shape) bases U(-1,1)/√count drawn from `seed`: fp32 on the CPU, then cast and moved,
+    so a checkpoint means the same bases on every machine and device."""
+    g = torch.Generator().manual_seed(seed)
+    b = torch.empty(count, *shape).uniform_(-1 / math.sqrt(count), 1 / math.sqrt(count), generator=g)
     return b.to(device=device, dtype=dtype)
 
 
@@ -199,22 +197,23 @@ class NOLALinear(AdapterLinear):
         # the seeds are the checkpoint (with α, β): stored as buffers so they travel with the state
         self.register_buffer("seed_A", torch.tensor(derive_seed(seed, name, "A")))
         self.register_buffer("seed_B", torch.tensor(derive_seed(seed, name, "B")))
+        self.register_load_state_dict_post_hook(lambda m, _: m.reset_derived())  # new seeds -> new bases
         self.reset_derived()
 
     def reset_derived(self):
         """(Re)build the frozen offset A0 and, with stored_basis, the bases from the seeds."""
+        self.seeds = (int(self.seed_A), int(self.seed_B))  # python ints: no device sync per forward
         dev, dt = self.base.weight.device, self.base.weight.dtype
         if dev.type == "meta":  # shape-only model (parameter counting): nothing to draw
             self.register_buffer("A0", self._new(self.r, self.d_in), persistent=False)
             return
-        g = torch.Generator().manual_seed(int(self.seed_A) ^ 0x5EED)  # A0 gets its own stream
-        bound = 1 / math.sqrt(self.d_in)  # = kaiming_uniform(a=√5), nn.Linear's default
-        A0 = torch.rand(self.r, self.d_in, generator=g).mul_(2 * bound).sub_(bound)
+        A0 = torch.empty(self.r, self.d_in)
+        nn.init.kaiming_uniform_(A0, a=math.sqrt(5), generator=torch.Generator().manual_seed(self.seeds[0] ^ 0x5EED))
         self.register_buffer("A0", A0.to(dev, dt), persistent=False)
         if self.stored_basis:
-            self.register_buffer("basis_A", nola_bases(self.seed_A, self.k, (self.r, self.d_in), dt, dev),
+            self.register_buffer("basis_A", nola_bases(self.seeds[0], self.k, (self.r, self.d_in), dt, dev),
                                  persistent=False)   # (k, r, d_in)
-            self.register_buffer("basis_B", nola_bases(self.seed_B, self.l, (self.d_out, self.r), dt, dev),
+            self.register_buffer("basis_B", nola_bases(self.seeds[1], self.l, (self.d_out, self.r), dt, dev),
                                  persistent=False)   # (l, d_out, r)
 
     def build(self):
@@ -223,8 +222,8 @@ class NOLALinear(AdapterLinear):
             A = torch.einsum("k,krd->rd", self.coef_A, self.basis_A)
             B = torch.einsum("l,lor->or", self.coef_B, self.basis_B)
         else:
-            A = MixBases.apply(self.coef_A, int(self.seed_A), (self.r, self.d_in))
-            B = MixBases.apply(self.coef_B, int(self.seed_B), (self.d_out, self.r))
+            A = MixBases.apply(self.coef_A, self.seeds[0], (self.r, self.d_in))
+            B = MixBases.apply(self.coef_B, self.seeds[1], (self.d_out, self.r))
         return B, self.A0 + A
 
     def update(self, x):
@@ -328,6 +327,9 @@ def add_adapters(model, method, targets="attn.q,attn.v", **opts):
     if not names:
         raise ValueError(f"adapter targets {targets!r} match no nn.Linear in the model "
                          f"(give module names like 'attn.q,attn.v' or globs like 'h.*.mlp.c_fc')")
+    if cat_sources and set(names) != set(cat_sources[0]):
+        raise ValueError(f"the CAT skill adapters adapt {len(cat_sources[0])} modules, this model has "
+                         f"{len(names)} matching {targets!r}: were they trained on another base?")
     _refuse_tied(model, names)
     model.requires_grad_(False)
     for name in names:
@@ -408,6 +410,8 @@ def adapter_config(model):
 def adapter_state_dict(model, quantize_bits=None):
     """Adapter tensors only (KB, not MB). quantize_bits=4 stores NOLA coefficients as packed 4-bit
     symmetric max-abs codes + one fp32 scale per vector (the NOLA paper's compressed checkpoint)."""
+    if quantize_bits not in (None, 4):
+        raise ValueError(f"quantize_bits must be None or 4, got {quantize_bits!r}")
     sd = {}
     for name, m in adapted_modules(model).items():
         for k, v in m.state_dict().items():
@@ -458,8 +462,7 @@ def load_adapter_state_dict(model, sd):
         was = m.merged
         m.unmerge()
         own = {k[len(name) + 1:]: v for k, v in sd.items() if k.rpartition(".")[0] == name}
-        m.load_state_dict({**{k: v for k, v in m.state_dict().items() if k.startswith("base.")}, **own})
-        m.reset_derived()
+        m.load_state_dict(own, strict=False)  # keys were checked above; base.* stays as it is
         if was:
             m.merge()
 
