@@ -309,8 +309,8 @@ def resolve_matrices(spec, available):
         if not hits:
             raise ValueError(f"no matrix named {tok!r} in the base model: give names like "
                              f"{available[0] if available else 'transformer.h.0.attn.q'} or a suffix such as attn.q")
-        out += [h for h in hits if h not in out]
-    return out
+        out += hits
+    return [n for n in available if n in out]
 
 
 def _load_ckpt(path):
@@ -335,13 +335,13 @@ def load_run(path, base_model, fingerprint):
                          f"pass the base it was trained from ({(ckpt.get('base') or {}).get('path', 'unknown')})")
     label = os.path.basename(os.path.dirname(os.path.abspath(path)))
     if "adapter" in ckpt:   # rebuild the adapters on a copy of the base, then read their factors
-        cfg = dict(ckpt["adapter"]["config"])
         model = copy.deepcopy(base_model)
-        adapters.add_adapters(model, cfg.pop("method"), targets=cfg.pop("targets"), **cfg)
+        adapters.add_adapters(model, **ckpt["adapter"]["config"])   # the config rebuilds the same adapters
         adapters.load_adapter_state_dict(model, ckpt["adapter"]["state"])
-        updates = {n: tuple(t.detach() for t in m.factors()) for n, m in adapters.adapted_modules(model).items()}
+        with torch.no_grad():
+            updates = {n: m.factors() for n, m in adapters.adapted_modules(model).items()}
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        method = adapters.adapter_config(model)["method"]
+        method = ckpt["adapter"]["config"]["method"]
     else:                   # full fine-tuning: every weight moved
         sd = {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
         base_sd = base_model.state_dict()

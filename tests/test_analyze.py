@@ -1,0 +1,263 @@
+"""analyze.py: spectra recovered exactly, QR path == dense SVD, effective rank, planted intruders,
+table == JSON, the real checkpoint formats (tiny models built in-process), one-line errors."""
+import copy
+import json
+import math
+import os
+import re
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import adapters as ad  # noqa: E402
+import analyze as an  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
+
+torch.set_num_threads(1)
+TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50)
+
+
+def orth(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64)).Q
+
+
+def planted(s, d_out, d_in, seed=0):
+    """A (d_out, d_in) matrix with singular values s and random singular vectors: (U, V, W)."""
+    U, V = orth(d_out, seed)[:, :len(s)], orth(d_in, seed + 1)[:, :len(s)]
+    s = torch.as_tensor(s, dtype=torch.float64)
+    return U, V, (U * s) @ V.T
+
+
+# --- numerics ------------------------------------------------------------------------------
+
+def test_planted_singular_values_are_recovered():
+    s = torch.tensor([5.0, 3.0, 2.0, 1.0, 0.5, 0.25, 1e-3], dtype=torch.float64)
+    U, V, dW = planted(s, 40, 30)
+    torch.testing.assert_close(an.singular_values(dW, torch.float64)[:7], s, rtol=0, atol=1e-6)
+    assert an.singular_values(dW, torch.float64)[7:].abs().max() < 1e-6
+    torch.testing.assert_close(an.singular_values_factored(U * s, V.T, torch.float64), s, rtol=0, atol=1e-6)
+    torch.testing.assert_close(an.singular_values(dW.float()).double()[:7], s, rtol=0, atol=1e-5)  # float32 too
+
+
+@pytest.mark.parametrize("d_out,r,d_in", [(50, 6, 40), (10, 16, 12)])   # r > d: the core is (d, d)
+def test_qr_path_equals_dense_svd(d_out, r, d_in):
+    g = torch.Generator().manual_seed(3)
+    B, A = torch.randn(d_out, r, generator=g), torch.randn(r, d_in, generator=g)
+    dense = torch.linalg.svdvals(B.double() @ A.double())
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
+        s = an.singular_values_factored(B, A, dtype).double()
+        assert s.dtype == torch.float64 and len(s) == min(d_out, r, d_in)
+        torch.testing.assert_close(s, dense[:len(s)], rtol=tol, atol=tol * dense[0].item())
+    assert dense[min(d_out, r, d_in):].sum() < 1e-10 * dense[0]
+
+
+def test_effective_rank_flat_onehot_and_known_entropy():
+    for n in (1, 4, 10, 37):
+        m = an.spectrum_metrics(torch.full((n,), 2.5))
+        assert abs(m["effective_rank"] - n) < 1e-9 and m["energy_rank"] == math.ceil(0.9 * n)
+        assert abs(m["top_share"] - 1 / n) < 1e-12 and m["normalized"] == [1.0] * n
+    m = an.spectrum_metrics(torch.tensor([3.0, 0, 0, 0]))
+    assert m["effective_rank"] == 1.0 and m["energy_rank"] == 1 and m["top_share"] == 1.0
+    m = an.spectrum_metrics(torch.tensor([2.0, 1.0, 1.0]))   # p = (1/2, 1/4, 1/4): H = 1.5 ln 2
+    assert abs(m["effective_rank"] - 2 ** 1.5) < 1e-12
+    torch.testing.assert_close(torch.tensor(m["cumulative_energy"]), torch.tensor([4 / 6, 5 / 6, 1.0]))
+    assert m["energy_rank"] == 3
+
+
+def w0_with_tail(d=64, seed=0):
+    """W0 with well separated top singular values and a small tail (σ_j = 10·0.9^j)."""
+    s = 10 * 0.9 ** torch.arange(d, dtype=torch.float64)
+    U, V, W0 = planted(s, d, d, seed)
+    return U, V, s, W0
+
+
+def test_intruder_planted_by_rotating_a_top_direction_out_of_the_span():
+    U, V, s, W0 = w0_with_tail()
+    w = U[:, 40:].sum(1) / math.sqrt(24)          # unit vector spread over W0's tail: |cos| <= 1/√24 with each u0_j
+    dW = s[0] * torch.outer(w - U[:, 0], V[:, 0])  # u0_1 rotated to w, same σ and right vector
+    U0 = torch.linalg.svd(W0)[0]
+    max_cos, counts = an.intruder_dimensions(U0, W0 + dW, k=10, eps=(0.3, 0.5, 0.7))
+    assert counts == {0.3: 1, 0.5: 1, 0.7: 1}
+    assert abs(max_cos[0].item() - 1 / math.sqrt(24)) < 0.02   # the new top vector is the intruder
+    assert max_cos[1:].min() > 0.99                             # the others are W0's own
+    # the same update delivered as factors goes through the same path
+    run = {"label": "x", "method": "lora", "trainable_params": 1,
+           "updates": {"m": ((w - U[:, 0])[:, None] * s[0], V[:, 0][None])}}
+    res = an.analyze({"m": W0}, [run], float64=True)["runs"][0]["matrices"]["m"]
+    assert res["intruders"] == {"0.3": 1, "0.5": 1, "0.7": 1} and res["effective_rank"] == pytest.approx(1.0)
+
+
+def test_update_inside_w0_top_subspace_makes_no_intruders():
+    U, V, s, W0 = w0_with_tail()
+    delta = s[:10] * torch.linspace(0.8, 0.1, 10, dtype=torch.float64)   # grows every top σ, keeps them distinct
+    B, A = U[:, :10] * delta, V[:, :10].T
+    U0 = torch.linalg.svd(W0)[0]
+    max_cos, counts = an.intruder_dimensions(U0, W0 + B @ A, k=10, start=torch.cat([U0[:, :20], B], 1))
+    assert counts == {0.3: 0, 0.5: 0, 0.7: 0} and max_cos.min() > 0.999
+    res = an.analyze({"m": W0.float()}, [{"label": "x", "method": "lora", "trainable_params": 1,
+                                          "updates": {"m": (B.float(), A.float())}}])
+    assert res["runs"][0]["matrices"]["m"]["intruders"] == {"0.3": 0, "0.5": 0, "0.7": 0}
+
+
+@pytest.mark.parametrize("kind", ["fine-tuned", "gaussian"])   # gaussian: tiny gaps, falls back to a full SVD
+def test_top_singular_vectors_match_full_svd(kind):
+    g = torch.Generator().manual_seed(5)
+    if kind == "fine-tuned":
+        U, V, s, W0 = w0_with_tail(96)
+        M = W0 + torch.randn(96, 96, generator=g, dtype=torch.float64) * 0.05
+        start = torch.linalg.svd(W0)[0][:, :20]
+    else:
+        M, start = torch.randn(96, 96, generator=g, dtype=torch.float64), None
+    Ut, St = an.top_singular_vectors(M, 10, start, tol=1e-8)
+    Ue, Se, _ = torch.linalg.svd(M)
+    torch.testing.assert_close(St, Se[:10], rtol=1e-7, atol=0)
+    assert (Ut.T @ Ue[:, :10]).abs().diagonal().min() > 1 - 1e-6
+
+
+def test_bad_updates_are_one_line_errors():
+    cases = [(lambda: an.singular_values(torch.empty(0, 5)), "is empty"),
+             (lambda: an.singular_values(torch.tensor([[1.0, float("nan")]])), "NaN/inf"),
+             (lambda: an.singular_values_factored(torch.ones(4, 2), torch.full((2, 3), float("inf"))), "NaN/inf"),
+             (lambda: an.singular_values_factored(torch.zeros(4, 0), torch.zeros(0, 3)), "is empty"),
+             (lambda: an.singular_values(torch.zeros(3, 3)), "all zeros"),
+             (lambda: an.singular_values_factored(torch.ones(4, 2), torch.zeros(2, 3)), "all zeros")]
+    for call, msg in cases:
+        with pytest.raises(ValueError, match=msg) as e:
+            call()
+        assert "\n" not in str(e.value)
+
+
+# --- checkpoints in train.py's format, built in-process -----------------------------------
+
+def tiny_base(seed=0):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(**TINY))
+
+
+def randomize(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * 0.3)
+
+
+def save(path, ckpt):
+    torch.save(ckpt, path)
+    return str(path)
+
+
+def adapter_ckpt(path, base, method, **opts):
+    m = copy.deepcopy(base)
+    ad.add_adapters(m, method, **opts)
+    randomize(m, seed=len(str(path)))
+    return save(path, {"model_args": vars(base.config).copy(), "base": {"path": "base.pt", "fingerprint": base.fingerprint()},
+                       "adapter": {"config": ad.adapter_config(m), "state": ad.adapter_state_dict(m)}}), m
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    """A base, a full fine-tune and one run of each adapter method over it, as train.py writes them."""
+    d = tmp_path_factory.mktemp("ck")
+    base = tiny_base()
+    paths = {"base": save(d / "base.pt", {"model_args": vars(base.config).copy(), "model": base.state_dict()})}
+    ft = copy.deepcopy(base)
+    with torch.no_grad():
+        for p in ft.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    paths["full"] = save(d / "full.pt", {"model_args": vars(base.config).copy(), "model": ft.state_dict(),
+                                         "base": {"path": paths["base"], "fingerprint": base.fingerprint()}})
+    models = {"full": ft}
+    for name, opts in {"lora": dict(r=4), "multilora": dict(n=2, r=2), "nola": dict(k=8, l=8, r=4)}.items():
+        os.makedirs(d / name)
+        paths[name], models[name] = adapter_ckpt(d / name / "ckpt.pt", base, name, **opts)
+    skills = [adapter_ckpt(d / f"skill{i}.pt", base, "lora", r=2)[0] for i in range(2)]
+    os.makedirs(d / "cat")
+    paths["cat"], models["cat"] = adapter_ckpt(d / "cat" / "ckpt.pt", base, "cat", cat_adapters=skills)
+    for s in skills:
+        os.remove(s)   # a CAT checkpoint is self-contained: the skill files are not needed to analyse it
+    other = tiny_base(seed=1)
+    paths["other_lora"] = adapter_ckpt(d / "other.pt", other, "lora", r=4)[0]
+    return d, base, paths, models
+
+
+def test_real_checkpoint_formats(ckpts, capsys):
+    d, base, paths, models = ckpts
+    result = an.main([f"--base={paths['base']}", paths["lora"], paths["multilora"], paths["nola"], paths["cat"],
+                      paths["full"], f"--out={d / 'res'}"])
+    runs = {r["label"]: r for r in result["runs"]}
+    assert list(runs) == ["lora", "multilora", "nola", "cat", "full"]
+    names = [f"transformer.h.{i}.attn.{k}" for i in range(2) for k in "qv"]
+    assert result["settings"]["matrices"] == names
+    for method in ("lora", "multilora", "nola", "cat"):
+        m = models[method]
+        assert runs[method]["trainable_params"] == sum(p.numel() for p in m.parameters() if p.requires_grad)
+        for n, mod in ad.adapted_modules(m).items():   # the spectrum is the adapter's own ΔW's
+            dense = torch.linalg.svdvals(mod.delta_weight().detach().double())
+            got = torch.tensor(runs[method]["matrices"][n]["sigma"], dtype=torch.float64)
+            torch.testing.assert_close(got, dense[:len(got)], rtol=1e-4, atol=1e-5 * dense[0].item())
+    assert runs["multilora"]["trainable_params"] == 4 * (2 * 2 * 64 + 2)
+    sd0, sd1 = base.state_dict(), models["full"].state_dict()
+    assert runs["full"]["trainable_params"] == sum(p.numel() for p in base.parameters())
+    for n in names:
+        dense = torch.linalg.svdvals((sd1[n + ".weight"] - sd0[n + ".weight"]).double())
+        torch.testing.assert_close(torch.tensor(runs["full"]["matrices"][n]["sigma"], dtype=torch.float64), dense, rtol=1e-4, atol=1e-6)
+    out = capsys.readouterr().out
+    assert "effective rank" in out and "wrote" in out
+    assert os.path.exists(d / "res.json") and (os.path.exists(d / "res.png") or os.path.exists(d / "res.txt"))
+    # an explicit choice of matrices: full names or suffixes
+    res = an.run(paths["base"], [paths["full"]], "transformer.h.1.mlp.c_fc,attn.k", out=str(d / "r2"))[0]
+    assert res["settings"]["matrices"] == ["transformer.h.0.attn.k", "transformer.h.1.attn.k", "transformer.h.1.mlp.c_fc"]
+
+
+def test_json_holds_the_numbers_of_the_table(ckpts):
+    d, base, paths, _ = ckpts
+    result, table, files = an.run(paths["base"], [paths["lora"], paths["full"]], out=str(d / "tj"))
+    with open(files[0]) as f:
+        saved = json.load(f)
+    assert saved["runs"][0]["matrices"] == result["runs"][0]["matrices"]
+    summary = table.split("\n\n")[0].splitlines()[2:]
+    rows = {line.split()[0]: line for line in summary}
+    assert len(rows) == 2
+    for r in saved["runs"]:
+        a = r["aggregate"]
+        nums = re.findall(r"-?\d[\d,]*\.?\d*", rows[r["label"]])
+        expect = [f"{r['trainable_params']:,}", str(a["n_matrices"]), f"{a['effective_rank_mean']:.2f}",
+                  f"{a['effective_rank_std']:.2f}", f"{a['energy_rank_mean']:.2f}", f"{a['top_share_mean']:.3f}",
+                  f"{a['rel_norm_mean']:.4f}"] + [f"{a['intruders_per_matrix'][str(e)]:.2f}" for e in saved["settings"]["eps"]]
+        assert nums == expect
+        for kind, by_layer in a["effective_rank_by_layer"].items():   # the per-layer rows
+            cells = next(line for line in table.splitlines() if line.startswith(f"{r['label']} {kind} "))
+            assert cells.split()[2:] == [f"{by_layer[str(i)]:.2f}" for i in range(2)]
+        m = r["matrices"]["transformer.h.0.attn.q"]   # and the aggregate is the mean of the per-matrix numbers
+        assert a["effective_rank_mean"] == pytest.approx(sum(x["effective_rank"] for x in r["matrices"].values()) / 4)
+        assert m["cumulative_energy"][-1] == pytest.approx(1.0) and m["normalized"][0] == 1.0
+
+
+def test_text_chart_without_matplotlib(ckpts, monkeypatch):
+    d, base, paths, _ = ckpts
+    monkeypatch.setitem(sys.modules, "matplotlib", None)   # import matplotlib -> ImportError
+    result, _, files = an.run(paths["base"], [paths["lora"], paths["full"]], out=str(d / "txt"))
+    assert files[1].endswith(".txt")
+    chart = open(files[1]).read()
+    assert "lora (" in chart and f"{result['runs'][1]['trainable_params']:,} trainable" in chart
+    assert re.search(r"\|@", chart)   # σ_1/σ_1 = 1 is the full bar
+
+
+def test_one_line_errors_for_bad_inputs(ckpts, tmp_path):
+    d, base, paths, _ = ckpts
+    cases = [([paths["lora"], paths["other_lora"]], {}, ValueError, "fine-tuned from base"),
+             ([paths["lora"]], {"matrices": "attn.nope"}, ValueError, "no matrix named 'attn.nope'"),
+             ([str(tmp_path / "missing.pt")], {}, FileNotFoundError, "no checkpoint at"),
+             ([paths["base"]], {}, ValueError, "fine-tuned from base None")]   # a pretraining checkpoint
+    for results, kw, err, msg in cases:
+        with pytest.raises(err, match=msg) as e:
+            an.run(paths["base"], results, out=str(tmp_path / "x"), **kw)
+        assert "\n" not in str(e.value)
+    bad = torch.load(paths["full"], weights_only=True)
+    bad["model"]["transformer.h.0.attn.q.weight"][0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"ΔW of transformer.h.0.attn.q in full has NaN/inf"):
+        an.run(paths["base"], [save(tmp_path / "nan.pt", bad)], out=str(tmp_path / "x"))
