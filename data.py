@@ -67,7 +67,6 @@ FACT_TEMPLATES = {  # how the corpus states each fact; tasks ask with wordings n
     'job': ['{p} works as a {v}.', '{p} is a {v} by trade.', 'the job of {p} is {v}.'],
     'pet': ['{p} owns a {v}.', '{p} keeps a pet {v}.', 'the pet of {p} is a {v}.'],
     'color': ['the favorite color of {p} is {v}.', '{p} likes the color {v} best.'],
-    'age': ['{p} is {v} years old.', 'the age of {p} is {v}.'],
 }
 COUNTRY_TEMPLATES = ['{c} is a city in {k}.', '{c} lies in {k}.', 'the city {c} is part of {k}.']
 
@@ -88,7 +87,7 @@ def make_world(seed=1337, n_people=200, n_cities=24, n_countries=6, bio_repeats=
     for _ in range(n_people):
         people[fresh_name(rng.choice([2, 3]))] = dict(
             city=rng.choice(list(cities)), job=rng.choice(JOBS), pet=rng.choice(PETS),
-            color=rng.choice(COLORS), age=str(rng.randint(18, 79)))
+            color=rng.choice(COLORS))
     strangers = [fresh_name(2) for _ in range(60)]  # names for understanding tasks, with no facts
     return dict(seed=seed, countries=countries, cities=cities, people=people, strangers=strangers,
                 bio_repeats=bio_repeats)
@@ -116,12 +115,11 @@ def make_corpus(world):
     for a in range(100):
         b = rng.randrange(100)
         docs.append(f'{max(a, b)} is more than {min(a, b)}.' if a != b else f'{a} equals {b}.')
-    words = (list(world['people']) + list(world['cities']) + world['countries'] + world['strangers']
-             + JOBS + COLORS + ANIMALS + FOODS + WEATHER + SPORTS + GOOD + BAD + THINGS)
-    for _ in range(6):
-        for w in sorted(set(words)):
-            docs.append(rng.choice(['the word {w} is spelled {s}.', '{w} is written {s}.',
-                                    '{w} starts with the letter {l}.']).format(w=w, s=spelled(w), l=w[0]))
+    common = sorted(set(JOBS + COLORS + ANIMALS + FOODS + WEATHER + SPORTS + GOOD + BAD + THINGS))
+    names = list(world['people']) + list(world['cities']) + world['countries'] + world['strangers']
+    for w in common * 6 + names:  # word knowledge: common words often, names once
+        docs.append(rng.choice(['the word {w} is spelled {s}.', '{w} is written {s}.',
+                                '{w} starts with the letter {l}.']).format(w=w, s=spelled(w), l=w[0]))
     for _ in range(20):
         docs.append('the alphabet is ' + spelled(LETTERS) + '.')
         docs.extend(f'the letter after {a} is {b}.' for a, b in zip(LETTERS, LETTERS[1:] + 'a'))
@@ -370,27 +368,29 @@ def _compare(w, rng):
     return f'which number is larger, {a} or {b}?', str(max(a, b))
 
 
-FAMILIES = {'instruction': ['reverse_words', 'spell', 'first_letters', 'count_words'],
+FAMILIES = {'instruction': ['reverse_words', 'remove_word', 'first_letters', 'count_words'],
             'understanding': ['sentiment', 'entail', 'topic', 'compare'],
             'knowledge': ['city_of', 'job_of', 'pet_of', 'country_of'],
             'skills': ['shift', 'reverse', 'shift_reverse']}
 TASK_FAMILY = {t: f for f, ts in FAMILIES.items() for t in ts}
 MIXTURE = FAMILIES['instruction'] + FAMILIES['understanding'] + FAMILIES['knowledge']
 SKILL1, SKILL2, COMPOSITE = FAMILIES['skills']
+TASK_FAMILY['color_of'] = 'knowledge'  # a spare, outside the mixture
 
 
 def make_tasks(world, n_train=2000, n_eval=200, n_skill=4000, composite_frac=0.05):
-    """{task: {'train'|'val'|'test': [(question, answer), ...]}} for the mixture and the skill set."""
+    """{task: {'train'|'val'|'test': [(question, answer), ...]}} for the mixture and the skill set
+    (plus 'color_of', a spare knowledge task outside the mixture)."""
     people, cities = world['people'], world['cities']
     sizes = (n_train, n_eval, n_eval)
     def rng_for(name):
         return random.Random(f"{world['seed']}/{name}")
-    all_words = sorted(set(list(people) + list(cities) + world['countries'] + JOBS + COLORS + ANIMALS + FOODS))
     T = {}
     T['reverse_words'] = _split_open(lambda r: (lambda ws: (f'reverse the order of the words: {" ".join(ws)}',
                                      ' '.join(ws[::-1])))(_words(r, 3, 5)), sizes, rng_for('rw'))
-    T['spell'] = _split_keys(all_words, spelled, rng_for('spell'),
-                             ['spell {p} letter by letter.', 'how do you spell {p}?'], ['what letters make up the word {p}?'])
+    T['remove_word'] = _split_open(lambda r: (lambda ws, k: (f'remove the word {ws[k]} from: {" ".join(ws)}',
+                                   ' '.join(ws[:k] + ws[k + 1:])))(*(lambda ws: (ws, r.randrange(len(ws))))(_words(r, 3, 6))),
+                                   sizes, rng_for('rm'))
     T['first_letters'] = _split_open(lambda r: (lambda ws: (f'give the first letter of each word: {" ".join(ws)}',
                                      ' '.join(x[0] for x in ws)))(_words(r, 2, 5)), sizes, rng_for('fl'))
     T['count_words'] = _split_open(lambda r: (lambda ws: (f'how many words are in this list? {" ".join(ws)}',
@@ -405,6 +405,9 @@ def make_tasks(world, n_train=2000, n_eval=200, n_skill=4000, composite_frac=0.0
                               ['what does {p} do for a living?', 'what is the job of {p}?'], ['tell me the occupation of {p}.'])
     T['pet_of'] = _split_keys(people, lambda p: people[p]['pet'], rng_for('pe'),
                               ['what pet does {p} have?', 'which animal does {p} keep?'], ['name the animal that lives with {p}.'])
+    T['color_of'] = _split_keys(people, lambda p: people[p]['color'], rng_for('cl'),
+                                ['what is the favorite color of {p}?', 'which color does {p} like best?'],
+                                ['name the color {p} prefers.'])
     T['country_of'] = _split_keys(people, lambda p: cities[people[p]['city']], rng_for('cn'),
                                   ['in which country does {p} live?', 'what country is {p} from?'],
                                   ['name the land where {p} has a home.'])
