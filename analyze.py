@@ -258,18 +258,20 @@ def save_figure(result, path):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for r in result["runs"]:
         c = [v for v in r["aggregate"]["normalized_mean"] if v > 0]
-        ax1.plot(range(1, len(c) + 1), c, marker="o" if len(c) <= 64 else None, ms=3, label=legend_label(r))
-        ax2.plot(*_per_layer(r), marker="o", ms=4, label=r["label"])
-    ax1.set(xscale="log", yscale="log", xlabel="singular value index k",
-            ylabel="σ_k / σ_1 of ΔW (mean over matrices)", title="Spectrum of the weight update")
-    ax2.set(xlabel="layer", ylabel="effective rank exp(H(p)), p_k = σ_k/Σσ", title="Effective rank per layer")
+        line, = ax1.plot(range(1, len(c) + 1), c, marker="o" if len(c) <= 64 else None, ms=3, label=legend_label(r))
+        ax2.plot(*_per_layer(r), marker="o", ms=4, color=line.get_color())
+    ax1.set(xscale="log", yscale="log", xlabel="singular value index $k$",
+            ylabel=r"$\sigma_k / \sigma_1$ of $\Delta W$ (mean over matrices)", title="Spectrum of the weight update")
+    ax2.set(xlabel="layer", ylabel=r"effective rank $\exp H(p)$, $p_k = \sigma_k / \Sigma \sigma$",
+            title="Effective rank per layer (mean over its matrices)")
+    ax2.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax1.legend(fontsize=8)
-    ax2.legend(fontsize=8)
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
@@ -403,12 +405,13 @@ def bench(n_layer=12, d=768, rel=0.05, seed=0, float64=False):
     dense = {n: rnd(d, d) + rnd(d, 4) @ rnd(4, d) for n in base}   # noise plus a few strong directions
     runs.append({"label": "full", "method": "full", "trainable_params": 0,
                  "updates": {n: dW * (rel * base[n].norm() / dW.norm()) for n, dW in dense.items()}})
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = analyze(base, runs, float64=float64)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     print(format_table(result))
     print(f"\nbench: {len(base)} matrices ({n_layer} layers x q,v, {d}x{d}) x {len(runs)} methods, |ΔW|/|W0| = {rel}, "
-          f"intruders included: {dt:.2f} s on {torch.get_num_threads()} threads ({'float64' if float64 else 'float32'}); "
+          f"intruders included: {dt:.2f} s wall, {cpu:.2f} s CPU, {torch.get_num_threads()} threads "
+          f"({'float64' if float64 else 'float32'}); "
           "stages: " + ", ".join(f"{k} {v:.2f} s" for k, v in result["settings"]["stage_seconds"].items()))
     return dt
 
@@ -425,7 +428,11 @@ def main(argv=None):
     p.add_argument("--eps", default=",".join(map(str, EPS)), help="intruder thresholds ε on max |cosine|")
     p.add_argument("--bench", action="store_true", help="time the analysis on synthetic GPT-2-small-shaped updates")
     p.add_argument("--bench_rel", type=float, default=0.05, help="--bench: size of each ΔW relative to W0 (Frobenius)")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default); "
+                   "use 1 when other jobs share the CPU: oversubscribed threads are many times slower")
     a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     if a.bench:
         return bench(rel=a.bench_rel, float64=a.float64)
     if not a.base or not a.results:
