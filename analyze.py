@@ -124,44 +124,44 @@ def analyze(base, runs, matrices=None, k=TOP_K, eps=EPS, float64=False):
     Returns a json-able dict: per run, per matrix metrics and the per-method aggregate."""
     dtype = torch.float64 if float64 else torch.float32
     names = matrices or sorted({n for r in runs for n in r["updates"]}, key=_natural)
-    svd0 = {}   # W0's SVD, shared by every run
-    out, clock = [], {"W0 svd": 0.0, "spectra": 0.0, "intruders": 0.0}
-    tick = lambda stage, t0: clock.__setitem__(stage, clock[stage] + time.perf_counter() - t0) or time.perf_counter()
+    clock, now = {"W0 svd": 0.0, "spectra": 0.0, "intruders": 0.0}, time.perf_counter
+    t0 = now()
+    svd0 = {}   # W0's SVD, once per matrix, shared by every run
+    for name in names:
+        if name not in base:
+            raise ValueError(f"no matrix {name!r} in the base model")
+        if any(name in r["updates"] for r in runs):
+            svd0[name] = torch.linalg.svd(base[name].to(dtype), full_matrices=False)[:2]   # (U0, S0)
+    clock["W0 svd"] = now() - t0
+    out = []
     for r in runs:
         per = {}
-        for name in names:
-            if name not in r["updates"]:
-                continue   # this run did not adapt this matrix: ΔW = 0, nothing to say
-            if name not in base:
-                raise ValueError(f"no matrix {name!r} in the base model")
-            W0, t0 = base[name].to(dtype), time.perf_counter()
-            if name not in svd0:
-                svd0[name] = torch.linalg.svd(W0, full_matrices=False)[:2]   # (U0, S0)
-            U0, S0 = svd0[name]
-            t0 = tick("W0 svd", t0)
-            u, what = r["updates"][name], f"ΔW of {name} in {r['label']}"
-            if isinstance(u, (tuple, list)):
-                B, A = u
+        for name in (n for n in names if n in r["updates"]):   # a matrix a run did not adapt has ΔW = 0
+            W0, (U0, S0), u, what = base[name].to(dtype), svd0[name], r["updates"][name], f"ΔW of {name} in {r['label']}"
+            t0 = now()
+            if isinstance(u, (tuple, list)):   # factored: ΔW = B @ A
+                B, A = (t.to(dtype) for t in u)
                 if B.shape[0] != W0.shape[0] or A.shape[1] != W0.shape[1]:
                     raise ValueError(f"{what}: factors {tuple(B.shape)} @ {tuple(A.shape)} do not match W0 {tuple(W0.shape)}")
                 s = singular_values_factored(B, A, dtype, name=what)
-                dW, start = B.to(dtype) @ A.to(dtype), torch.cat([U0[:, :k + 10], B.to(dtype)], 1)
+                dW, start = B @ A, torch.cat([U0[:, :k + 10], B], 1)   # new top directions lie near span(U0_top, B)
             else:
                 if u.shape != W0.shape:
                     raise ValueError(f"{what}: shape {tuple(u.shape)} differs from W0 {tuple(W0.shape)}")
                 s = singular_values(u, dtype, name=what)
                 dW, start = u.to(dtype), U0[:, :k + 10]
             m = spectrum_metrics(s)
-            t0 = tick("spectra", t0)
+            m["rel_norm"] = (s.double().norm() / S0.double().norm()).item()   # ||ΔW||_F / ||W0||_F
+            t1 = now()
             max_cos, counts = intruder_dimensions(U0, W0 + dW, k, eps, start)
-            tick("intruders", t0)
             m["intruder_max_cos"] = max_cos.tolist()
             m["intruders"] = {str(e): c for e, c in counts.items()}
-            m["rel_norm"] = (s.double().norm() / S0.double().norm()).item()   # ||ΔW||_F / ||W0||_F
+            clock["spectra"] += t1 - t0
+            clock["intruders"] += now() - t1
             per[name] = m
         if not per:
             raise ValueError(f"{r['label']}: none of the matrices {', '.join(names)} was adapted by this run")
-        out.append({k_: v for k_, v in r.items() if k_ != "updates"} | {"matrices": per, "aggregate": aggregate(per, eps)})
+        out.append({key: v for key, v in r.items() if key != "updates"} | {"matrices": per, "aggregate": aggregate(per, eps)})
     return {"settings": {"top_k": k, "eps": list(eps), "energy": ENERGY, "float64": float64,
                          "intruder_vectors": "left (U)", "matrices": names, "stage_seconds": clock}, "runs": out}
 
