@@ -285,8 +285,10 @@ def save_figure(result, path):
 def write_outputs(result, out):
     """out.json (every number), out.png (or out.txt, the text chart, without matplotlib)."""
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    text = json.dumps(result, indent=1)
+    text = re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)  # a list per line
     with open(out + ".json.tmp", "w") as f:
-        json.dump(result, f, indent=1)
+        f.write(text)
     os.replace(out + ".json.tmp", out + ".json")
     fig = save_figure(result, out + ".png")
     if fig is None:
@@ -362,7 +364,6 @@ def run(base_path, paths, matrices=None, out="analysis", float64=False, k=TOP_K,
     base_model, _ = load_model(base_path)
     fingerprint = base_model.fingerprint()
     runs = [load_run(p, base_model, fingerprint) for p in paths]
-    labels = [r["label"] for r in runs]
     for r in runs:   # label by method, with the run's folder name when that is ambiguous or different
         r["label"] = r["method"] if [x["method"] for x in runs].count(r["method"]) == 1 else f"{r['method']}:{r['label']}"
     available = linear_names(base_model)
@@ -379,7 +380,6 @@ def run(base_path, paths, matrices=None, out="analysis", float64=False, k=TOP_K,
     result = analyze(base, runs, names, k=k, eps=eps, float64=float64)
     result["settings"]["seconds"] = time.perf_counter() - t0
     result["base"] = {"path": base_path, "fingerprint": fingerprint}
-    del labels
     return result, format_table(result), write_outputs(result, out)
 
 
@@ -400,10 +400,11 @@ def bench(n_layer=12, d=768, rel=0.05, seed=0, float64=False):
             base[f"transformer.h.{i}.{kind}"] = (orth() * torch.arange(1, d + 1).float() ** -0.6) @ orth().T
     fit = lambda W0, B, A: (B * (rel * W0.norm() / (B @ A).norm()), A)
     ranks = {"lora": 8, "multilora": 24, "nola": 8, "cat": 16}   # multilora: 3 modules of rank 8; cat: 2 LoRAs
-    runs = [{"label": m, "method": m, "trainable_params": 0,
+    params = {"lora": 8 * 2 * d, "multilora": 24 * 2 * d + 3, "nola": 64 + 64, "cat": 2}   # per matrix, train.py defaults
+    runs = [{"label": m, "method": m, "trainable_params": len(base) * params[m],
              "updates": {n: fit(W0, rnd(d, r), rnd(r, d)) for n, W0 in base.items()}} for m, r in ranks.items()]
     dense = {n: rnd(d, d) + rnd(d, 4) @ rnd(4, d) for n in base}   # noise plus a few strong directions
-    runs.append({"label": "full", "method": "full", "trainable_params": 0,
+    runs.append({"label": "full", "method": "full", "trainable_params": 124_439_808,   # GPT-2 small
                  "updates": {n: dW * (rel * base[n].norm() / dW.norm()) for n, dW in dense.items()}})
     t0, c0 = time.perf_counter(), time.process_time()
     result = analyze(base, runs, float64=float64)
@@ -437,7 +438,10 @@ def main(argv=None):
         return bench(rel=a.bench_rel, float64=a.float64)
     if not a.base or not a.results:
         p.error("give --base=<base checkpoint or GPT-2 dir> and at least one result checkpoint")
-    eps = tuple(float(e) for e in a.eps.split(","))
+    try:
+        eps = tuple(float(e) for e in a.eps.split(","))
+    except ValueError:
+        raise ValueError(f"--eps takes comma-separated numbers like 0.3,0.5,0.7, got {a.eps!r}") from None
     result, table, files = run(a.base, a.results, a.matrices, a.out, a.float64, a.top_k, eps)
     print(table)
     if files[1].endswith(".txt"):
