@@ -203,6 +203,7 @@ class NOLALinear(AdapterLinear):
     def reset_derived(self):
         """(Re)build the frozen offset A0 and, with stored_basis, the bases from the seeds."""
         self.seeds = (int(self.seed_A), int(self.seed_B))  # python ints: no device sync per forward
+        self._cache = None
         dev, dt = self.base.weight.device, self.base.weight.dtype
         if dev.type == "meta":  # shape-only model (parameter counting): nothing to draw
             self.register_buffer("A0", self._new(self.r, self.d_in), persistent=False)
@@ -218,13 +219,18 @@ class NOLALinear(AdapterLinear):
 
     def build(self):
         """A (r, d_in) and B (d_out, r): k·r·d work once per forward, independent of the tokens."""
+        key = (self.coef_A._version, self.coef_B._version, self.coef_A.device, self.coef_A.dtype)
+        if not torch.is_grad_enabled() and self._cache and self._cache[0] == key:
+            return self._cache[1]  # inference (e.g. one forward per generated token): build once
         if self.stored_basis:
             A = torch.einsum("k,krd->rd", self.coef_A, self.basis_A)
             B = torch.einsum("l,lor->or", self.coef_B, self.basis_B)
         else:
             A = MixBases.apply(self.coef_A, self.seeds[0], (self.r, self.d_in))
             B = MixBases.apply(self.coef_B, self.seeds[1], (self.d_out, self.r))
-        return B, self.A0 + A
+        B, A = B, self.A0 + A
+        self._cache = None if torch.is_grad_enabled() else (key, (B, A))
+        return B, A
 
     def update(self, x):
         B, A = self.build()

@@ -244,6 +244,16 @@ def test_nola_seeds_differ_and_global_rng_untouched():
     assert torch.equal(torch.get_rng_state(), state)
 
 
+def test_nola_inference_cache_follows_coefficient_updates():
+    mod = ad.NOLALinear(nn.Linear(8, 6), k=4, l=3, r=2, name="x")
+    x = torch.randn(5, 8)
+    for step in range(3):
+        with torch.no_grad():
+            mod.coef_A.add_(0.1 * step)
+            mod.coef_B.add_(0.2)  # in place, as an optimizer step: bumps the version counter
+            torch.testing.assert_close(mod(x), mod.base(x) + x @ mod.delta_weight().T, rtol=1e-5, atol=1e-6)
+
+
 def test_nola_4bit_export_is_close_and_small():
     m, base = adapted("nola")
     randomize(m)
