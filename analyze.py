@@ -333,7 +333,9 @@ def _load_ckpt(path):
 
 
 def load_run(path, base_model, fingerprint):
-    """One result checkpoint -> {'label', 'method', 'trainable_params', 'updates': {name: ΔW or (B, A)}}."""
+    """One result checkpoint -> {'label', 'method', 'trainable_params', 'updates': {name: (B, A)}} for an
+    adapter run; for full fine-tuning 'updates' holds the fine-tuned weights W_ft until run() picks
+    the matrices and subtracts W0 (lm_head alone is 38M numbers: subtract only what is analysed)."""
     import adapters
     ckpt = _load_ckpt(path)
     theirs = (ckpt.get("base") or {}).get("fingerprint")
@@ -351,12 +353,12 @@ def load_run(path, base_model, fingerprint):
         method = ckpt["adapter"]["config"]["method"]
     else:                   # full fine-tuning: every weight moved
         sd = {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
-        base_sd = base_model.state_dict()
         updates = {}
         for n in linear_names(base_model):
-            if n + ".weight" not in sd:
-                raise ValueError(f"{path}: no weight for {n}: a checkpoint of a different architecture than --base")
-            updates[n] = sd[n + ".weight"].float() - base_sd[n + ".weight"].float()
+            w, w0 = sd.get(n + ".weight"), base_model.get_submodule(n).weight
+            if w is None or w.shape != w0.shape:
+                raise ValueError(f"{path}: no {tuple(w0.shape)} weight for {n}: a different architecture than --base")
+            updates[n] = w
         trainable, method = sum(p.numel() for p in base_model.parameters()), "full"
     return {"label": label, "path": path, "method": method, "trainable_params": trainable, "updates": updates}
 
@@ -367,7 +369,7 @@ def run(base_path, paths, matrices=None, out="analysis", float64=False, k=TOP_K,
     base_model, _ = load_model(base_path)
     fingerprint = base_model.fingerprint()
     runs = [load_run(p, base_model, fingerprint) for p in paths]
-    for r in runs:   # label by method, with the run's folder name when that is ambiguous or different
+    for r in runs:   # label by method, with the run's folder name when two runs share a method
         r["label"] = r["method"] if [x["method"] for x in runs].count(r["method"]) == 1 else f"{r['method']}:{r['label']}"
     available = linear_names(base_model)
     if matrices:
@@ -375,10 +377,10 @@ def run(base_path, paths, matrices=None, out="analysis", float64=False, k=TOP_K,
     else:   # every matrix any adapter run adapted; full fine-tuning is compared on the same ones
         names = [n for n in available if any(n in r["updates"] for r in runs if r["method"] != "full")]
         names = names or resolve_matrices("attn.q,attn.v", available)
-    for r in runs:
-        if r["method"] == "full":
-            r["updates"] = {n: r["updates"][n] for n in names}
     base = {n: base_model.get_submodule(n).weight.detach() for n in names}
+    for r in runs:
+        if r["method"] == "full":   # ΔW = W_ft - W0
+            r["updates"] = {n: r["updates"][n].float() - base[n].float() for n in names}
     t0 = time.perf_counter()
     result = analyze(base, runs, names, k=k, eps=eps, float64=float64)
     result["settings"]["seconds"] = time.perf_counter() - t0
