@@ -265,13 +265,14 @@ def save_figure(result, path):
     except ImportError:
         return None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for r in result["runs"]:
+    for i, r in enumerate(result["runs"]):   # a marker and dash per method: equal-rank curves overlap
         c = [v for v in r["aggregate"]["normalized_mean"] if v > 0]
-        line, = ax1.plot(range(1, len(c) + 1), c, marker="o" if len(c) <= 64 else None, ms=3, label=legend_label(r))
-        ax2.plot(*_per_layer(r), marker="o", ms=4, color=line.get_color())
+        style = dict(marker="os^Dv*PX"[i % 8], ls=["-", "--", "-.", ":"][i % 4], ms=4, alpha=0.85)
+        line, = ax1.plot(range(1, len(c) + 1), c, markevery=max(1, len(c) // 24), label=legend_label(r), **style)
+        ax2.plot(*_per_layer(r), color=line.get_color(), **style)
     ax1.set(xscale="log", yscale="log", xlabel="singular value index $k$",
             ylabel=r"$\sigma_k / \sigma_1$ of $\Delta W$ (mean over matrices)", title="Spectrum of the weight update")
-    ax2.set(xlabel="layer", ylabel=r"effective rank $\exp H(p)$, $p_k = \sigma_k / \Sigma \sigma$",
+    ax2.set(yscale="log", xlabel="layer", ylabel=r"effective rank $\exp H(p)$, $p_k = \sigma_k / \Sigma \sigma$",
             title="Effective rank per layer (mean over its matrices)")
     ax2.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax1.legend(fontsize=8)
