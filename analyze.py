@@ -140,12 +140,14 @@ def analyze(base, runs, matrices=None, k=TOP_K, eps=EPS, float64=False):
     for r in runs:
         per = {}
         for name in (n for n in names if n in r["updates"]):   # a matrix a run did not adapt has ΔW = 0
-            W0, (U0, S0), u, what = base[name].to(dtype), svd0[name], r["updates"][name], f"ΔW of {name} in {r['label']}"
+            W0, (U0, S0), u = base[name].to(dtype), svd0[name], r["updates"][name]
+            what = f"ΔW of {name} in {r['label']}"
             t0 = now()
             if isinstance(u, (tuple, list)):   # factored: ΔW = B @ A
                 B, A = (t.to(dtype) for t in u)
                 if B.shape[0] != W0.shape[0] or A.shape[1] != W0.shape[1]:
-                    raise ValueError(f"{what}: factors {tuple(B.shape)} @ {tuple(A.shape)} do not match W0 {tuple(W0.shape)}")
+                    raise ValueError(f"{what}: factors {tuple(B.shape)} @ {tuple(A.shape)} "
+                                     f"do not match W0 {tuple(W0.shape)}")
                 s = singular_values_factored(B, A, dtype, name=what)
                 dW, start = B @ A, torch.cat([U0[:, :k + 10], B], 1)   # new top directions lie near span(U0_top, B)
             else:
@@ -164,7 +166,8 @@ def analyze(base, runs, matrices=None, k=TOP_K, eps=EPS, float64=False):
             per[name] = m
         if not per:
             raise ValueError(f"{r['label']}: none of the matrices {', '.join(names)} was adapted by this run")
-        out.append({key: v for key, v in r.items() if key != "updates"} | {"matrices": per, "aggregate": aggregate(per, eps)})
+        info = {key: v for key, v in r.items() if key != "updates"}
+        out.append(info | {"matrices": per, "aggregate": aggregate(per, eps)})
     return {"settings": {"top_k": k, "eps": list(eps), "energy": ENERGY, "float64": float64,
                          "intruder_vectors": "left (U)", "matrices": names, "stage_seconds": clock}, "runs": out}
 
@@ -208,21 +211,24 @@ def _natural(name):
 
 def format_table(result):
     """The per-method summary, then effective rank per layer."""
-    eps = result["settings"]["eps"]
+    eps, k = result["settings"]["eps"], result["settings"]["top_k"]
     head = (f"{'method':<22}{'trainable':>12}{'mats':>6}{'eff.rank':>10}{'±sd':>7}{'rank@90%':>10}"
-            f"{'top σ² share':>14}{'|ΔW|/|W0|':>11}   intruders/matrix in top-{result['settings']['top_k']} at ε="
+            f"{'top σ² share':>14}{'|ΔW|/|W0|':>11}   intruders/matrix in top-{k} at ε="
             + " ".join(f"{e:g}" for e in eps))
     lines = [head, "-" * len(head)]
     for r in result["runs"]:
         a = r["aggregate"]
-        lines.append(f"{r['label']:<22}{r['trainable_params']:>12,}{a['n_matrices']:>6}{a['effective_rank_mean']:>10.2f}"
-                     f"{a['effective_rank_std']:>7.2f}{a['energy_rank_mean']:>10.2f}{a['top_share_mean']:>14.3f}"
-                     f"{a['rel_norm_mean']:>11.4f}   " + " ".join(f"{a['intruders_per_matrix'][str(e)]:.2f}" for e in eps))
-    layers = sorted({int(l) for r in result["runs"] for d in r["aggregate"]["effective_rank_by_layer"].values() for l in d})
-    lines += ["", "effective rank exp(H(p)) per layer", f"{'method / matrix':<30}" + "".join(f"{'L' + str(l):>7}" for l in layers)]
-    for r in result["runs"]:
-        for kind, d in r["aggregate"]["effective_rank_by_layer"].items():
-            lines.append(f"{r['label'] + ' ' + kind:<30}" + "".join(f"{d[str(l)]:>7.2f}" if str(l) in d else f"{'-':>7}" for l in layers))
+        lines.append(f"{r['label']:<22}{r['trainable_params']:>12,}{a['n_matrices']:>6}"
+                     f"{a['effective_rank_mean']:>10.2f}{a['effective_rank_std']:>7.2f}{a['energy_rank_mean']:>10.2f}"
+                     f"{a['top_share_mean']:>14.3f}{a['rel_norm_mean']:>11.4f}   "
+                     + " ".join(f"{a['intruders_per_matrix'][str(e)]:.2f}" for e in eps))
+    by_kind = [(f"{r['label']} {kind}", d) for r in result["runs"]
+               for kind, d in r["aggregate"]["effective_rank_by_layer"].items()]
+    layers = sorted({int(layer) for _, d in by_kind for layer in d})
+    lines += ["", "effective rank exp(H(p)) per layer",
+              f"{'method / matrix':<30}" + "".join(f"{'L' + str(layer):>7}" for layer in layers)]
+    for name, d in by_kind:
+        lines.append(f"{name:<30}" + "".join(f"{d[str(i)]:>7.2f}" if str(i) in d else f"{'-':>7}" for i in layers))
     return "\n".join(lines)
 
 
@@ -290,7 +296,8 @@ def write_outputs(result, out):
     """out.json (every number), out.png (or out.txt, the text chart, without matplotlib)."""
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     text = json.dumps(result, indent=1)
-    text = re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)  # a list per line
+    one_line = lambda m: "[" + " ".join(m.group(1).split()) + "]"
+    text = re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", one_line, text)   # a list of numbers per line, not a number
     with open(out + ".json.tmp", "w") as f:
         f.write(text)
     os.replace(out + ".json.tmp", out + ".json")
@@ -327,7 +334,8 @@ def _load_ckpt(path):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path}: not a loadable checkpoint ({type(e).__name__}); only plain tensors are accepted") from None
+        raise ValueError(f"{path}: not a loadable checkpoint ({type(e).__name__}); "
+                         "only plain tensors are accepted") from None
     if not isinstance(ckpt, dict) or not ("model" in ckpt or "adapter" in ckpt):
         raise ValueError(f"{path}: not a train.py checkpoint (neither 'model' nor 'adapter' in it)")
     return ckpt
@@ -371,7 +379,8 @@ def run(base_path, paths, matrices=None, out="analysis", float64=False, k=TOP_K,
     fingerprint = base_model.fingerprint()
     runs = [load_run(p, base_model, fingerprint) for p in paths]
     for r in runs:   # label by method, with the run's folder name when two runs share a method
-        r["label"] = r["method"] if [x["method"] for x in runs].count(r["method"]) == 1 else f"{r['method']}:{r['label']}"
+        shared = [x["method"] for x in runs].count(r["method"]) > 1
+        r["label"] = f"{r['method']}:{r['label']}" if shared else r["method"]
     available = linear_names(base_model)
     if matrices:
         names = resolve_matrices(matrices, available)
@@ -406,7 +415,7 @@ def bench(n_layer=12, d=768, rel=0.05, seed=0, float64=False):
             base[f"transformer.h.{i}.{kind}"] = (orth() * torch.arange(1, d + 1).float() ** -0.6) @ orth().T
     fit = lambda W0, B, A: (B * (rel * W0.norm() / (B @ A).norm()), A)
     ranks = {"lora": 8, "multilora": 24, "nola": 8, "cat": 16}   # multilora: 3 modules of rank 8; cat: 2 LoRAs
-    params = {"lora": 8 * 2 * d, "multilora": 24 * 2 * d + 3, "nola": 64 + 64, "cat": 2}   # per matrix, train.py defaults
+    params = {"lora": 8 * 2 * d, "multilora": 24 * 2 * d + 3, "nola": 64 + 64, "cat": 2}   # per matrix
     runs = [{"label": m, "method": m, "trainable_params": len(base) * params[m],
              "updates": {n: fit(W0, rnd(d, r), rnd(r, d)) for n, W0 in base.items()}} for m, r in ranks.items()]
     dense = {n: rnd(d, d) + rnd(d, 4) @ rnd(4, d) for n in base}   # noise plus a few strong directions
@@ -429,7 +438,8 @@ def main(argv=None):
     p.add_argument("--base", help="the base checkpoint or GPT-2 directory the results were fine-tuned from")
     p.add_argument("--matrices", default="", help="comma-separated names or suffixes (attn.q,attn.v); "
                    "default: every matrix an adapter adapted")
-    p.add_argument("--out", default="analysis", help="output prefix: writes OUT.json and OUT.png (OUT.txt without matplotlib)")
+    p.add_argument("--out", default="analysis",
+                   help="output prefix: writes OUT.json and OUT.png (OUT.txt without matplotlib)")
     p.add_argument("--float64", action="store_true", help="do the decompositions in float64")
     p.add_argument("--top_k", type=int, default=TOP_K, help="top singular vectors of W0+ΔW checked for intruders")
     p.add_argument("--eps", default=",".join(map(str, EPS)), help="intruder thresholds ε on max |cosine|")
