@@ -7,26 +7,27 @@ Dataset names understood by get_dataset(name, block_size, ...):
   world              pretraining corpus of the synthetic world (a plain token stream, nanoGPT .bin)
   mixture            all 12 instruction tasks (3 families, MultiLoRA-style heterogeneous mixture)
   task:<name>        one task of the mixture or of the skill set, e.g. task:city_of
-  skill1, skill2     LoRA-Soups skills: 'upper' (capitalise letters), 'reverse' (reverse letters)
+  skill1, skill2     LoRA-Soups skills: 'shift' (each letter to the next one in the alphabet, a
+                     fact the corpus teaches) and 'reverse' (reverse a string of letters, a procedure)
   skills             skill1 + skill2 mixed (the data-mixing baseline)
-  composite          'upper_reverse' (needs both skills); its train split is small (~5% of the
+  composite          'shift_reverse' (needs both skills); its train split is small (5% of the two
                      skills' data, for learning CAT weights); evaluates skill1, skill2 and composite
   text               a plain-text corpus from path= (tiny-shakespeare style); 'shakespeare' downloads
   alpaca             Alpaca-format instruction JSON from path=
   e2e                E2E NLG CSV (columns mr, ref) from path= (a file, or a folder with train/dev/test)
 
 Every instruction item is one prompt/answer pair in one format:
-    "Q: <question>\nA:" + " <answer>" + <|end|>
+    "Q: <question>\nA:" + " <answer>" + <|endoftext|>
 and the loss covers only the answer and the stop token (targets are -1 on the prompt and padding).
 Tokenizers: 'world' (a small BPE trained by this file on the world's own corpus, committed as
-data/world.tiktoken), 'world-bytes' (plain bytes, 256 ranks), 'gpt2' (tiktoken's own).
+data/world.tiktoken; 1024 ids), 'world-bytes' (plain bytes; 257 ids), 'gpt2' (tiktoken's own).
+All three end answers with <|endoftext|>, the only special token.
 """
 import base64
 import collections
 import csv
 import hashlib
 import json
-import math
 import os
 import random
 import re
@@ -39,13 +40,14 @@ import tiktoken
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORLD_RANKS = os.path.join(HERE, 'data', 'world.tiktoken')
-END = '<|end|>'  # end-of-answer marker: generation stops here
+# GPT-2's one special token ends every world document in pretraining and every answer in the tasks,
+# so the stop token has a trained embedding before any fine-tuning (an adapter cannot train it)
 EOT = '<|endoftext|>'
 # GPT-2's split pattern, except that digits come one at a time so that arithmetic sees digits
 PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 # -----------------------------------------------------------------------------------------------
-# the world: a few hundred people with five facts each, cities in countries, words, numbers
+# the world: a few hundred people with four facts each, cities in countries, words, numbers
 
 JOBS = 'baker farmer doctor teacher pilot singer painter tailor miner sailor cook judge'.split()
 PETS = 'cat dog fish bird horse goat rabbit frog'.split()
@@ -196,7 +198,7 @@ def get_tokenizer(name='world'):
     if name == 'world':
         if not os.path.exists(WORLD_RANKS):  # regenerate the committed file: deterministic
             os.makedirs(os.path.dirname(WORLD_RANKS), exist_ok=True)
-            write_ranks(train_bpe(make_corpus(make_world()), 1022), WORLD_RANKS)
+            write_ranks(train_bpe(make_corpus(make_world()), 1023), WORLD_RANKS)
         ranks = read_ranks(WORLD_RANKS)
     elif name == 'world-bytes':
         ranks = {bytes([i]): i for i in range(256)}
@@ -215,24 +217,19 @@ def get_tokenizer(name='world'):
         raise ValueError(f"unknown tokenizer {name!r}: use 'world', 'world-bytes' or 'gpt2'")
     n = len(ranks)
     enc = tiktoken.Encoding(name, pat_str=PAT, mergeable_ranks=ranks,
-                            special_tokens={EOT: n, END: n + 1})
+                            special_tokens={EOT: n})
     _TOKENIZERS[name] = enc
     return enc
 
 
-def stop_token_of(enc):
-    return enc.encode(END, allowed_special='all')[0] if END in enc.special_tokens_set else enc.eot_token
-
-
-def encode(enc, text):
-    return enc.encode_ordinary(text)
 
 
 # -----------------------------------------------------------------------------------------------
 # token streams (nanoGPT .bin + meta.json)
 
-def write_stream(folder, text, enc, tok_name, val_frac=0.05):
-    """Tokenise text into train.bin / val.bin (uint16, or uint32 for big vocabularies) + meta.json."""
+def write_stream(folder, text, enc, tok_name, val_frac=0.05, docs=False):
+    """Tokenise text into train.bin / val.bin (uint16, or uint32 for big vocabularies) + meta.json.
+    docs=True: every line is a document, ended by the end-of-text token instead of its newline."""
     os.makedirs(folder, exist_ok=True)
     lines = text.splitlines(keepends=True)
     cut = len(lines) - max(1, int(len(lines) * val_frac))
@@ -240,7 +237,11 @@ def write_stream(folder, text, enc, tok_name, val_frac=0.05):
     meta = dict(tokenizer=tok_name, vocab_size=enc.n_vocab, dtype=np.dtype(dtype).name, tokens={})
     h = hashlib.sha256(tok_name.encode())
     for split, part in (('train', lines[:cut]), ('val', lines[cut:])):
-        ids = np.array(encode(enc, ''.join(part)), dtype=dtype)
+        if docs:
+            ids = [i for line in enc.encode_ordinary_batch([l.rstrip('\n') for l in part]) for i in line + [enc.eot_token]]
+        else:
+            ids = enc.encode_ordinary(''.join(part))
+        ids = np.array(ids, dtype=dtype)
         tmp = os.path.join(folder, f'{split}.bin.tmp')
         ids.tofile(tmp)
         os.replace(tmp, os.path.join(folder, f'{split}.bin'))
@@ -378,6 +379,27 @@ SKILL1, SKILL2, COMPOSITE = FAMILIES['skills']
 TASK_FAMILY['color_of'] = 'knowledge'  # a spare, outside the mixture
 
 
+KNOWLEDGE = [  # (task, fact, training wordings, evaluation wordings): the latter never occur in training
+    ('city_of', 'city', ['where does {p} live?', 'in which city does {p} live?', 'which city is home to {p}?',
+                         'what city does {p} live in?', 'tell me the city of {p}.', 'what is the home city of {p}?'],
+     ['name the city where {p} lives.', 'which city does {p} call home?']),
+    ('job_of', 'job', ['what does {p} do for a living?', 'what is the job of {p}?', 'what work does {p} do?',
+                       'which job does {p} have?', 'tell me the job of {p}.', 'what is the trade of {p}?'],
+     ['name the job that {p} does.', 'what kind of work does {p} do?']),
+    ('pet_of', 'pet', ['what pet does {p} have?', 'which animal does {p} keep?', 'what animal does {p} own?',
+                       'which pet does {p} own?', 'tell me the pet of {p}.', 'what kind of pet does {p} keep?'],
+     ['name the pet that {p} keeps.', 'which animal is the pet of {p}?']),
+    ('color_of', 'color', ['what is the favorite color of {p}?', 'which color does {p} like best?',
+                           'what color does {p} love most?', 'tell me the color {p} likes.',
+                           'which color is the favorite of {p}?', 'what color does {p} prefer?'],
+     ['name the color that {p} likes best.', 'what is the best loved color of {p}?']),
+    ('country_of', 'country', ['in which country does {p} live?', 'what country is {p} from?',
+                               'which country is home to {p}?', 'tell me the country of {p}.',
+                               'what is the home country of {p}?', 'in what land does {p} live?'],
+     ['name the country where {p} lives.', 'which country does {p} call home?']),
+]
+
+
 def make_tasks(world, n_train=2000, n_eval=200, n_skill=4000, composite_frac=0.05):
     """{task: {'train'|'val'|'test': [(question, answer), ...]}} for the mixture and the skill set
     (plus 'color_of', a spare knowledge task outside the mixture)."""
@@ -387,30 +409,21 @@ def make_tasks(world, n_train=2000, n_eval=200, n_skill=4000, composite_frac=0.0
         return random.Random(f"{world['seed']}/{name}")
     T = {}
     T['reverse_words'] = _split_open(lambda r: (lambda ws: (f'reverse the order of the words: {" ".join(ws)}',
-                                     ' '.join(ws[::-1])))(_words(r, 3, 5)), sizes, rng_for('rw'))
+                                     ' '.join(ws[::-1])))(_words(r, 2, 4)), sizes, rng_for('rw'))
     T['remove_word'] = _split_open(lambda r: (lambda ws, k: (f'remove the word {ws[k]} from: {" ".join(ws)}',
-                                   ' '.join(ws[:k] + ws[k + 1:])))(*(lambda ws: (ws, r.randrange(len(ws))))(_words(r, 3, 6))),
+                                   ' '.join(ws[:k] + ws[k + 1:])))(*(lambda ws: (ws, r.randrange(len(ws))))(_words(r, 3, 5))),
                                    sizes, rng_for('rm'))
     T['first_letters'] = _split_open(lambda r: (lambda ws: (f'give the first letter of each word: {" ".join(ws)}',
-                                     ' '.join(x[0] for x in ws)))(_words(r, 2, 5)), sizes, rng_for('fl'))
+                                     ' '.join(x[0] for x in ws)))(_words(r, 2, 4)), sizes, rng_for('fl'))
     T['count_words'] = _split_open(lambda r: (lambda ws: (f'how many words are in this list? {" ".join(ws)}',
                                    str(len(ws))))(_words(r, 1, 9)), sizes, rng_for('cw'))
     T['sentiment'] = _split_open(lambda r: _sentiment(world, r), sizes, rng_for('se'))
     T['entail'] = _split_open(lambda r: _entail(world, r), sizes, rng_for('en'))
     T['topic'] = _split_open(lambda r: _topic(world, r), (min(n_train, 1200), n_eval, n_eval), rng_for('to'))
     T['compare'] = _split_open(lambda r: _compare(world, r), (min(n_train, 4000), n_eval, n_eval), rng_for('co'))
-    T['city_of'] = _split_keys(people, lambda p: people[p]['city'], rng_for('ci'),
-                               ['where does {p} live?', 'in which city does {p} live?'], ['name the town {p} calls home.'])
-    T['job_of'] = _split_keys(people, lambda p: people[p]['job'], rng_for('jo'),
-                              ['what does {p} do for a living?', 'what is the job of {p}?'], ['tell me the occupation of {p}.'])
-    T['pet_of'] = _split_keys(people, lambda p: people[p]['pet'], rng_for('pe'),
-                              ['what pet does {p} have?', 'which animal does {p} keep?'], ['name the animal that lives with {p}.'])
-    T['color_of'] = _split_keys(people, lambda p: people[p]['color'], rng_for('cl'),
-                                ['what is the favorite color of {p}?', 'which color does {p} like best?'],
-                                ['name the color {p} prefers.'])
-    T['country_of'] = _split_keys(people, lambda p: cities[people[p]['city']], rng_for('cn'),
-                                  ['in which country does {p} live?', 'what country is {p} from?'],
-                                  ['name the land where {p} has a home.'])
+    for task, key, train_forms, eval_forms in KNOWLEDGE:
+        ask = (lambda k: lambda p: people[p][k])(key) if key != 'country' else (lambda p: cities[people[p]['city']])
+        T[task] = _split_keys(people, ask, rng_for(task), train_forms, eval_forms)
     # LoRA-Soups analogue: skill 1 needs world knowledge (the alphabet), skill 2 a procedure;
     # the composite needs both, and has only a small train split for learning merge weights
     seen = set()  # one letter string never appears in two tasks' splits
@@ -440,7 +453,7 @@ class InstructDataset:
         if mix not in ('uniform', 'proportional'):
             raise ValueError(f"mix={mix!r}: use 'uniform' (each task equally often) or 'proportional' (by size)")
         self.tokenizer, self.block_size, self.vocab_size = enc, block_size, enc.n_vocab
-        self.stop_token, self.mix = stop_token_of(enc), mix
+        self.stop_token, self.mix = enc.eot_token, mix
         self.train_tasks, self.tasks = list(train_tasks), list(eval_tasks or train_tasks)
         self.text = {t: items[t] for t in set(self.train_tasks + self.tasks)}
         self.data = {}  # task -> split -> list of (prompt ids, answer ids incl. stop)
@@ -591,7 +604,7 @@ def build_world(data_dir='data', seed=1337, tokenizer='world', **opts):
     stream = os.path.join(folder, tokenizer)
     if not os.path.exists(os.path.join(stream, 'meta.json')):
         with open(os.path.join(folder, 'corpus.txt')) as f:
-            write_stream(stream, f.read(), get_tokenizer(tokenizer), tokenizer)
+            write_stream(stream, f.read(), get_tokenizer(tokenizer), tokenizer, docs=True)
     return folder
 
 

@@ -38,7 +38,7 @@ def test_world_is_deterministic(world_dir, tmp_path):
 
 
 def test_committed_tokenizer_is_what_data_py_trains():
-    ranks = data.train_bpe(data.make_corpus(data.make_world()), 1022)
+    ranks = data.train_bpe(data.make_corpus(data.make_world()), 1023)
     assert ranks == data.read_ranks(data.WORLD_RANKS)
 
 
@@ -49,9 +49,9 @@ def test_tokenizer_round_trip(name):
     ids = enc.encode_ordinary(text)
     assert enc.decode(ids) == text
     assert max(ids) < enc.n_vocab
-    stop = data.stop_token_of(enc)
-    assert enc.decode([stop]) == data.END and stop == enc.n_vocab - 1
-    assert enc.n_vocab == (1024 if name == 'world' else 258)
+    stop = enc.eot_token
+    assert enc.decode([stop]) == data.EOT and stop == enc.n_vocab - 1
+    assert enc.n_vocab == (1024 if name == 'world' else 257)
     if name == 'world':  # the BPE compresses its own corpus well beyond bytes
         assert len(enc.encode_ordinary('vimobi works as a miner.')) < 12
         assert [enc.decode([i]) for i in enc.encode_ordinary(' 1234')] == [' 1', '2', '3', '4']
@@ -88,14 +88,17 @@ def test_knowledge_questions_are_new_entities_and_wordings(tasks, world_dir):
         people = json.load(f)['people']
     with open(os.path.join(world_dir, 'corpus.txt')) as f:
         corpus = f.read()
-    for t in data.FAMILIES['knowledge']:
+    def form(q):  # the wording of a question, with its person taken out
+        (p,) = [w for w in q.rstrip('.?').split() if w in people]
+        return q.replace(p, '{p}')
+    for t in data.FAMILIES['knowledge'] + ['color_of']:
         ent = {s: {w for q, _ in tasks[t][s] for w in q.rstrip('.?').split() if w in people} for s in tasks[t]}
-        assert not ent['train'] & ent['test'] and not ent['train'] & ent['val']
-        for q, a in tasks[t]['test']:
-            (p,) = [w for w in q.rstrip('.?').split() if w in people]
-            form = q.replace(p, '{p}')
-            assert not any(tq.replace(tp, '{p}') == form for tq, _ in tasks[t]['train'] for tp in [tq.rstrip('.?').split()[-1]])
-            assert all(chunk not in corpus for chunk in form.split('{p}') if len(chunk.strip()) > 8), form
+        assert not ent['train'] & ent['test'] and not ent['train'] & ent['val'] and len(ent['test']) >= 30
+        train_forms = {form(q) for q, _ in tasks[t]['train']}
+        assert len(train_forms) >= 4
+        for q, a in tasks[t]['test'] + tasks[t]['val']:
+            assert form(q) not in train_forms
+            assert all(chunk.strip() not in corpus for chunk in form(q).split('{p}') if len(chunk.strip()) > 8), q
             assert a in corpus  # the answer is stated in pretraining text only
 
 
@@ -112,7 +115,7 @@ def test_answer_masking_on_labels(world_dir):
         prompt = enc.decode(xr[:first + 1])
         assert prompt.startswith('Q: ') and prompt.endswith('\nA:')
         assert enc.decode(yr[first:last + 1]) == by_prompt[prompt]  # labels = answer + stop, nothing else
-        assert by_prompt[prompt].endswith(data.END) and yr[last] == ds.stop_token
+        assert by_prompt[prompt].endswith(data.EOT) and yr[last] == ds.stop_token
         assert xr[first + 1:last + 1] == yr[first:last]  # each label is the next input token
 
 
