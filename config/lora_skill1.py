@@ -1,0 +1,15 @@
+# LoRA Soups' first step: one LoRA per skill. Skill 1 = 'shift' (each letter to the next one).
+#   python train.py config/lora_skill1.py
+init_from = 'out/base/ckpt.pt'
+out_dir = 'out/lora_skill1'
+dataset = 'skill1'
+adapter = 'lora'
+adapter_targets = 'attn.q,attn.v'
+lora_r = 8
+lora_alpha = 16.0
+learning_rate = 3e-3
+min_lr = 3e-4
+weight_decay = 0.0
+max_iters = 300
+warmup_iters = 30
+eval_interval = 100
