@@ -131,6 +131,7 @@ def bench_model(label, cfg, batch, args):
         f"nola k=l={args.nola_k} r={R}": ("nola", dict(k=args.nola_k, l=args.nola_k, r=R)),
         f"nola stored": ("nola", dict(k=args.nola_k, l=args.nola_k, r=R, stored_basis=True)),
         f"cat 3 x lora r={R // 3}": ("cat", dict(cat_adapters=None)),
+        f"lora r={R} again (noise control)": ("lora", dict(r=R)),
     }
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -165,7 +166,7 @@ def bench_model(label, cfg, batch, args):
     with torch.no_grad():
         for m in infer.values():
             m.eval()(x)
-        for i in range(max(6, 2 * args.steps)):
+        for i in range(max(10, 2 * args.steps)):
             for k, m in list(infer.items())[i % 3:] + list(infer.items())[:i % 3]:  # rotate the order
                 t0 = clock()
                 m(x)
@@ -215,6 +216,7 @@ def bench_model(label, cfg, batch, args):
         print(f"| {what} | {v:.2f} | {'ok' if v <= lim else 'MISSED'} |")
     d = imed["lora merged"] / imed["base"]
     print(f"| merged inference = base +-3% | {d:.3f} | {'ok' if abs(d - 1) <= 0.03 else 'MISSED'} |")
+    print(f"| (noise: LoRA vs the same LoRA again) | {med[names[-1]] / lora_t:.2f} | |")
     sys.stdout.flush()
 
 
