@@ -9,12 +9,11 @@ Low-rank adapters for GPT, one short class per paper:
 Every class wraps a frozen nn.Linear (W0 of shape (d_out, d_in), the torch layout) and computes
     h = base(x) + B (A x)          (training forward: ΔW is never materialised)
 Shared mechanics (freezing, merge/unmerge in fp32, ΔW, state dicts) live in AdapterLinear.
-See docs/methods.md for the formulations and every "(our choice)".
+Where a paper left a choice open, the comment says "(our choice)" and an option offers the other.
 """
 import hashlib
 import math
 import os
-import re
 from fnmatch import fnmatchcase
 
 import torch
@@ -33,10 +32,9 @@ class AdapterLinear(nn.Module):
         self.d_out, self.d_in = base.weight.shape
         self.merged = False
 
-    def _new(self, *shape, dtype=None):
-        # adapter tensors live where the base weight lives; dtype follows it unless told
-        w = self.base.weight
-        return torch.empty(*shape, device=w.device, dtype=dtype or w.dtype)
+    def _new(self, *shape):
+        # adapter tensors live where the base weight lives, in its dtype
+        return torch.empty(*shape, device=self.base.weight.device, dtype=self.base.weight.dtype)
 
     def update(self, x):
         raise NotImplementedError
@@ -50,7 +48,7 @@ class AdapterLinear(nn.Module):
         return B @ A  # (d_out, d_in), fp32, same layout as base.weight
 
     def forward(self, x):
-        if self.merged:  # W0 + ΔW already sits in base.weight: exactly the base model's cost
+        if self.merged:  # W0 + ΔW sits in base.weight: the base model's cost (and no adapter grads)
             return self.base(x)
         return self.base(x) + self.update(x)
 
@@ -81,6 +79,11 @@ def _dropout(p):
     return nn.Dropout(p) if p > 0 else nn.Identity()  # Identity returns x itself: no copy at p=0
 
 
+def lora_scale(alpha, r, rslora=False):
+    # rsLoRA (Kalajdzievski 2023): α/√r keeps the update's scale stable as r grows
+    return alpha / math.sqrt(r) if rslora else alpha / r
+
+
 def _positive(name, v):
     if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
         raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -94,8 +97,7 @@ class LoRALinear(AdapterLinear):
     def __init__(self, base, r=8, alpha=16.0, dropout=0.0, rslora=False):
         super().__init__(base)
         self.r = _positive("r", r)
-        # rsLoRA (Kalajdzievski 2023): α/√r keeps the update's scale stable as r grows
-        self.scale = alpha / math.sqrt(r) if rslora else alpha / r
+        self.scale = lora_scale(alpha, r, rslora)
         self.dropout = _dropout(dropout)
         self.lora_A = nn.Parameter(self._new(r, self.d_in))   # (r, d_in)
         self.lora_B = nn.Parameter(self._new(self.d_out, r))  # (d_out, r)
@@ -397,10 +399,9 @@ def _load_cat_sources(model, o, targets):
         elif mods != first[2]:
             raise ValueError(f"cat needs adapters with the same targets: {first[0]} adapts "
                              f"{first[1]!r} but {p} adapts {cfg['targets']!r}")
-        r = cfg["r"]
-        s = cfg["alpha"] / math.sqrt(r) if cfg.get("rslora") else cfg["alpha"] / r
+        s = lora_scale(cfg["alpha"], cfg["r"], cfg.get("rslora"))
         sources.append({m: (st[m + ".lora_B"].float(), st[m + ".lora_A"].float(), s) for m in mods})
-        ranks.append(r)
+        ranks.append(cfg["r"])
     o["cat_ranks"] = ranks
     o["cat_adapters"] = [str(p) for p in paths]
     return sources, first[1]
@@ -503,13 +504,9 @@ def to_lora(model):
             lora.lora_A.copy_(A)
             lora.lora_B.copy_(B)
         _replace(model, name, lora)
-    cfg = model._adapter_config
-    R = {m.r for m in adapted_modules(model).values()}
-    if len(R) != 1:
-        raise ValueError(f"to_lora: modules ended with different ranks {sorted(R)}")
-    r = R.pop()
-    model._adapter_config = {"method": "lora", "targets": cfg["targets"], "r": r, "alpha": float(r),
-                             "dropout": 0.0, "rslora": False}
+    r = lora.r  # the same for every module of one method
+    model._adapter_config = {"method": "lora", "targets": model._adapter_config["targets"], "r": r,
+                             "alpha": float(r), "dropout": 0.0, "rslora": False}
     return model
 
 
@@ -549,7 +546,7 @@ def lora_deltas(ckpt_or_path):
     cfg, st = ck["config"], ck["state"]
     if cfg["method"] != "lora":
         raise ValueError(f"lora_deltas reads LoRA adapters, got {cfg['method']} (use adapter_deltas on a model)")
-    s = cfg["alpha"] / math.sqrt(cfg["r"]) if cfg.get("rslora") else cfg["alpha"] / cfg["r"]
+    s = lora_scale(cfg["alpha"], cfg["r"], cfg.get("rslora"))
     return {k[:-7]: s * st[k[:-7] + ".lora_B"].float() @ v.float() for k, v in st.items() if k.endswith(".lora_A")}
 
 
@@ -561,8 +558,9 @@ def adapter_deltas(model):
 def merge_deltas(deltas, method="mean", density=0.2, lam=1.0):
     """Combine per-skill {name: ΔW} dicts into one.
     mean: task arithmetic with averaged task vectors, lam · mean_i ΔW_i.
-    ties: Yadav et al. 2023 — per skill keep the top `density` fraction of |ΔW| (trim), elect each
-    entry's sign as the sign of the summed trimmed values, average only the agreeing entries."""
+    ties: Yadav et al. 2023 — per skill keep the top `density` fraction of |ΔW| (trim; per module,
+    (our choice): the paper trims over the whole task vector), elect each entry's sign as the sign
+    of the summed trimmed values, average only the entries that agree (disjoint mean)."""
     if method not in ("mean", "ties"):
         raise ValueError(f"merge method must be 'mean' or 'ties', got {method!r}")
     if not deltas or any(set(d) != set(deltas[0]) for d in deltas):
