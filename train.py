@@ -40,6 +40,7 @@ eval_max_items = 200     # per task; 0 = all
 dataset = 'world'        # a name data.get_dataset knows: 'world', 'mixture', 'skill1', ... (see data.py)
 tokenizer = 'world'      # 'world' (offline, owned by the project) | 'gpt2' (tiktoken)
 data_dir = 'data'
+data_seed = 1337         # the synthetic world and its splits; `seed` below varies only init and batch order
 batch_size = 32
 block_size = 128
 gradient_accumulation_steps = 1
@@ -80,7 +81,7 @@ min_lr = 1e-4
 device = 'auto'          # 'auto' | 'cpu' | 'cuda' | 'cuda:1' | 'mps'
 dtype = 'auto'           # 'auto' | 'float32' | 'bfloat16' | 'float16' (float16 uses a GradScaler)
 compile = False          # torch.compile the model (worth it on a GPU, slow to start on a CPU)
-seed = 1337
+seed = 1337              # weight init, dropout and batch order
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (bool, int, float, str))}
 
@@ -232,7 +233,7 @@ def main(argv=()):
         given = {k: getattr(c, k) for k in ('max_iters', 'eval_interval', 'log_interval', 'device', 'compile',
                                            'final_eval', 'eval_max_items') if getattr(c, k) != DEFAULTS[k]}
         c = SimpleNamespace(**{**DEFAULTS, **ckpt['config'], **given, 'init_from': 'resume', 'out_dir': c.out_dir})
-    ds = data.get_dataset(c.dataset, c.block_size, tokenizer=c.tokenizer, data_dir=c.data_dir, seed=c.seed)
+    ds = data.get_dataset(c.dataset, c.block_size, tokenizer=c.tokenizer, data_dir=c.data_dir, seed=c.data_seed)
     model, base = build_model(c, ds, ckpt)
     if c.adapter:
         print(add_adapters(model, c))
