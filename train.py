@@ -81,6 +81,7 @@ min_lr = 1e-4
 device = 'auto'          # 'auto' | 'cpu' | 'cuda' | 'cuda:1' | 'mps'
 dtype = 'auto'           # 'auto' | 'float32' | 'bfloat16' | 'float16' (float16 uses a GradScaler)
 compile = False          # torch.compile the model (worth it on a GPU, slow to start on a CPU)
+peak_flops = 0.0         # for the MFU column: the device's peak FLOP/s; 0 = A100 bf16 (312e12) on CUDA, none on CPU
 seed = 1337              # weight init, dropout and batch order
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (bool, int, float, str))}
@@ -330,8 +331,11 @@ def main(argv=()):
             dt_iter = (t - t_log) / (iter_num - last_log)
             t_log, last_log = t, iter_num
             eta = (c.max_iters - iter_num) * (t - t_start) / (iter_num - start_iter)
+            flops = model.estimate_mfu(tokens_per_iter, dt_iter, 1.0)  # achieved FLOP/s (6N + attention per token)
+            peak = c.peak_flops or (312e12 if device_type == 'cuda' else 0)
+            mfu = f", mfu {100 * flops / peak:.1f}%" if peak else ''
             print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {dt_iter * 1000:.1f} ms/iter, "
-                  f"{tokens_per_iter / dt_iter:,.0f} tok/s, eta {eta:.0f}s")
+                  f"{tokens_per_iter / dt_iter:,.0f} tok/s, {flops / 1e9:.1f} GFLOP/s{mfu}, eta {eta:.0f}s")
 
     elapsed = time.time() - t_start
     summary = {'iters': iter_num, 'train_time_s': elapsed, 'val_loss': val_loss, 'best_val_loss': best_val_loss,
