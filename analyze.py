@@ -2,8 +2,15 @@
 What did fine-tuning change? Singular-value spectra of weight updates ΔW, and intruder dimensions,
 for full fine-tuning and every adapter method (docs: methods.md, "Looking at weight updates").
 
-    python analyze.py --base=out-base/ckpt.pt out-lora/ckpt.pt out-multilora/ckpt.pt out-full/ckpt.pt
+    python analyze.py --base=out/base/ckpt.pt out/lora_mixture/ckpt.pt out/multilora_mixture/ckpt.pt \
+        out/nola_mixture/ckpt.pt out/finetune_mixture/ckpt.pt --out=out/spectra
+    options: --matrices=attn.q,attn.v (names or suffixes; default: what the adapters adapted)
+             --float64  --top_k=10  --eps=0.3,0.5,0.7  --threads=N
     python analyze.py --bench        # timing on synthetic GPT-2-small-shaped updates
+
+Writes OUT.json (every number), OUT.png (OUT.txt, a text chart, when matplotlib is missing) and
+prints a table. --base is a train.py checkpoint or a GPT-2 directory; every result must record
+that base's fingerprint (train.py does), so updates are never measured against the wrong W0.
 
 Two lenses on the same matrices:
 1. MultiLoRA (Wang et al. 2023, Fig. 1): the SVD of LoRA's ΔW is dominated by a few top singular
