@@ -243,21 +243,22 @@ def format_table(result):
 
 
 def legend_label(r):
-    return f"{r['label']} ({r['trainable_params']:,} trainable)"
+    """Method, trainable parameters and the largest rank ΔW can have (a rank-1 curve is one point)."""
+    return f"{r['label']} ({r['trainable_params']:,} trainable, rank ≤ {len(r['aggregate']['normalized_mean'])})"
 
 
 def text_chart(result, width=32):
     """The figure without matplotlib: σ_k/σ_1 for k = 1..width as a bar row per method (log scale,
-    one step per factor of 2 from 1e-3 to 1), then effective rank per layer."""
+    ten characters from 1e-3 to 1, a step per factor 10^(1/3)), then effective rank per layer."""
     bars = " .:-=+*#%@"
     lines = [f"σ_k/σ_1 for k = 1..{width} (log scale: ' ' <= 1e-3 ... '@' = 1)"]
     for r in result["runs"]:
         c = r["aggregate"]["normalized_mean"][:width]
         row = "".join(bars[max(0, min(9, round(9 + 9 * math.log10(max(v, 1e-12)) / 3)))] for v in c)
-        lines.append(f"  {legend_label(r):<44}|{row:<{width}}|")
+        lines.append(f"  {legend_label(r):<56}|{row:<{width}}|")
     lines.append("mean effective rank per layer (over the matrices of each layer)")
     for r in result["runs"]:
-        lines.append(f"  {legend_label(r):<44}" + " ".join(f"{v:.1f}" for v in _per_layer(r)[1]))
+        lines.append(f"  {legend_label(r):<56}" + " ".join(f"{v:.1f}" for v in _per_layer(r)[1]))
     return "\n".join(lines)
 
 
