@@ -1,0 +1,455 @@
+"""
+The small-scale study (issue 6): do the seed papers' claims hold on the offline world, on a CPU?
+
+    python study.py             # the whole study, about 30 min on 2 CPU cores -> results/
+    python study.py --quick     # every stage on tiny budgets (about 2 min): the CI smoke test
+    python study.py --fresh     # retrain everything instead of reusing finished runs
+
+Five stages, each feeding the next (methods: ../shared/docs/methods.md; data: data.py's docstring):
+ 1. base        pretrain the default base (python train.py), or reuse out/base/ckpt.pt when its
+                config and data fingerprint are those of today's defaults
+ 2. mixture     the 12-task mixture (MultiLoRA's setting): full fine-tuning, LoRA rank R, MultiLoRA
+                3 x rank R/3, LoRA rank 1, NOLA with fewer trainable numbers than LoRA rank 1
+ 3. spectra     analyze.py on the stage-2 updates: effective rank, top-σ share, intruders, figure
+ 4. skills      LoRA Soups' setting: one LoRA per skill, CAT on the small composite split, and the
+                baselines data mixing, ΔW averaging, TIES, each skill LoRA alone
+ 5. compression NOLA with 4-bit coefficients vs full precision, bytes vs LoRA rank 1
+Every training run goes through train.main with a config from config/, and is repeated over seeds
+(init and batch order; the world itself stays the same). A difference of means smaller than the
+spread sqrt(sd_a² + sd_b²) over seeds is reported as no difference. results/STUDY.md is written
+from the numbers in results/study.json, verdicts included: nothing in it is typed by hand.
+"""
+import argparse
+import contextlib
+import io
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+import adapters
+import analyze
+import data
+import train
+from model import load_model
+
+WORLD_SEED = 1337  # the synthetic world every run trains and is evaluated on (data.get_dataset's seed)
+
+# budgets: FULL fits 30 min on 2 CPU cores from a fresh clone (measured, see results/STUDY.md)
+FULL = dict(seeds=[0, 1, 2], base_dir='out/base', base_args=[], mix_iters=300, skill_iters=300, cat_iters=100,
+            eval_items=100, eval_iters=10, out='out/study', results='results', R=12)
+QUICK = dict(seeds=[0, 1], base_dir='out/study-quick/base',
+             base_args=['--n_layer=2', '--n_head=2', '--n_embd=64', '--max_iters=40', '--eval_interval=40',
+                        '--eval_iters=2', '--batch_size=16', '--warmup_iters=4'],
+             mix_iters=8, skill_iters=8, cat_iters=4, eval_items=4, eval_iters=2,
+             out='out/study-quick', results='out/study-quick/results', R=12)
+
+# stage 2: (name, config, extra options); R is LoRA's rank, MultiLoRA gets n = 3 modules of rank R/3
+MIXTURE = lambda R: [
+    ('full', 'config/finetune_mixture.py', []),
+    (f'lora_r{R}', 'config/lora_mixture.py', [f'--lora_r={R}', f'--lora_alpha={2.0 * R}']),
+    (f'multilora_3x{R // 3}', 'config/multilora_mixture.py', ['--multilora_n=3', f'--lora_r={R // 3}',
+                                                             f'--lora_alpha={2.0 * (R // 3)}']),
+    ('lora_r1', 'config/lora_mixture.py', ['--lora_r=1', '--lora_alpha=2.0']),
+    ('nola', 'config/nola_mixture.py', []),
+]
+
+# what each seed paper claims, with its published numbers (methods.md); the verdicts are computed
+CLAIMS = {
+    'LoRA': ("Hu et al. 2021: low-rank updates of W_q, W_v match full fine-tuning "
+             "(GPT-2 M, E2E: BLEU 70.4 with 0.35M trainable parameters vs 68.2 for full fine-tuning)"),
+    'MultiLoRA': ("Wang et al. 2023: at an equal A/B budget, n parallel gated LoRAs give a flatter "
+                  "('more democratic') ΔW spectrum than LoRA, closer to full fine-tuning, and better "
+                  "multi-task accuracy (mixture of instruction, understanding and knowledge sets)"),
+    'NOLA': ("Koohpayegani et al. 2024: fewer trainable numbers than LoRA rank 1 for the same quality "
+             "(GPT-2 L, E2E: NOLA 36,864 parameters BLEU 70.1 vs LoRA r=1 184,320 parameters BLEU 69.9); "
+             "4-bit coefficients lose little"),
+    'CAT': ("Prabhakar et al. 2024 (LoRA Soups): learnable concatenation of skill LoRAs beats model "
+            "merging and data mixing on the composite task (math word problems with code: +43% over "
+            "merging, +12% over data mixing on average)"),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# small helpers
+
+def mean(xs):
+    return sum(xs) / len(xs)
+
+
+def sd(xs):
+    """Sample standard deviation over seeds (0 for one seed)."""
+    if len(xs) < 2:
+        return 0.0
+    m = mean(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def compare(a, b):
+    """(sign, diff, spread): sign is 0 when |mean(a) - mean(b)| <= sqrt(sd(a)² + sd(b)²)."""
+    diff, spread = mean(a) - mean(b), math.hypot(sd(a), sd(b))
+    return (0 if abs(diff) <= spread else (1 if diff > 0 else -1)), diff, spread
+
+
+def pm(xs, fmt='{:.3f}'):
+    return (fmt + ' ± ' + fmt).format(mean(xs), sd(xs))
+
+
+def nbytes(obj):
+    """Bytes of torch.save(obj): what the file on disk weighs (container overhead included)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.tell()
+
+
+def payload(sd_):
+    """Bytes of the tensors alone."""
+    return sum(t.numel() * t.element_size() for t in sd_.values())
+
+
+class Study:
+    def __init__(self, S, fresh=False, log=print):
+        self.S, self.fresh, self.log = argparse.Namespace(**S), fresh, log
+        self.base_path = os.path.join(self.S.base_dir, 'ckpt.pt')
+        self.seconds = {}
+        os.makedirs(self.S.out, exist_ok=True)
+
+    # ---- running train.py ---------------------------------------------------------------------
+    def train(self, name, argv):
+        """train.main(argv) with its output in <out>/<name>/train.log; reuses a finished run with the
+        same arguments over the same base (unless --fresh). Returns train.main's summary."""
+        out_dir = os.path.join(self.S.out, name)
+        argv = list(argv) + [f'--out_dir={out_dir}', f'--data_seed={WORLD_SEED}']
+        key = {'argv': argv, 'base': self.base_fp}
+        done = os.path.join(out_dir, 'study_run.json')
+        if not self.fresh and os.path.exists(done):
+            with open(done) as f:
+                rec = json.load(f)
+            if rec['key'] == key and os.path.exists(os.path.join(out_dir, 'ckpt.pt')):
+                self.log(f'  {name:<22} reused ({rec["summary"]["train_time_s"]:.1f}s when trained)')
+                return rec['summary']
+        os.makedirs(out_dir, exist_ok=True)
+        t0 = time.time()
+        with open(os.path.join(out_dir, 'train.log'), 'w') as f, contextlib.redirect_stdout(f):
+            summary = train.main(argv)
+        summary.pop('losses', None)
+        with open(done, 'w') as f:
+            json.dump({'key': key, 'summary': summary}, f)
+        acc = summary.get('eval', {}).get('avg', {}).get('acc', float('nan'))
+        self.log(f'  {name:<22} {time.time() - t0:6.1f}s  val loss {summary["val_loss"]:.3f}  avg acc {acc:.3f}')
+        return summary
+
+    def run_config(self, name, config, seed, iters, extra=()):
+        S = self.S
+        return self.train(name, [config, f'--init_from={self.base_path}', f'--seed={seed}', f'--max_iters={iters}',
+                                 f'--warmup_iters={max(1, iters // 10)}', f'--eval_interval={iters}',
+                                 f'--eval_iters={S.eval_iters}', f'--log_interval={max(1, iters // 5)}',
+                                 f'--eval_max_items={S.eval_items}', *extra])
+
+    def ckpt(self, name):
+        return os.path.join(self.S.out, name, 'ckpt.pt')
+
+    # ---- models and evaluation ----------------------------------------------------------------
+    def base_model(self):
+        return load_model(self.base_path)[0]
+
+    def adapted(self, name):
+        model = self.base_model()
+        adapters.load_adapter_checkpoint(self.ckpt(name), model)
+        return model
+
+    def evaluate(self, model, ds):
+        return ds.evaluate(model.eval(), split='test', max_items=self.S.eval_items)
+
+    def dataset(self, name):
+        c = train.parse_args([])
+        return data.get_dataset(name, c['block_size'], tokenizer=c['tokenizer'], data_dir=c['data_dir'], seed=WORLD_SEED)
+
+    # ---- stage 1 --------------------------------------------------------------------------------
+    def stage_base(self):
+        want = train.parse_args(self.S.base_args + [f'--out_dir={self.S.base_dir}', f'--data_seed={WORLD_SEED}'])
+        ds = data.get_dataset(want['dataset'], want['block_size'], tokenizer=want['tokenizer'],
+                              data_dir=want['data_dir'], seed=want['data_seed'])
+        ignore = {'out_dir', 'device', 'compile', 'log_interval', 'final_eval', 'eval_max_items', 'eval_split'}
+        reuse = None
+        if os.path.exists(self.base_path) and not self.fresh:
+            ck = torch.load(self.base_path, map_location='cpu', weights_only=True)
+            same_cfg = all(ck.get('config', {}).get(k) == v for k, v in want.items() if k not in ignore)
+            same_data = ck.get('data', {}).get('fingerprint') == ds.fingerprint
+            reuse = same_cfg and same_data and ck.get('iter_num') == want['max_iters'] and 'model' in ck
+            summary = {'reused': True, 'iters': ck.get('iter_num'), 'val_loss': ck.get('best_val_loss')}
+            self.log(f'  base at {self.base_path}: config {"same" if same_cfg else "differs"}, data fingerprint '
+                     f'{"same" if same_data else "differs"} -> {"reused" if reuse else "retrained"}')
+        if not reuse:
+            os.makedirs(self.S.base_dir, exist_ok=True)
+            t0 = time.time()
+            with open(os.path.join(self.S.base_dir, 'train.log'), 'w') as f, contextlib.redirect_stdout(f):
+                summary = train.main(self.S.base_args + [f'--out_dir={self.S.base_dir}', f'--data_seed={WORLD_SEED}'])
+            summary.pop('losses', None)
+            summary['reused'] = False
+            self.log(f'  base pretrained in {time.time() - t0:.1f}s, val loss {summary["val_loss"]:.3f}')
+        base = self.base_model()
+        self.base_fp = base.fingerprint()
+        return {'path': self.base_path, 'fingerprint': self.base_fp, 'data_fingerprint': ds.fingerprint,
+                'model_args': {k: getattr(base.config, k) for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'vocab_size')},
+                'params': base.num_params() if hasattr(base, 'num_params') else None, **summary}
+
+    # ---- stage 2 --------------------------------------------------------------------------------
+    def stage_mixture(self):
+        out = {}
+        for method, config, extra in MIXTURE(self.S.R):
+            rows = []
+            for s in self.S.seeds:
+                name = f'mix_{method}_s{s}'
+                extra_s = list(extra) + ([f'--nola_seed={s}'] if method == 'nola' else [])
+                summ = self.run_config(name, config, s, self.S.mix_iters, extra_s)
+                ck = torch.load(self.ckpt(name), map_location='cpu', weights_only=True)
+                state = ck['adapter']['state'] if 'adapter' in ck else ck['model']
+                rows.append({'seed': s, 'name': name, 'acc': {t: r['acc'] for t, r in summ['eval'].items()},
+                             'val_loss': summ['val_loss'], 'train_time_s': summ['train_time_s'],
+                             'trainable_params': summ['trainable_params'], 'file_bytes': nbytes(state),
+                             'payload_bytes': payload(state)})
+            out[method] = rows
+        return out
+
+    # ---- stage 3 --------------------------------------------------------------------------------
+    def stage_spectra(self, mix):
+        per_seed = []
+        for i, s in enumerate(self.S.seeds):
+            methods = list(mix)
+            paths = [self.ckpt(f'mix_{m}_s{s}') for m in methods]
+            result, _, _ = analyze.run(self.base_path, paths, out=os.path.join(self.S.out, f'spectra_s{s}'))
+            for m, r in zip(methods, result['runs']):
+                r['label'] = m
+            if i == 0:  # the figure and its numbers: the first seed, labelled by this study's method names
+                os.makedirs(self.S.results, exist_ok=True)
+                files = analyze.write_outputs(result, os.path.join(self.S.results, 'spectra'))
+                table = analyze.format_table(result)
+            per_seed.append({m: r['aggregate'] for m, r in zip(methods, result['runs'])})
+        keys = ('effective_rank_mean', 'top_share_mean', 'energy_rank_mean', 'rel_norm_mean')
+        summary = {m: {k: [p[m][k] for p in per_seed] for k in keys} for m in per_seed[0]}
+        for m in summary:
+            summary[m]['intruders_0.5'] = [p[m]['intruders_per_matrix']['0.5'] for p in per_seed]
+        return {'per_method': summary, 'figure': files[1], 'table_seed0': table}
+
+    # ---- stage 4 --------------------------------------------------------------------------------
+    def stage_skills(self):
+        comp = self.dataset('composite')  # evaluates shift, reverse and shift_reverse
+        res = {k: [] for k in ('skill1 alone', 'skill2 alone', 'data mixing', 'ΔW averaging', 'TIES', 'CAT')}
+        trainable = {}
+        for s in self.S.seeds:
+            it = self.S.skill_iters
+            s1 = self.run_config(f'skill1_s{s}', 'config/lora_skill1.py', s, it)
+            self.run_config(f'skill2_s{s}', 'config/lora_skill2.py', s, it)
+            mixed = self.run_config(f'skills_mix_s{s}', 'config/lora_skill1.py', s, it, ['--dataset=skills'])
+            cat = self.run_config(f'cat_s{s}', 'config/cat_composite.py', s, self.S.cat_iters,
+                                  [f'--cat_adapters={self.ckpt(f"skill1_s{s}")},{self.ckpt(f"skill2_s{s}")}'])
+            trainable.update({'skill1 alone': s1['trainable_params'], 'skill2 alone': s1['trainable_params'],
+                              'data mixing': mixed['trainable_params'], 'ΔW averaging': 0, 'TIES': 0,
+                              'CAT': cat['trainable_params']})
+            res['CAT'].append(cat['eval'])
+            for label, name in (('skill1 alone', f'skill1_s{s}'), ('skill2 alone', f'skill2_s{s}'),
+                                ('data mixing', f'skills_mix_s{s}')):
+                res[label].append(self.evaluate(self.adapted(name), comp))
+            deltas = [adapters.lora_deltas(self.ckpt(f'skill{i}_s{s}')) for i in (1, 2)]
+            for label, how in (('ΔW averaging', 'mean'), ('TIES', 'ties')):
+                model = adapters.apply_deltas(self.base_model(), adapters.merge_deltas(deltas, how))
+                res[label].append(self.evaluate(model, comp))
+        base_eval = self.evaluate(self.base_model(), comp)
+        tasks = [data.SKILL1, data.SKILL2, data.COMPOSITE]
+        return {'tasks': tasks, 'base': {t: base_eval[t]['acc'] for t in tasks}, 'trainable': trainable,
+                'acc': {k: {t: [e[t]['acc'] for e in v] for t in tasks} for k, v in res.items()}}
+
+    # ---- stage 5 --------------------------------------------------------------------------------
+    def stage_compression(self, mix):
+        mixture = self.dataset('mixture')
+        q4 = []
+        for s in self.S.seeds:
+            model = self.adapted(f'mix_nola_s{s}')
+            sd_q = adapters.adapter_state_dict(model, quantize_bits=4)
+            fresh = self.base_model()
+            cfg = adapters.load_adapter_checkpoint(self.ckpt(f'mix_nola_s{s}'))['config']
+            adapters.add_adapters(fresh, **cfg)
+            adapters.load_adapter_state_dict(fresh, sd_q)
+            ev = self.evaluate(fresh, mixture)
+            q4.append({'seed': s, 'acc': ev['avg']['acc'], 'file_bytes': nbytes(sd_q), 'payload_bytes': payload(sd_q)})
+        pick = lambda m, k: [r[k] for r in mix[m]]
+        return {'nola_fp32': {'acc': [r['acc']['avg'] for r in mix['nola']], 'file_bytes': pick('nola', 'file_bytes'),
+                              'payload_bytes': pick('nola', 'payload_bytes'),
+                              'trainable_params': mix['nola'][0]['trainable_params']},
+                'nola_4bit': {'acc': [r['acc'] for r in q4], 'file_bytes': [r['file_bytes'] for r in q4],
+                              'payload_bytes': [r['payload_bytes'] for r in q4],
+                              'trainable_params': mix['nola'][0]['trainable_params']},
+                'lora_r1': {'acc': [r['acc']['avg'] for r in mix['lora_r1']], 'file_bytes': pick('lora_r1', 'file_bytes'),
+                            'payload_bytes': pick('lora_r1', 'payload_bytes'),
+                            'trainable_params': mix['lora_r1'][0]['trainable_params']}}
+
+    def run(self):
+        res, t_all = {'settings': vars(self.S), 'torch_threads': torch.get_num_threads()}, time.time()
+        for stage, fn in (('base', self.stage_base), ('mixture', self.stage_mixture),
+                          ('spectra', lambda: self.stage_spectra(res['mixture'])), ('skills', self.stage_skills),
+                          ('compression', lambda: self.stage_compression(res['mixture']))):
+            self.log(f'stage {stage}')
+            t0 = time.time()
+            res[stage] = fn()
+            self.seconds[stage] = time.time() - t0
+            self.log(f'stage {stage}: {self.seconds[stage]:.1f}s')
+        self.seconds['total'] = time.time() - t_all
+        res['seconds'] = self.seconds
+        res['verdicts'] = verdicts(res)
+        return res
+
+
+# ----------------------------------------------------------------------------------------------
+# verdicts and the write-up: computed from the numbers only
+
+def verdicts(res):
+    """One row per seed paper: claim, finding (numbers), verdict. 'better' claims need a difference
+    beyond the spread; 'matches' claims hold unless the method is worse beyond the spread."""
+    mix, spec, sk, cp = res['mixture'], res['spectra']['per_method'], res['skills'], res['compression']
+    R = res['settings']['R']
+    lora, multi = f'lora_r{R}', f'multilora_3x{R // 3}'
+    avg = lambda m: [r['acc']['avg'] for r in mix[m]]
+    word = {1: 'higher', 0: 'no difference', -1: 'lower'}
+
+    def better(a, b, what):   # claim: a > b
+        sign, diff, spread = compare(a, b)
+        return sign, f'{what}: {pm(a)} vs {pm(b)} (diff {diff:+.3f}, spread {spread:.3f}: {word[sign]})'
+
+    out = []
+    s, txt = better(avg(lora), avg('full'), f'avg exact match, LoRA r={R} vs full fine-tuning')
+    out.append({'paper': 'LoRA', 'claim': CLAIMS['LoRA'], 'finding': txt, 'agrees': s >= 0,
+                'verdict': 'agrees' if s >= 0 else 'disagrees (LoRA is worse than full fine-tuning here)'})
+
+    e_m, e_l, e_f = (spec[m]['effective_rank_mean'] for m in (multi, lora, 'full'))
+    s1, t1 = better(e_m, e_l, f'effective rank of ΔW, MultiLoRA vs LoRA r={R}')
+    s2, t2 = better(avg(multi), avg(lora), f'avg exact match, MultiLoRA 3x{R // 3} vs LoRA r={R}')
+    closer = abs(mean(e_m) - mean(e_f)) < abs(mean(e_l) - mean(e_f))
+    t3 = f'|eff. rank - full FT\'s {mean(e_f):.2f}|: MultiLoRA {abs(mean(e_m) - mean(e_f)):.2f}, LoRA {abs(mean(e_l) - mean(e_f)):.2f}'
+    parts = [('flatter spectrum', s1 > 0), ('closer to full fine-tuning', closer), ('better accuracy', s2 > 0)]
+    held = [p for p, ok in parts if ok]
+    out.append({'paper': 'MultiLoRA', 'claim': CLAIMS['MultiLoRA'], 'finding': '; '.join([t1, t3, t2]),
+                'agrees': len(held) == len(parts),
+                'verdict': ('agrees' if len(held) == len(parts) else
+                            'partly: ' + ', '.join(f'{p} {"yes" if ok else "no"}' for p, ok in parts) if held else
+                            'does not reproduce: ' + ', '.join(f'{p} no' for p, _ in parts))})
+
+    nola, r1 = cp['nola_fp32'], cp['lora_r1']
+    s1, t1 = better(nola['acc'], r1['acc'], f'avg exact match, NOLA ({nola["trainable_params"]:,} trainable) vs '
+                                           f'LoRA r=1 ({r1["trainable_params"]:,})')
+    s2, t2 = better(cp['nola_4bit']['acc'], nola['acc'], 'NOLA 4-bit vs full precision')
+    t3 = (f'adapter payload {mean(cp["nola_4bit"]["payload_bytes"]):,.0f} B (4-bit) / {mean(nola["payload_bytes"]):,.0f} B '
+          f'(fp32) vs LoRA r=1 {mean(r1["payload_bytes"]):,.0f} B')
+    ok = s1 >= 0 and s2 >= 0
+    out.append({'paper': 'NOLA', 'claim': CLAIMS['NOLA'], 'finding': '; '.join([t1, t2, t3]), 'agrees': ok,
+                'verdict': 'agrees' if ok else 'disagrees: ' + ', '.join(
+                    x for x, bad in (('NOLA below LoRA r=1', s1 < 0), ('4-bit loses accuracy', s2 < 0)) if bad)})
+
+    comp = lambda m: sk['acc'][m][data.COMPOSITE]
+    best_merge = max(('ΔW averaging', 'TIES'), key=lambda m: mean(comp(m)))
+    s1, t1 = better(comp('CAT'), comp(best_merge), f'composite exact match, CAT vs {best_merge} (the better merge)')
+    s2, t2 = better(comp('CAT'), comp('data mixing'), 'CAT vs data mixing')
+    ok = s1 > 0 and s2 > 0
+    out.append({'paper': 'CAT', 'claim': CLAIMS['CAT'], 'finding': '; '.join([t1, t2]), 'agrees': ok,
+                'verdict': 'agrees' if ok else ('partly: beats merging, not data mixing' if s1 > 0 else
+                                                'partly: beats data mixing, not merging' if s2 > 0 else
+                                                'does not reproduce')})
+    return out
+
+
+def write_report(res, path):
+    mix, spec, sk, cp = res['mixture'], res['spectra'], res['skills'], res['compression']
+    S = res['settings']
+    tasks = [t for t in mix[next(iter(mix))][0]['acc'] if t != 'avg']
+    fams = {}
+    for t in tasks:
+        fams.setdefault(data.TASK_FAMILY.get(t, '-'), []).append(t)
+    famacc = lambda rows, ts: [mean([r['acc'][t] for t in ts]) for r in rows]
+    b = res['base']
+    L = ['# Study results (generated by `python study.py`; do not edit by hand)', '',
+         f"Base: {b['model_args']}, fingerprint {b['fingerprint']}, {'reused' if b.get('reused') else 'pretrained'} "
+         f"({b.get('iters')} iterations, val loss {b['val_loss']:.3f}). Seeds {S['seeds']} (init and batch order; the "
+         f"world is fixed). Exact match on up to {S['eval_items']} test items per task. Mixture runs "
+         f"{S['mix_iters']} iterations, skill LoRAs {S['skill_iters']}, CAT {S['cat_iters']}. mean ± sd over seeds; "
+         f"a difference within sqrt(sd_a² + sd_b²) counts as no difference.", '',
+         'Wall time per stage (s): ' + ', '.join(f'{k} {v:.0f}' for k, v in res['seconds'].items()) +
+         f" ({res['torch_threads']} torch threads).", '',
+         '## 1. Multi-task mixture (12 tasks, 3 families)', '',
+         '| method | trainable | adapter bytes | avg exact match | ' + ' | '.join(fams) + ' | val loss | train s |',
+         '|---|---:|---:|---:|' + '---:|' * len(fams) + '---:|---:|']
+    for m, rows in mix.items():
+        L.append(f"| {m} | {rows[0]['trainable_params']:,} | {rows[0]['payload_bytes']:,} | "
+                 f"{pm([r['acc']['avg'] for r in rows])} | " + ' | '.join(pm(famacc(rows, ts)) for ts in fams.values()) +
+                 f" | {pm([r['val_loss'] for r in rows])} | {pm([r['train_time_s'] for r in rows], '{:.1f}')} |")
+    L += ['', 'adapter bytes: the tensors of the adapter state (full fine-tuning: the whole model).', '',
+          'Per task (mean over seeds):', '', '| task | family | ' + ' | '.join(mix) + ' |', '|---|---|' + '---:|' * len(mix)]
+    for t in tasks:
+        L.append(f"| {t} | {data.TASK_FAMILY.get(t, '-')} | " + ' | '.join(f"{mean([r['acc'][t] for r in rows]):.3f}"
+                                                                        for rows in mix.values()) + ' |')
+    L += ['', '## 2. Spectra of ΔW (W_q, W_v; analyze.py)', '', f"![spectra]({os.path.basename(spec['figure'])})", '',
+          '| method | effective rank exp(H) | top σ² share | rank for 90% energy | ‖ΔW‖/‖W0‖ | intruders/matrix (ε=0.5) |',
+          '|---|---:|---:|---:|---:|---:|']
+    for m, d in spec['per_method'].items():
+        L.append(f"| {m} | {pm(d['effective_rank_mean'], '{:.2f}')} | {pm(d['top_share_mean'])} | "
+                 f"{pm(d['energy_rank_mean'], '{:.1f}')} | {pm(d['rel_norm_mean'], '{:.4f}')} | {pm(d['intruders_0.5'], '{:.2f}')} |")
+    L += ['', 'First seed, as analyze.py prints it:', '', '```', spec['table_seed0'], '```', '',
+          '## 3. Skill composition (LoRA Soups setting)', '',
+          '| method | trainable | ' + ' | '.join(f'{t} exact match' for t in sk['tasks']) + ' |',
+          '|---|---:|' + '---:|' * len(sk['tasks']),
+          '| base (no adapter) | 0 | ' + ' | '.join(f"{sk['base'][t]:.3f}" for t in sk['tasks']) + ' |']
+    for m, d in sk['acc'].items():
+        L.append(f"| {m} | {sk['trainable'][m]:,} | " + ' | '.join(pm(d[t]) for t in sk['tasks']) + ' |')
+    L += ['', f"{data.SKILL1} = skill 1, {data.SKILL2} = skill 2, {data.COMPOSITE} = the composite; ΔW averaging and "
+          'TIES merge the two skill LoRAs into W0 (adapters.merge_deltas / apply_deltas).', '',
+          '## 4. NOLA compression', '', '| adapter | trainable | payload bytes | file bytes (torch.save) | avg exact match |',
+          '|---|---:|---:|---:|---:|']
+    for m, d in cp.items():
+        L.append(f"| {m} | {d['trainable_params']:,} | {mean(d['payload_bytes']):,.0f} | {mean(d['file_bytes']):,.0f} | {pm(d['acc'])} |")
+    L += ['', '## 5. The seed papers: claim, finding, verdict', '', '| paper | claim (published numbers) | this study | verdict |',
+          '|---|---|---|---|']
+    for v in res['verdicts']:
+        L.append(f"| {v['paper']} | {v['claim']} | {v['finding']} | **{v['verdict']}** |")
+    L += ['', 'Scale: a 4-layer, 3.5M-parameter model on a synthetic world, minutes of CPU training, exact match '
+          'instead of BLEU; the papers used GPT-2 M/L and LLaMA on real data. A verdict here says what happens at '
+          'this scale, not whether the paper is right.', '']
+    with open(path + '.tmp', 'w') as f:
+        f.write('\n'.join(L))
+    os.replace(path + '.tmp', path)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description='The small-scale study of LoRA, MultiLoRA, NOLA and CAT (issue 6).')
+    p.add_argument('--quick', action='store_true', help='tiny budgets, every stage (CI smoke test, ~2 min)')
+    p.add_argument('--fresh', action='store_true', help='retrain every run instead of reusing finished ones')
+    p.add_argument('--out', help='where runs go (default out/study, or out/study-quick with --quick)')
+    p.add_argument('--results', help='where STUDY.md, study.json and the figure go (default results/)')
+    a = p.parse_args(argv)
+    S = dict(QUICK if a.quick else FULL)
+    if a.out:
+        S['out'] = a.out
+        if a.quick:
+            S['base_dir'] = os.path.join(a.out, 'base')
+    if a.results:
+        S['results'] = a.results
+    t0 = time.time()
+    res = Study(S, fresh=a.fresh, log=lambda s: print(f'[{time.time() - t0:6.0f}s] {s}', flush=True)).run()
+    os.makedirs(S['results'], exist_ok=True)
+    with open(os.path.join(S['results'], 'study.json'), 'w') as f:
+        json.dump(res, f, indent=1)
+    write_report(res, os.path.join(S['results'], 'STUDY.md'))
+    print(f"wrote {S['results']}/STUDY.md, study.json, {os.path.basename(res['spectra']['figure'])} "
+          f"in {res['seconds']['total']:.0f}s")
+    for v in res['verdicts']:
+        print(f"{v['paper']:<10} {v['verdict']}")
+    return res
+
+
+if __name__ == '__main__':
+    try:
+        main(sys.argv[1:])
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(1)

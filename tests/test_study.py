@@ -1,0 +1,123 @@
+"""Every config file parses and trains two iterations on a tiny stand-in model through train.main (the
+same code path as the real run, tiny sizes); study.py's statistics say "no difference" when they should."""
+import csv
+import glob
+import json
+import math
+import os
+
+import pytest
+import torch
+
+import data
+import study
+import train
+from model import GPT, GPTConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 'config', '*.py')))
+# skill LoRAs first: the CAT config composes them
+CONFIGS.sort(key=lambda p: (os.path.basename(p).startswith('cat_'), p))
+TINY = ['--max_iters=2', '--eval_interval=2', '--eval_iters=1', '--log_interval=1', '--batch_size=2',
+        '--block_size=32', '--final_eval=False', '--device=cpu', '--n_layer=1', '--n_head=2', '--n_embd=16']
+N_LAYER, N_EMBD = 2, 16
+
+
+def write_hf_dir(path, vocab, n_layer=N_LAYER, n_embd=N_EMBD, n_pos=64, seed=0):
+    """A tiny GPT-2 in Hugging Face layout (config.json + pytorch_model.bin, Conv1D (in, out) weights)."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g) * 0.1
+    C = n_embd
+    sd = {'wte.weight': r(vocab, C), 'wpe.weight': r(n_pos, C), 'ln_f.weight': 1 + r(C), 'ln_f.bias': r(C)}
+    for i in range(n_layer):
+        p = f'h.{i}.'
+        sd.update({p + 'ln_1.weight': 1 + r(C), p + 'ln_1.bias': r(C), p + 'ln_2.weight': 1 + r(C), p + 'ln_2.bias': r(C),
+                   p + 'attn.c_attn.weight': r(C, 3 * C), p + 'attn.c_attn.bias': r(3 * C),
+                   p + 'attn.c_proj.weight': r(C, C), p + 'attn.c_proj.bias': r(C),
+                   p + 'mlp.c_fc.weight': r(C, 4 * C), p + 'mlp.c_fc.bias': r(4 * C),
+                   p + 'mlp.c_proj.weight': r(4 * C, C), p + 'mlp.c_proj.bias': r(C)})
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, 'config.json'), 'w') as f:
+        json.dump({'n_positions': n_pos, 'vocab_size': vocab, 'n_layer': n_layer, 'n_head': 2, 'n_embd': C}, f)
+    torch.save({'transformer.' + k: v for k, v in sd.items()}, os.path.join(path, 'pytorch_model.bin'))
+
+
+def write_real_data(root):
+    """Tiny E2E (official file names, columns mr, ref) and Alpaca (JSON list) sets under root/."""
+    os.makedirs(os.path.join(root, 'e2e'))
+    for name in ('trainset.csv', 'devset.csv', 'testset_w_refs.csv'):
+        with open(os.path.join(root, 'e2e', name), 'w', newline='') as f:
+            w = csv.writer(f)
+            w.writerow(['mr', 'ref'])
+            for i in range(6):
+                w.writerow([f'name[The Cat {i}], food[cheap], area[town]', f'The Cat {i} is a cheap place in town.'])
+    os.makedirs(os.path.join(root, 'alpaca'))
+    rows = [{'instruction': f'add {i} and {i}', 'input': '' if i % 2 else 'numbers', 'output': str(2 * i)} for i in range(40)]
+    with open(os.path.join(root, 'alpaca', 'alpaca_data.json'), 'w') as f:
+        json.dump(rows, f)
+
+
+@pytest.fixture(scope='module')
+def env(tmp_path_factory):
+    """A tiny base checkpoint (train.py layout), a tiny GPT-2 directory, tiny real data; shared by all configs."""
+    tmp = tmp_path_factory.mktemp('study')
+    vocab = data.get_tokenizer('world').n_vocab
+    torch.manual_seed(0)
+    base = GPT(GPTConfig(block_size=64, vocab_size=vocab, n_layer=N_LAYER, n_head=2, n_embd=N_EMBD))
+    torch.save({'model_args': vars(base.config).copy(), 'model': base.state_dict()}, tmp / 'base.pt')
+    write_hf_dir(str(tmp / 'gpt2-tiny'), vocab)
+    write_real_data(str(tmp / 'realdata'))
+    return tmp
+
+
+def expected_trainable(c, d=N_EMBD, n_layer=N_LAYER, total=None):
+    """The issue's formulas on q and v (d_in = d_out = d): 2 matrices per layer."""
+    m = 2 * n_layer
+    return {'lora': m * c['lora_r'] * 2 * d, 'multilora': m * (c['multilora_n'] * c['lora_r'] * 2 * d + c['multilora_n']),
+            'nola': m * (c['nola_k'] + c['nola_l']), 'cat': m * 2, '': total}[c['adapter']]
+
+
+@pytest.mark.parametrize('config', CONFIGS)
+def test_config_parses_and_trains_two_iterations(config, env):
+    c = train.parse_args([config])
+    assert c['adapter_targets'] == 'attn.q,attn.v'  # what the papers adapt on GPT-2
+    name = os.path.basename(config)[:-3]
+    args = [config, *TINY, f'--out_dir={env / name}']
+    if c['init_from'].startswith('gpt2'):  # real GPT-2 on real data: a tiny HF directory and tiny files
+        assert c['tokenizer'] == 'gpt2' and c['dtype'] == 'bfloat16' and c['dataset'] in ('e2e', 'alpaca')
+        args += [f'--init_from={env / "gpt2-tiny"}', '--tokenizer=world', f'--data_dir={env / "realdata"}']
+    else:
+        assert c['init_from'] == 'out/base/ckpt.pt'  # the default base, what `python train.py` writes
+        args += [f'--init_from={env / "base.pt"}']
+    if c['adapter'] == 'cat':
+        assert c['cat_adapters'] == 'out/lora_skill1/ckpt.pt,out/lora_skill2/ckpt.pt'
+        args += [f'--cat_adapters={env / "lora_skill1" / "ckpt.pt"},{env / "lora_skill2" / "ckpt.pt"}']
+    s = train.main(args)
+    assert s['iters'] == 2 and math.isfinite(s['val_loss'])
+    assert s['trainable_params'] == expected_trainable(c, total=s['total_params'])
+    ckpt = torch.load(env / name / 'ckpt.pt', map_location='cpu', weights_only=True)
+    assert ckpt['iter_num'] == 2 and ckpt['config']['dataset'] == c['dataset']
+    if c['adapter']:
+        assert 'model' not in ckpt and ckpt['adapter']['config']['method'] == c['adapter']
+    else:
+        assert 'adapter' not in ckpt and ckpt['base']['path'].endswith('base.pt')
+
+
+def test_config_names_cover_the_study():
+    names = {os.path.basename(p) for p in CONFIGS}
+    need = {'finetune_mixture.py', 'lora_mixture.py', 'multilora_mixture.py', 'nola_mixture.py', 'lora_skill1.py',
+            'lora_skill2.py', 'cat_composite.py'}
+    need |= {f'{m}_{d}_{a}.py' for m in ('gpt2', 'gpt2m') for d in ('e2e', 'alpaca') for a in ('lora', 'multilora', 'nola')}
+    assert need <= names, need - names
+    # NOLA's point: fewer trainable numbers than LoRA rank 1 at the mixture's shape
+    nola = train.parse_args(['config/nola_mixture.py'])
+    assert nola['nola_k'] + nola['nola_l'] < 1 * 2 * train.DEFAULTS['n_embd']
+
+
+def test_compare_calls_differences_within_the_spread_no_difference():
+    assert study.compare([0.50, 0.52, 0.48], [0.49, 0.51, 0.47]) [0] == 0      # diff 0.01, spread 0.028
+    sign, diff, spread = study.compare([0.80, 0.82, 0.78], [0.50, 0.52, 0.48])
+    assert sign == 1 and abs(diff - 0.30) < 1e-9 and abs(spread - math.hypot(0.02, 0.02)) < 1e-9
+    assert study.compare([0.1, 0.1, 0.1], [0.3, 0.3, 0.3])[0] == -1
+    assert abs(study.sd([1.0, 2.0, 3.0]) - 1.0) < 1e-12 and study.sd([5.0]) == 0.0
+    assert study.pm([1.0, 3.0]) == '2.000 ± 1.414'
