@@ -264,3 +264,10 @@ def test_one_line_errors_for_bad_inputs(ckpts, tmp_path):
     bad["model"]["transformer.h.0.attn.q.weight"][0, 0] = float("nan")
     with pytest.raises(ValueError, match=r"ΔW of transformer.h.0.attn.q in full has NaN/inf"):
         an.run(paths["base"], [save(tmp_path / "nan.pt", bad)], out=str(tmp_path / "x"))
+
+
+def test_bench_runs_on_a_small_shape(capsys):
+    assert an.bench(n_layer=2, d=64) > 0
+    out = capsys.readouterr().out
+    assert "bench: 4 matrices (2 layers x q,v, 64x64) x 5 methods" in out
+    assert re.search(r"^lora\s+1,024\s+4\s+7\.\d\d", out, re.M)   # rank-8 random factors: effective rank just under 8
