@@ -364,6 +364,7 @@ def unigram_entropy(ds, c, n_batches=50):
 
 
 if __name__ == '__main__':
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines show up at once, also through | tee
     try:
         main(sys.argv[1:])
     except (ValueError, FileNotFoundError, RuntimeError) as e:
