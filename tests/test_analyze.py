@@ -270,4 +270,4 @@ def test_bench_runs_on_a_small_shape(capsys):
     assert an.bench(n_layer=2, d=64) > 0
     out = capsys.readouterr().out
     assert "bench: 4 matrices (2 layers x q,v, 64x64) x 5 methods" in out
-    assert re.search(r"^lora\s+1,024\s+4\s+7\.\d\d", out, re.M)   # rank-8 random factors: effective rank just under 8
+    assert re.search(r"^lora\s+4,096\s+4\s+7\.\d\d", out, re.M)   # rank-8 random factors: effective rank just under 8
