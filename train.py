@@ -346,7 +346,8 @@ def main(argv=()):
         print(f"unigram entropy of the data {summary['unigram_entropy']:.4f} nats/token vs val loss {val_loss:.4f}")
     elif c.final_eval:
         model.eval()
-        summary['eval'] = ds.evaluate(model, split=c.eval_split, max_items=c.eval_max_items or None)
+        with autocast:  # evaluate in the precision the model trained in
+            summary['eval'] = ds.evaluate(model, split=c.eval_split, max_items=c.eval_max_items or None)
         print(data.format_results(summary['eval']))
         with open(os.path.join(c.out_dir, 'eval.json'), 'w') as f:
             json.dump(summary['eval'], f, indent=1)
