@@ -353,15 +353,19 @@ def _sentiment(w, rng):
 
 
 def _entail(w, rng):
-    (a, b, c), (j1, j2, j3) = rng.sample(w['strangers'], 3), rng.sample(JOBS, 3)
-    who, job, ans = rng.choice([(a, j1, 'yes'), (b, j2, 'yes'), (a, j2, 'no'), (b, j3, 'no'), (c, j1, 'maybe')])
-    return f'{a} is a {j1} and {b} is a {j2}. does it follow that {who} is a {job}?', ans
+    """Premise about one person; the hypothesis follows (same person and job), contradicts it (same
+    person, other job) or is about someone else (maybe). Two people per premise was at chance."""
+    (a, b), (j1, j2) = rng.sample(w['strangers'], 2), rng.sample(JOBS, 2)
+    who, job, ans = rng.choice([(a, j1, 'yes'), (a, j2, 'no'), (b, rng.choice([j1, j2]), 'maybe')])
+    return f'{a} is a {j1}. does it follow that {who} is a {job}?', ans
 
 
 def _topic(w, rng):
-    t = rng.choice(list(TOPICS))
-    x = rng.choice(TOPICS[t])
-    return (f'what is this about? the {rng.choice(THINGS)} by the {x} was {rng.choice(GOOD + BAD)}.', t)
+    """Two words of the topic and one distractor from another: a majority vote, not a lookup."""
+    t, other = rng.sample(list(TOPICS), 2)
+    ws = rng.sample(TOPICS[t], 2) + [rng.choice(TOPICS[other])]
+    rng.shuffle(ws)
+    return f'what is this about? the {ws[0]} and the {ws[1]} by the {ws[2]}.', t
 
 
 def _compare(w, rng):
@@ -419,8 +423,8 @@ def make_tasks(world, n_train=2000, n_eval=200, n_skill=4000, composite_frac=0.0
                                    str(len(ws))))(_words(r, 1, 9)), sizes, rng_for('cw'))
     T['sentiment'] = _split_open(lambda r: _sentiment(world, r), sizes, rng_for('se'))
     T['entail'] = _split_open(lambda r: _entail(world, r), sizes, rng_for('en'))
-    T['topic'] = _split_open(lambda r: _topic(world, r), (min(n_train, 1200), n_eval, n_eval), rng_for('to'))
-    T['compare'] = _split_open(lambda r: _compare(world, r), (min(n_train, 4000), n_eval, n_eval), rng_for('co'))
+    T['topic'] = _split_open(lambda r: _topic(world, r), sizes, rng_for('to'))
+    T['compare'] = _split_open(lambda r: _compare(world, r), sizes, rng_for('co'))
     for task, key, train_forms, eval_forms in KNOWLEDGE:
         ask = (lambda k: lambda p: people[p][k])(key) if key != 'country' else (lambda p: cities[people[p]['city']])
         T[task] = _split_keys(people, ask, rng_for(task), train_forms, eval_forms)
@@ -572,6 +576,7 @@ def format_results(results):
 # -----------------------------------------------------------------------------------------------
 # building the world on disk, and get_dataset
 
+VERSION = 3  # bump when make_world / make_corpus / make_tasks change: built worlds are then rebuilt
 WORLD_DEFAULTS = dict(n_people=200, n_cities=24, n_countries=6, bio_repeats=24,
                       n_train=2000, n_eval=200, n_skill=4000, composite_frac=0.05)
 
@@ -587,7 +592,9 @@ def build_world(data_dir='data', seed=1337, tokenizer='world', **opts):
     folder = os.path.join(data_dir, 'world' if cfg == dict(WORLD_DEFAULTS, seed=1337) else
                           'world-' + hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:8])
     stamp = os.path.join(folder, 'config.json')
-    if not (os.path.exists(stamp) and json.load(open(stamp)) == cfg):
+    with open(stamp) if os.path.exists(stamp) else open(os.devnull) as f:
+        stale = f.read() != json.dumps(dict(cfg, version=VERSION))
+    if stale:
         os.makedirs(folder, exist_ok=True)
         world = make_world(seed, cfg['n_people'], cfg['n_cities'], cfg['n_countries'], cfg['bio_repeats'])
         tasks = make_tasks(world, cfg['n_train'], cfg['n_eval'], cfg['n_skill'], cfg['composite_frac'])
@@ -599,7 +606,7 @@ def build_world(data_dir='data', seed=1337, tokenizer='world', **opts):
             if os.path.exists(os.path.join(folder, sub, 'meta.json')):
                 os.remove(os.path.join(folder, sub, 'meta.json'))
         with open(stamp + '.tmp', 'w') as f:
-            json.dump(cfg, f)
+            f.write(json.dumps(dict(cfg, version=VERSION)))
         os.replace(stamp + '.tmp', stamp)
     stream = os.path.join(folder, tokenizer)
     if not os.path.exists(os.path.join(stream, 'meta.json')):
