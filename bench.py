@@ -9,8 +9,8 @@ LoRA and a merged one. Printed as ratios against the targets of issue 4.
 
 Timing: by default the process CPU time of one thread (--threads=1 --clock=cpu), which other
 processes on a shared machine disturb far less than wall-clock time; ratios between methods are what
-matter. Methods run their steps interleaved (round-robin), so drift hits them alike; the table shows
-the best round. --threads=2 --clock=wall measures what a user waits for on an idle machine.
+matter. Methods run their steps interleaved (round-robin, rotating the order), so drift hits them
+alike; the table shows each method's best step. A second identical LoRA row measures the noise. --threads=2 --clock=wall measures what a user waits for on an idle machine.
 Peak memory (CPU has no allocator statistics): bytes of all tensors alive at the worst moment of one
 training step = persistent (weights, buffers, optimizer state) + the peak of tensors created during
 the step (activations saved for backward, gradients, temporaries such as NOLA's regenerated bases),
@@ -149,8 +149,8 @@ def bench_model(label, cfg, batch, args):
     for run in runs:  # warm-up: first-call allocations, optimizer state
         run.step(x, y)
     mem = {run.name: run.peak_bytes(x, y) for run in runs}
-    for _ in range(args.steps):
-        for run in runs:
+    for i in range(args.steps):
+        for run in runs[i % len(runs):] + runs[:i % len(runs)]:  # rotate: no method always follows full FT
             run.timed_step(x, y, clock)
 
     # inference: base vs LoRA unmerged vs LoRA merged (wrapper kept: its forward is then base(x))
