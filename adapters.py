@@ -162,11 +162,13 @@ def derive_seed(seed, *names):
     return int.from_bytes(h[:8], "little") >> 1
 
 
-def nola_bases(seed, count, shape, dtype=torch.float32, device="cpu"):
-    """(count, *shape) bases U(-1,1)/√count drawn from `seed`: fp32 on the CPU, then cast and moved,
-    so a checkpoint means the same bases on every machine and device."""
-    g = torch.Generator().manual_seed(seed)
-    b = torch.empty(count, *shape).uniform_(-1 / math.sqrt(count), 1 / math.sqrt(count), generator=g)
+def nola_bases(seed, count, shape, dtype=torch.float32, device="cpu", draw_on="cpu"):
+    """(count, *shape) bases U(-1,1)/√count drawn from `seed` in fp32 by the `draw_on` device's
+    generator, then cast and moved. 'cpu' (default) gives the same bases on every machine; 'cuda'
+    is much faster on a GPU, but its bases differ from the CPU's: such an adapter needs a GPU."""
+    g = torch.Generator(device=draw_on).manual_seed(seed)
+    b = torch.empty(count, *shape, device=draw_on)
+    b.uniform_(-1 / math.sqrt(count), 1 / math.sqrt(count), generator=g)
     return b.to(device=device, dtype=dtype)
 
 
@@ -175,22 +177,25 @@ class MixBases(torch.autograd.Function):
     and again in backward instead of being kept (memory trick of the NOLA reference code)."""
 
     @staticmethod
-    def forward(ctx, coef, seed, shape):
-        ctx.seed, ctx.shape, ctx.count = seed, shape, coef.numel()
-        basis = nola_bases(seed, coef.numel(), shape, coef.dtype, coef.device)
+    def forward(ctx, coef, seed, shape, draw_on="cpu"):
+        ctx.seed, ctx.shape, ctx.count, ctx.draw_on = seed, shape, coef.numel(), draw_on
+        basis = nola_bases(seed, coef.numel(), shape, coef.dtype, coef.device, draw_on)
         return (coef @ basis.view(coef.numel(), -1)).view(shape)
 
     @staticmethod
     def backward(ctx, grad):
-        basis = nola_bases(ctx.seed, ctx.count, ctx.shape, grad.dtype, grad.device)
-        return basis.view(ctx.count, -1) @ grad.reshape(-1), None, None
+        basis = nola_bases(ctx.seed, ctx.count, ctx.shape, grad.dtype, grad.device, ctx.draw_on)
+        return basis.view(ctx.count, -1) @ grad.reshape(-1), None, None, None
 
 
 class NOLALinear(AdapterLinear):
     def __init__(self, base, k=256, l=256, r=8, alpha=16.0, dropout=0.0,
-                 seed=0, name="", stored_basis=False):
+                 seed=0, name="", stored_basis=False, basis_device="cpu"):
         super().__init__(base)
         self.k, self.l, self.r = _positive("k", k), _positive("l", l), _positive("r", r)
+        if basis_device not in ("cpu", "cuda") or (basis_device == "cuda" and not torch.cuda.is_available()):
+            raise ValueError(f"nola basis_device must be 'cpu' or (with a GPU) 'cuda', got {basis_device!r}")
+        self.basis_device = basis_device  # (our choice) 'cpu': portable bases; 'cuda': fast on a GPU
         self.scale = alpha / r
         self.dropout = _dropout(dropout)
         self.stored_basis = stored_basis
@@ -214,9 +219,10 @@ class NOLALinear(AdapterLinear):
         nn.init.kaiming_uniform_(A0, a=math.sqrt(5), generator=torch.Generator().manual_seed(self.seeds[0] ^ 0x5EED))
         self.register_buffer("A0", A0.to(dev, dt), persistent=False)
         if self.stored_basis:
-            self.register_buffer("basis_A", nola_bases(self.seeds[0], self.k, (self.r, self.d_in), dt, dev),
+            draw = (dt, dev, self.basis_device)
+            self.register_buffer("basis_A", nola_bases(self.seeds[0], self.k, (self.r, self.d_in), *draw),
                                  persistent=False)   # (k, r, d_in)
-            self.register_buffer("basis_B", nola_bases(self.seeds[1], self.l, (self.d_out, self.r), dt, dev),
+            self.register_buffer("basis_B", nola_bases(self.seeds[1], self.l, (self.d_out, self.r), *draw),
                                  persistent=False)   # (l, d_out, r)
 
     def build(self):
@@ -228,8 +234,8 @@ class NOLALinear(AdapterLinear):
             A = torch.einsum("k,krd->rd", self.coef_A, self.basis_A)
             B = torch.einsum("l,lor->or", self.coef_B, self.basis_B)
         else:
-            A = MixBases.apply(self.coef_A, self.seeds[0], (self.r, self.d_in))
-            B = MixBases.apply(self.coef_B, self.seeds[1], (self.d_out, self.r))
+            A = MixBases.apply(self.coef_A, self.seeds[0], (self.r, self.d_in), self.basis_device)
+            B = MixBases.apply(self.coef_B, self.seeds[1], (self.d_out, self.r), self.basis_device)
         B, A = B, self.A0 + A
         self._cache = None if torch.is_grad_enabled() else (key, (B, A))
         return B, A
@@ -286,12 +292,12 @@ class CATLinear(AdapterLinear):
 # public API
 
 METHODS = ("lora", "multilora", "nola", "cat")
-DEFAULTS = dict(r=8, alpha=16.0, dropout=0.0, rslora=False, n=3, gate="scalar", k=256, l=256,
-                seed=0, stored_basis=False, cat_adapters=None, cat_weights="plain", cat_ranks=None)
+DEFAULTS = dict(r=8, alpha=16.0, dropout=0.0, rslora=False, n=3, gate="scalar", k=256, l=256, seed=0,
+                stored_basis=False, basis_device="cpu", cat_adapters=None, cat_weights="plain", cat_ranks=None)
 USES = {  # which options each method reads (others are accepted and ignored: train.py passes all)
     "lora": ("r", "alpha", "dropout", "rslora"),
     "multilora": ("n", "r", "alpha", "dropout", "gate"),
-    "nola": ("k", "l", "r", "alpha", "dropout", "seed", "stored_basis"),
+    "nola": ("k", "l", "r", "alpha", "dropout", "seed", "stored_basis", "basis_device"),
     "cat": ("cat_adapters", "cat_weights", "cat_ranks", "seed"),
 }
 
@@ -348,7 +354,7 @@ def add_adapters(model, method, targets="attn.q,attn.v", **opts):
             m = MultiLoRALinear(base, o["n"], o["r"], o["alpha"], o["dropout"], o["gate"])
         elif method == "nola":
             m = NOLALinear(base, o["k"], o["l"], o["r"], o["alpha"], o["dropout"], o["seed"], name,
-                           bool(o["stored_basis"]))
+                           bool(o["stored_basis"]), o["basis_device"])
         else:
             m = CATLinear(base, o["cat_ranks"], o["cat_weights"], o["seed"], name)
             for i, src in enumerate(cat_sources or []):
