@@ -215,8 +215,8 @@ class NOLALinear(AdapterLinear):
         if dev.type == "meta":  # shape-only model (parameter counting): nothing to draw
             self.register_buffer("A0", self._new(self.r, self.d_in), persistent=False)
             return
-        A0 = torch.empty(self.r, self.d_in)
-        nn.init.kaiming_uniform_(A0, a=math.sqrt(5), generator=torch.Generator().manual_seed(self.seeds[0] ^ 0x5EED))
+        A0, g = torch.empty(self.r, self.d_in), torch.Generator().manual_seed(self.seeds[0] ^ 0x5EED)
+        nn.init.kaiming_uniform_(A0, a=math.sqrt(5), generator=g)  # the frozen offset: its own stream
         self.register_buffer("A0", A0.to(dev, dt), persistent=False)
         if self.stored_basis:
             draw = (dt, dev, self.basis_device)

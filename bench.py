@@ -4,13 +4,14 @@ training step time and peak memory for full fine-tuning, LoRA r=R, MultiLoRA n=3
 NOLA (regenerated and stored bases) and CAT, and inference time for the base model, an unmerged
 LoRA and a merged one. Printed as ratios against the targets of issue 4.
 
-    python bench.py                        # default small model and GPT-2-small shape (~2-3 min on 2 cores)
+    python bench.py                  # default small model and GPT-2-small shape (~3 min on a shared CPU)
     python bench.py --models=small --steps=5
 
 Timing: by default the process CPU time of one thread (--threads=1 --clock=cpu), which other
 processes on a shared machine disturb far less than wall-clock time; ratios between methods are what
 matter. Methods run their steps interleaved (round-robin, rotating the order), so drift hits them
-alike; the table shows each method's best step. A second identical LoRA row measures the noise. --threads=2 --clock=wall measures what a user waits for on an idle machine.
+alike; the table shows each method's best step. A second, identical LoRA row measures the noise.
+--threads=2 --clock=wall measures what a user waits for on an idle machine.
 Peak memory (CPU has no allocator statistics): bytes of all tensors alive at the worst moment of one
 training step = persistent (weights, buffers, optimizer state) + the peak of tensors created during
 the step (activations saved for backward, gradients, temporaries such as NOLA's regenerated bases),
@@ -72,7 +73,7 @@ class Run:
     def __init__(self, name, model):
         self.name, self.model, self.times = name, model, []
         params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)  # the optimizer train.py uses (CPU: foreach)
+        self.opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)  # train.py's optimizer (CPU: foreach)
         self.trainable = sum(p.numel() for p in params)
 
     def step(self, x, y):
@@ -224,7 +225,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="small,gpt2", help="comma list of: small, gpt2")
     p.add_argument("--steps", type=int, default=5, help="timed steps per method (after one warm-up)")
-    p.add_argument("--r", type=int, default=12, help="LoRA rank R (MultiLoRA: n=3 of rank R/3; CAT: 3 LoRAs of R/3)")
+    p.add_argument("--r", type=int, default=12, help="LoRA rank R (MultiLoRA: n=3 of R/3; CAT: 3 LoRAs of R/3)")
     p.add_argument("--nola_k", type=int, default=64, help="NOLA k = l (train.py's default)")
     p.add_argument("--block", type=int, default=128, help="sequence length T")
     p.add_argument("--batch_small", type=int, default=8)
