@@ -227,7 +227,9 @@ class NOLALinear(AdapterLinear):
 
     def build(self):
         """A (r, d_in) and B (d_out, r): k·r·d work once per forward, independent of the tokens."""
-        key = (self.coef_A._version, self.coef_B._version, self.coef_A.device, self.coef_A.dtype)
+        dev = self.coef_A.device.type  # autocast changes the dtype A and B are built in: part of the key
+        key = (self.coef_A._version, self.coef_B._version, self.coef_A.device, self.coef_A.dtype,
+               torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev))
         if not torch.is_grad_enabled() and self._cache and self._cache[0] == key:
             return self._cache[1]  # inference (e.g. one forward per generated token): build once
         if self.stored_basis:

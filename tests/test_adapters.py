@@ -392,3 +392,19 @@ def test_cat_refuses_mixed_targets_and_non_lora(tmp_path):
     one_line_error(ValueError, "composes LoRA adapters", ad.add_adapters, copy.deepcopy(base), "cat",
                    cat_adapters=[a, c])
     one_line_error(ValueError, "another base model", ad.add_adapters, tiny_base(seed=3), "cat", cat_adapters=[a])
+
+
+def test_nola_inference_cache_follows_autocast():
+    # A, B cached under bf16 autocast must not be reused by a plain fp32 forward (and vice versa)
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=32))
+    ad.add_adapters(m, "nola", k=8, l=8, r=4)
+    for mod in ad.adapted_modules(m).values():
+        mod.coef_B.data.fill_(0.1)
+    x = torch.randint(0, 64, (2, 8))
+    with torch.no_grad():
+        fresh = copy.deepcopy(m)(x)[0]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            m(x)  # caches A, B built in bf16
+        again = m(x)[0]
+    assert again.dtype == torch.float32 and torch.equal(again, fresh)
