@@ -39,9 +39,9 @@ from model import load_model
 WORLD_SEED = 1337  # the synthetic world every run trains and is evaluated on (data.get_dataset's seed)
 
 # budgets: FULL fits 30 min on 2 CPU cores from a fresh clone (measured, see results/STUDY.md)
-FULL = dict(seeds=[0, 1, 2], base_dir='out/base', base_args=[], mix_iters=300, skill_iters=300, cat_iters=100,
+FULL = dict(seeds=[0, 1, 2], base_dir='out/base', base_args=[], mix_iters=150, skill_iters=150, cat_iters=60,
             eval_items=100, eval_iters=10, out='out/study', results='results', R=12)
-QUICK = dict(seeds=[0, 1], base_dir='out/study-quick/base',
+QUICK = dict(seeds=[0], base_dir='out/study-quick/base',
              base_args=['--n_layer=2', '--n_head=2', '--n_embd=64', '--max_iters=40', '--eval_interval=40',
                         '--eval_iters=2', '--batch_size=16', '--warmup_iters=4'],
              mix_iters=8, skill_iters=8, cat_iters=4, eval_items=4, eval_iters=2,
@@ -106,8 +106,9 @@ def nbytes(obj):
 
 
 def payload(sd_):
-    """Bytes of the tensors alone."""
-    return sum(t.numel() * t.element_size() for t in sd_.values())
+    """Bytes of the tensors alone (a tied tensor counted once, as torch.save stores it)."""
+    seen = {t.data_ptr(): t.numel() * t.element_size() for t in sd_.values()}
+    return sum(seen.values())
 
 
 class Study:
@@ -193,9 +194,9 @@ class Study:
             self.log(f'  base pretrained in {time.time() - t0:.1f}s, val loss {summary["val_loss"]:.3f}')
         base = self.base_model()
         self.base_fp = base.fingerprint()
+        self.base_shape = {k: getattr(base.config, k) for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'vocab_size')}
         return {'path': self.base_path, 'fingerprint': self.base_fp, 'data_fingerprint': ds.fingerprint,
-                'model_args': {k: getattr(base.config, k) for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'vocab_size')},
-                'params': base.num_params() if hasattr(base, 'num_params') else None, **summary}
+                'model_args': self.base_shape, 'params': sum(p.numel() for p in base.parameters()), **summary}
 
     # ---- stage 2 --------------------------------------------------------------------------------
     def stage_mixture(self):
@@ -204,7 +205,10 @@ class Study:
             rows = []
             for s in self.S.seeds:
                 name = f'mix_{method}_s{s}'
-                extra_s = list(extra) + ([f'--nola_seed={s}'] if method == 'nola' else [])
+                extra_s = list(extra)
+                if method == 'nola':  # k + l = d per matrix: half of LoRA rank 1's d_in + d_out, at any width
+                    half = self.base_shape['n_embd'] // 2
+                    extra_s += [f'--nola_seed={s}', f'--nola_k={half}', f'--nola_l={half}']
                 summ = self.run_config(name, config, s, self.S.mix_iters, extra_s)
                 ck = torch.load(self.ckpt(name), map_location='cpu', weights_only=True)
                 state = ck['adapter']['state'] if 'adapter' in ck else ck['model']
@@ -343,10 +347,12 @@ def verdicts(res):
     s2, t2 = better(cp['nola_4bit']['acc'], nola['acc'], 'NOLA 4-bit vs full precision')
     t3 = (f'adapter payload {mean(cp["nola_4bit"]["payload_bytes"]):,.0f} B (4-bit) / {mean(nola["payload_bytes"]):,.0f} B '
           f'(fp32) vs LoRA r=1 {mean(r1["payload_bytes"]):,.0f} B')
-    ok = s1 >= 0 and s2 >= 0
+    fewer = nola['trainable_params'] < r1['trainable_params']   # the premise of the comparison
+    ok = fewer and s1 >= 0 and s2 >= 0
     out.append({'paper': 'NOLA', 'claim': CLAIMS['NOLA'], 'finding': '; '.join([t1, t2, t3]), 'agrees': ok,
                 'verdict': 'agrees' if ok else 'disagrees: ' + ', '.join(
-                    x for x, bad in (('NOLA below LoRA r=1', s1 < 0), ('4-bit loses accuracy', s2 < 0)) if bad)})
+                    x for x, bad in (('NOLA has no fewer trainable numbers', not fewer), ('NOLA below LoRA r=1', s1 < 0),
+                                     ('4-bit loses accuracy', s2 < 0)) if bad)})
 
     comp = lambda m: sk['acc'][m][data.COMPOSITE]
     best_merge = max(('ΔW averaging', 'TIES'), key=lambda m: mean(comp(m)))
@@ -412,7 +418,8 @@ def write_report(res, path):
           '|---|---|---|---|']
     for v in res['verdicts']:
         L.append(f"| {v['paper']} | {v['claim']} | {v['finding']} | **{v['verdict']}** |")
-    L += ['', 'Scale: a 4-layer, 3.5M-parameter model on a synthetic world, minutes of CPU training, exact match '
+    L += ['', f"Scale: a {b['model_args']['n_layer']}-layer, {b['params'] / 1e6:.1f}M-parameter model (d = "
+          f"{b['model_args']['n_embd']}) on a synthetic world, {S['mix_iters']} iterations of CPU fine-tuning, exact match "
           'instead of BLEU; the papers used GPT-2 M/L and LLaMA on real data. A verdict here says what happens at '
           'this scale, not whether the paper is right.', '']
     with open(path + '.tmp', 'w') as f:
