@@ -63,6 +63,7 @@ nola_k = 64              # NOLA: number of random bases for A
 nola_l = 64              # NOLA: number of random bases for B
 nola_seed = 0            # NOLA: the one seed every basis is derived from
 nola_stored_basis = False  # NOLA: keep bases in memory instead of regenerating them (faster, more memory)
+nola_basis_device = 'cpu'  # NOLA: draw bases on 'cpu' (same bases on every machine) or 'cuda' (fast on a GPU)
 cat_adapters = ''        # CAT: comma-separated adapter checkpoints (one LoRA per skill)
 cat_weights = 'plain'    # CAT: 'plain' (start at 1) | 'softmax' (as the LoRA Soups code)
 # optimizer: AdamW, decay on matrices only
@@ -192,7 +193,8 @@ def add_adapters(model, c):
     return adapters.add_adapters(
         model, c.adapter, targets=c.adapter_targets, r=c.lora_r, alpha=c.lora_alpha, dropout=c.lora_dropout,
         rslora=c.lora_rslora, n=c.multilora_n, gate=c.multilora_gate, k=c.nola_k, l=c.nola_l, seed=c.nola_seed,
-        stored_basis=c.nola_stored_basis, cat_adapters=paths, cat_weights=c.cat_weights)
+        stored_basis=c.nola_stored_basis, basis_device=c.nola_basis_device, cat_adapters=paths,
+        cat_weights=c.cat_weights)
 
 
 def save_checkpoint(path, model, optimizer, scaler, c, iter_num, best_val_loss, base, gen, ds):
@@ -215,15 +217,6 @@ def save_checkpoint(path, model, optimizer, scaler, c, iter_num, best_val_loss, 
 
 def main(argv=()):
     c = SimpleNamespace(**parse_args(list(argv)))
-    torch.manual_seed(c.seed)
-    dev, dt = pick_device_dtype(c)
-    device_type = 'cuda' if dev.startswith('cuda') else 'cpu'
-    ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dt]
-    autocast = nullcontext() if dt == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
-    if device_type == 'cuda':
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
     ckpt = None
     if c.init_from == 'resume':
         path = os.path.join(c.out_dir, 'ckpt.pt')
@@ -234,13 +227,23 @@ def main(argv=()):
         given = {k: getattr(c, k) for k in ('max_iters', 'eval_interval', 'log_interval', 'device', 'compile',
                                            'final_eval', 'eval_max_items') if getattr(c, k) != DEFAULTS[k]}
         c = SimpleNamespace(**{**DEFAULTS, **ckpt['config'], **given, 'init_from': 'resume', 'out_dir': c.out_dir})
+    torch.manual_seed(c.seed)
+    dev, dt = pick_device_dtype(c)
+    device_type = 'cuda' if dev.startswith('cuda') else 'cpu'
+    ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dt]
+    autocast = nullcontext() if dt == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
+    if device_type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     ds = data.get_dataset(c.dataset, c.block_size, tokenizer=c.tokenizer, data_dir=c.data_dir, seed=c.data_seed)
     model, base = build_model(c, ds, ckpt)
-    if c.adapter:
+    if c.adapter and ckpt is None:
         print(add_adapters(model, c))
-        if ckpt is not None:
-            import adapters
-            adapters.load_adapter_state_dict(model, ckpt['adapter']['state'])
+    elif c.adapter:  # resume: rebuild from the checkpoint itself (a CAT run needs no skill files then)
+        import adapters
+        spec = dict(ckpt['adapter']['config'])
+        print(adapters.add_adapters(model, spec.pop('method'), **spec))
+        adapters.load_adapter_state_dict(model, ckpt['adapter']['state'])
     model.to(dev)
     params = [p for p in model.parameters() if p.requires_grad]  # the frozen base never reaches the optimizer
     n_train, n_total = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())

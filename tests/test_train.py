@@ -63,7 +63,7 @@ class Crash(Exception):
 
 
 def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
-    args = ['--max_iters=30', '--eval_interval=10', '--dtype=bfloat16']  # autocast, as on a GPU, is deterministic too
+    args = ['--max_iters=30', '--eval_interval=10']
     full = run(tmp_path, *args, name='full')
 
     real_save = train.save_checkpoint
@@ -129,3 +129,29 @@ def test_pretrain_learns_and_full_finetune_records_base(tmp_path):
     assert ft['trainable_params'] == ft['total_params']
     changed = [k for k in ckpt['model'] if not torch.equal(ckpt['model'][k], base_model.state_dict()[k])]
     assert len(changed) > 10  # every weight trains in full fine-tuning
+
+
+@pytest.mark.parametrize('method, dtype', [('lora', 'float32'), ('nola', 'bfloat16')])
+def test_adapter_run_resumes_exactly_and_stores_only_the_adapter(tmp_path, monkeypatch, method, dtype):
+    run(tmp_path, '--max_iters=2', '--eval_interval=2', name='base')
+    base = str(tmp_path / 'base' / 'ckpt.pt')
+    args = TINY + [f'--init_from={base}', f'--adapter={method}', '--dataset=mixture', '--max_iters=12',
+                   '--eval_interval=6', '--final_eval=False', '--lora_dropout=0.1', '--nola_k=16', '--nola_l=16',
+                   f'--dtype={dtype}']  # the resumed run must take its dtype from the checkpoint, not the default
+    full = train.main(args + [f'--out_dir={tmp_path / "full"}'])
+    real_save = train.save_checkpoint
+
+    def save_then_crash(path, model, optimizer, scaler, c, iter_num, *rest):
+        real_save(path, model, optimizer, scaler, c, iter_num, *rest)
+        if iter_num == 6:
+            raise Crash
+    monkeypatch.setattr(train, 'save_checkpoint', save_then_crash)
+    with pytest.raises(Crash):
+        train.main(args + [f'--out_dir={tmp_path / "crashed"}'])
+    monkeypatch.setattr(train, 'save_checkpoint', real_save)
+    resumed = train.main([f'--out_dir={tmp_path / "crashed"}', '--init_from=resume'])
+    assert resumed['losses'] == full['losses'][6:]
+    ckpt = torch.load(tmp_path / 'full' / 'ckpt.pt', weights_only=True)
+    assert 'model' not in ckpt and ckpt['adapter']['config']['method'] == method
+    n_adapter = sum(t.numel() for t in ckpt['adapter']['state'].values() if t.is_floating_point())
+    assert n_adapter == full['trainable_params'] < full['total_params'] / 10
