@@ -321,16 +321,28 @@ def load_model(path, device="cpu"):
     Returns (model, ckpt); ckpt is {} for GPT-2 weights."""
     if os.path.isdir(path) or path in HF_MODELS:
         return GPT.from_pretrained(path), {}
+    ckpt = read_checkpoint(path, device)
+    if "model_args" not in ckpt or "model" not in ckpt:
+        raise ValueError(f"{path}: not a full-model checkpoint of this project (no 'model_args'/'model'); "
+                         "adapter checkpoints need their base: see adapters.py")
+    known = {f.name for f in fields(GPTConfig)}
+    model = GPT(GPTConfig(**{k: v for k, v in ckpt["model_args"].items() if k in known}))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError:
+        raise ValueError(f"{path}: its weights do not fit its own model_args (a damaged or edited checkpoint)") from None
+    return model.to(device), ckpt
+
+
+def read_checkpoint(path, device="cpu"):
+    """torch.load with weights_only=True (tensors and plain Python only: a pickle that would run code
+    is refused), every failure turned into one line."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}: run train.py first, or give a GPT-2 name or directory")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
         raise ValueError(f"{path}: not a loadable checkpoint ({type(e).__name__}); only plain tensors are accepted") from None
-    if not isinstance(ckpt, dict) or "model_args" not in ckpt or "model" not in ckpt:
-        raise ValueError(f"{path}: not a full-model checkpoint of this project (no 'model_args'/'model'); "
-                         "adapter checkpoints need their base: see adapters.py")
-    known = {f.name for f in fields(GPTConfig)}
-    model = GPT(GPTConfig(**{k: v for k, v in ckpt["model_args"].items() if k in known}))
-    model.load_state_dict(ckpt["model"])
-    return model.to(device), ckpt
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: not a checkpoint of this project (not a dict)")
+    return ckpt

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import torch
 
 import data
-from model import GPT, GPTConfig, load_model
+from model import GPT, GPTConfig, load_model, read_checkpoint
 
 # -----------------------------------------------------------------------------
 # defaults: the embedded run pretrains a small base model on the synthetic world in a few CPU minutes
@@ -222,7 +222,9 @@ def main(argv=()):
         path = os.path.join(c.out_dir, 'ckpt.pt')
         if not os.path.exists(path):
             raise FileNotFoundError(f"nothing to resume: no checkpoint at {path}")
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+        ckpt = read_checkpoint(path)
+        if 'config' not in ckpt or 'optimizer' not in ckpt:
+            raise ValueError(f"{path} is not a train.py checkpoint: nothing to resume")
         # the run's own config wins; only these may be changed on resume, when given explicitly
         given = {k: getattr(c, k) for k in ('max_iters', 'eval_interval', 'log_interval', 'device', 'compile',
                                            'final_eval', 'eval_max_items') if getattr(c, k) != DEFAULTS[k]}

@@ -155,3 +155,16 @@ def test_adapter_run_resumes_exactly_and_stores_only_the_adapter(tmp_path, monke
     assert 'model' not in ckpt and ckpt['adapter']['config']['method'] == method
     n_adapter = sum(t.numel() for t in ckpt['adapter']['state'].values() if t.is_floating_point())
     assert n_adapter == full['trainable_params'] < full['total_params'] / 10
+
+
+def test_corrupt_or_foreign_checkpoints_are_refused(tmp_path):
+    (tmp_path / 'bad').mkdir()
+    (tmp_path / 'bad' / 'ckpt.pt').write_bytes(b'not a checkpoint at all')
+    with pytest.raises(ValueError, match='not a loadable checkpoint'):
+        train.main([f'--out_dir={tmp_path / "bad"}', '--init_from=resume'])
+    run(tmp_path, '--max_iters=1', '--eval_interval=1', name='base')
+    ckpt = torch.load(tmp_path / 'base' / 'ckpt.pt', weights_only=True)
+    ckpt['model_args']['n_embd'] = 64  # claims another shape than its weights have
+    torch.save(ckpt, tmp_path / 'edited.pt')
+    with pytest.raises(ValueError, match='do not fit its own model_args'):
+        train.main(TINY + [f'--init_from={tmp_path / "edited.pt"}', f'--out_dir={tmp_path / "ft"}'])
