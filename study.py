@@ -427,6 +427,25 @@ def write_report(res, path):
     os.replace(path + '.tmp', path)
 
 
+def check(res):
+    """The smoke test's assertion: every stage produced finite numbers (not what they are)."""
+    def walk(x, where):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                yield from walk(v, f'{where}.{k}')
+        elif isinstance(x, (list, tuple)):
+            for i, v in enumerate(x):
+                yield from walk(v, f'{where}[{i}]')
+        elif isinstance(x, float) and not math.isfinite(x):
+            yield where
+    for stage in ('base', 'mixture', 'spectra', 'skills', 'compression', 'verdicts'):
+        if not res.get(stage):
+            raise RuntimeError(f'stage {stage} produced no numbers')
+        bad = list(walk(res[stage], stage))
+        if bad:
+            raise RuntimeError(f'stage {stage} produced non-finite numbers at {bad[0]} ({len(bad)} in all)')
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description='The small-scale study of LoRA, MultiLoRA, NOLA and CAT (issue 6).')
     p.add_argument('--quick', action='store_true', help='tiny budgets, every stage (CI smoke test, ~2 min)')
@@ -443,6 +462,7 @@ def main(argv=None):
         S['results'] = a.results
     t0 = time.time()
     res = Study(S, fresh=a.fresh, log=lambda s: print(f'[{time.time() - t0:6.0f}s] {s}', flush=True)).run()
+    check(res)
     os.makedirs(S['results'], exist_ok=True)
     with open(os.path.join(S['results'], 'study.json'), 'w') as f:
         json.dump(res, f, indent=1)

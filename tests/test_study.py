@@ -121,3 +121,47 @@ def test_compare_calls_differences_within_the_spread_no_difference():
     assert study.compare([0.1, 0.1, 0.1], [0.3, 0.3, 0.3])[0] == -1
     assert abs(study.sd([1.0, 2.0, 3.0]) - 1.0) < 1e-12 and study.sd([5.0]) == 0.0
     assert study.pm([1.0, 3.0]) == '2.000 ± 1.414'
+
+
+def planted(acc, eff_rank, comp, nola_params=256, q4=None):
+    """A minimal study result with planted per-seed numbers, in study.json's layout."""
+    rows = lambda xs, p: [{'acc': {'avg': x}, 'trainable_params': p, 'payload_bytes': 4 * p, 'file_bytes': 4 * p + 900}
+                          for x in xs]
+    mix = {m: rows(xs, p) for (m, xs), p in zip(acc.items(), (10 ** 6, 6144, 6156, 512, nola_params))}
+    spec = {m: {'effective_rank_mean': xs} for m, xs in eff_rank.items()}
+    nola = {'acc': acc['nola'], 'payload_bytes': [4 * nola_params] * 3, 'file_bytes': [1] * 3, 'trainable_params': nola_params}
+    return {'settings': {'R': 12}, 'mixture': mix, 'spectra': {'per_method': spec},
+            'skills': {'acc': {m: {data.COMPOSITE: xs} for m, xs in comp.items()}},
+            'compression': {'nola_fp32': nola, 'nola_4bit': dict(nola, acc=q4 or acc['nola']),
+                            'lora_r1': {'acc': acc['lora_r1'], 'payload_bytes': [2048] * 3, 'file_bytes': [1] * 3,
+                                        'trainable_params': 512}}}
+
+
+def test_verdicts_are_computed_from_the_numbers():
+    hi, mid, lo = [0.80, 0.82, 0.78], [0.50, 0.52, 0.48], [0.20, 0.22, 0.18]
+    acc = {'full': mid, 'lora_r12': mid, 'multilora_3x4': hi, 'lora_r1': mid, 'nola': [0.51, 0.49, 0.50]}
+    eff = {'full': [30.0] * 3, 'lora_r12': [4.0, 4.1, 3.9], 'multilora_3x4': [10.0, 10.2, 9.8], 'lora_r1': [1.0] * 3, 'nola': [7.0] * 3}
+    comp = {'CAT': hi, 'ΔW averaging': lo, 'TIES': mid, 'data mixing': mid}
+    v = {r['paper']: r for r in study.verdicts(planted(acc, eff, comp))}
+    assert all(r['agrees'] for r in v.values()), {p: r['verdict'] for p, r in v.items()}
+    assert 'TIES' in v['CAT']['finding']  # compared against the better of the two merges
+    # reversed numbers -> disagreement, and equal-within-spread numbers -> "no difference"
+    acc2 = dict(acc, lora_r12=lo, multilora_3x4=[0.19, 0.23, 0.18], nola=lo)
+    comp2 = dict(comp, CAT=[0.51, 0.49, 0.50])
+    v2 = {r['paper']: r for r in study.verdicts(planted(acc2, dict(eff, multilora_3x4=[4.0, 4.2, 3.8]), comp2))}
+    assert not any(r['agrees'] for r in v2.values())
+    assert v2['LoRA']['verdict'].startswith('disagrees') and 'no difference' in v2['MultiLoRA']['finding']
+    assert v2['MultiLoRA']['verdict'].startswith('does not reproduce') and v2['CAT']['verdict'] == 'does not reproduce'
+    assert 'NOLA below LoRA r=1' in v2['NOLA']['verdict']
+    # NOLA's premise: fewer trainable numbers than LoRA rank 1
+    v3 = {r['paper']: r for r in study.verdicts(planted(acc, eff, comp, nola_params=4096))}
+    assert 'no fewer trainable' in v3['NOLA']['verdict']
+
+
+def test_check_refuses_a_stage_without_finite_numbers():
+    res = {s: {'x': 1.0} for s in ('base', 'mixture', 'spectra', 'skills', 'compression', 'verdicts')}
+    study.check(res)
+    with pytest.raises(RuntimeError, match='stage spectra produced non-finite numbers at spectra.y'):
+        study.check(dict(res, spectra={'y': [float('nan')]}))
+    with pytest.raises(RuntimeError, match='stage skills produced no numbers'):
+        study.check(dict(res, skills={}))
