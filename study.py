@@ -178,7 +178,9 @@ class Study:
         reuse = None
         if os.path.exists(self.base_path) and not self.fresh:
             ck = torch.load(self.base_path, map_location='cpu', weights_only=True)
-            same_cfg = all(ck.get('config', {}).get(k) == v for k, v in want.items() if k not in ignore)
+            old = {**train.DEFAULTS, **ck.get('config', {})}  # keys newer than the checkpoint: their defaults
+            same_cfg = all(old[k] == v for k, v in want.items() if k not in ignore
+                           and not k.startswith(('lora_', 'multilora_', 'nola_', 'cat_')))  # adapters: not the base
             same_data = ck.get('data', {}).get('fingerprint') == ds.fingerprint
             reuse = same_cfg and same_data and ck.get('iter_num') == want['max_iters'] and 'model' in ck
             summary = {'reused': True, 'iters': ck.get('iter_num'), 'val_loss': ck.get('best_val_loss')}
