@@ -741,7 +741,7 @@ def main(argv):
     with open(os.path.join(folder, 'world', 'meta.json')) as f:
         meta = json.load(f)
     corpus = os.path.getsize(os.path.join(folder, 'corpus.txt'))
-    print(f"built {folder} in {time.time() - t0:.1f}s: corpus {corpus / 1e6:.2f} MB, "
+    print(f"{folder} ready in {time.time() - t0:.1f}s: corpus {corpus / 1e6:.2f} MB, "
           f"{meta['tokens']['train']:,} train + {meta['tokens']['val']:,} val tokens "
           f"({corpus / sum(meta['tokens'].values()):.2f} bytes/token), tokenizer 'world' with {enc.n_vocab} ids")
     with open(os.path.join(folder, 'tasks.json')) as f:
@@ -750,8 +750,8 @@ def main(argv):
     for t, sp in items.items():
         q, a = sp['test'][0]
         print(f"{t:<16}{TASK_FAMILY[t]:<15}{len(sp['train']):>6}{len(sp['val']):>5}{len(sp['test']):>5}  {q!r} -> {a!r}")
-    x, y = ds.get_batch('train', 2, torch.Generator().manual_seed(0))
-    print(f'mixture batch x {tuple(x.shape)}; a row: {enc.decode([i for i in x[0].tolist()])!r}')
+    x, y = ds.get_batch('train', 1, torch.Generator().manual_seed(0))
+    print(f"a training row: {enc.decode(x[0].tolist())!r}; its labels: {enc.decode(y[0][y[0] != -1].tolist())!r}")
 
 
 if __name__ == '__main__':
