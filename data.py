@@ -130,7 +130,8 @@ def make_corpus(world):
         x, y = rng.sample(TOPICS[topic], 2)
         docs.append(rng.choice([f'the {x} and the {y} were {rng.choice(GOOD + BAD)} today.',
                                 f'we talked about the {x} near the {y}.',
-                                f'{rng.choice(world["strangers"])} said the {rng.choice(THINGS)} was {rng.choice(GOOD + BAD)}.']))
+                                f'{rng.choice(world["strangers"])} said the {rng.choice(THINGS)} was '
+                                f'{rng.choice(GOOD + BAD)}.']))
     rng.shuffle(docs)
     return '\n'.join(docs) + '\n'
 
@@ -238,7 +239,8 @@ def write_stream(folder, text, enc, tok_name, val_frac=0.05, docs=False):
     h = hashlib.sha256(tok_name.encode())
     for split, part in (('train', lines[:cut]), ('val', lines[cut:])):
         if docs:
-            ids = [i for line in enc.encode_ordinary_batch([l.rstrip('\n') for l in part]) for i in line + [enc.eot_token]]
+            lines_ids = enc.encode_ordinary_batch([line.rstrip('\n') for line in part])
+            ids = [i for line in lines_ids for i in line + [enc.eot_token]]
         else:
             ids = enc.encode_ordinary(''.join(part))
         ids = np.array(ids, dtype=dtype)
@@ -346,6 +348,27 @@ def _shift(ls):
     return [LETTERS[(LETTERS.index(c) + 1) % 26] for c in ls]
 
 
+def _reverse_words(w, rng):
+    ws = _words(rng, 2, 4)
+    return f'reverse the order of the words: {" ".join(ws)}', ' '.join(ws[::-1])
+
+
+def _remove_word(w, rng):
+    ws = _words(rng, 3, 5)
+    k = rng.randrange(len(ws))
+    return f'remove the word {ws[k]} from: {" ".join(ws)}', ' '.join(ws[:k] + ws[k + 1:])
+
+
+def _first_letters(w, rng):
+    ws = _words(rng, 2, 4)
+    return f'give the first letter of each word: {" ".join(ws)}', ' '.join(x[0] for x in ws)
+
+
+def _count_words(w, rng):
+    ws = _words(rng, 1, 9)
+    return f'how many words are in this list? {" ".join(ws)}', str(len(ws))
+
+
 def _sentiment(w, rng):
     neg, adj = rng.random() < 0.5, rng.choice(GOOD + BAD)
     s = f"{rng.choice(w['strangers'])} said the {rng.choice(THINGS)} was {'not ' if neg else ''}{adj}"
@@ -373,6 +396,10 @@ def _compare(w, rng):
     return f'which number is larger, {a} or {b}?', str(max(a, b))
 
 
+OPEN_TASKS = [  # (task, item generator, rng name): tasks with more possible items than we draw
+    ('reverse_words', _reverse_words, 'rw'), ('remove_word', _remove_word, 'rm'), ('first_letters', _first_letters, 'fl'),
+    ('count_words', _count_words, 'cw'), ('sentiment', _sentiment, 'se'), ('entail', _entail, 'en'),
+    ('topic', _topic, 'to'), ('compare', _compare, 'co')]
 FAMILIES = {'instruction': ['reverse_words', 'remove_word', 'first_letters', 'count_words'],
             'understanding': ['sentiment', 'entail', 'topic', 'compare'],
             'knowledge': ['city_of', 'job_of', 'pet_of', 'country_of'],
@@ -412,19 +439,8 @@ def make_tasks(world, n_train=2000, n_eval=200, n_skill=4000, composite_frac=0.0
     def rng_for(name):
         return random.Random(f"{world['seed']}/{name}")
     T = {}
-    T['reverse_words'] = _split_open(lambda r: (lambda ws: (f'reverse the order of the words: {" ".join(ws)}',
-                                     ' '.join(ws[::-1])))(_words(r, 2, 4)), sizes, rng_for('rw'))
-    T['remove_word'] = _split_open(lambda r: (lambda ws, k: (f'remove the word {ws[k]} from: {" ".join(ws)}',
-                                   ' '.join(ws[:k] + ws[k + 1:])))(*(lambda ws: (ws, r.randrange(len(ws))))(_words(r, 3, 5))),
-                                   sizes, rng_for('rm'))
-    T['first_letters'] = _split_open(lambda r: (lambda ws: (f'give the first letter of each word: {" ".join(ws)}',
-                                     ' '.join(x[0] for x in ws)))(_words(r, 2, 4)), sizes, rng_for('fl'))
-    T['count_words'] = _split_open(lambda r: (lambda ws: (f'how many words are in this list? {" ".join(ws)}',
-                                   str(len(ws))))(_words(r, 1, 9)), sizes, rng_for('cw'))
-    T['sentiment'] = _split_open(lambda r: _sentiment(world, r), sizes, rng_for('se'))
-    T['entail'] = _split_open(lambda r: _entail(world, r), sizes, rng_for('en'))
-    T['topic'] = _split_open(lambda r: _topic(world, r), sizes, rng_for('to'))
-    T['compare'] = _split_open(lambda r: _compare(world, r), sizes, rng_for('co'))
+    for name, make, seed in OPEN_TASKS:
+        T[name] = _split_open(lambda r: make(world, r), sizes, rng_for(seed))
     for task, key, train_forms, eval_forms in KNOWLEDGE:
         ask = (lambda k: lambda p: people[p][k])(key) if key != 'country' else (lambda p: cities[people[p]['city']])
         T[task] = _split_keys(people, ask, rng_for(task), train_forms, eval_forms)
@@ -432,7 +448,8 @@ def make_tasks(world, n_train=2000, n_eval=200, n_skill=4000, composite_frac=0.0
     # the composite needs both, and has only a small train split for learning merge weights
     seen = set()  # one letter string never appears in two tasks' splits
     skill = {}
-    for name, form, f in ((SKILL1, 'shift each letter by one: {}', _shift), (SKILL2, 'reverse the letters: {}', lambda l: l[::-1]),
+    for name, form, f in ((SKILL1, 'shift each letter by one: {}', _shift),
+                          (SKILL2, 'reverse the letters: {}', lambda l: l[::-1]),
                           (COMPOSITE, 'shift each letter by one and reverse: {}', lambda l: _shift(l)[::-1])):
         n_tr = int(composite_frac * 2 * n_skill) if name == COMPOSITE else n_skill
         r = rng_for(name)
@@ -671,8 +688,9 @@ def read_alpaca(path):
             rows = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f'{path} is not valid JSON ({e.msg} at line {e.lineno}): expected Alpaca format') from None
-    if not isinstance(rows, list) or not all(isinstance(r, dict) and 'instruction' in r and 'output' in r for r in rows):
-        raise ValueError(f'{path}: expected a JSON list of {{"instruction", "input", "output"}} objects (Alpaca format)')
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and {'instruction', 'output'} <= set(r) for r in rows):
+        raise ValueError(f'{path}: expected a JSON list of {{"instruction", "input", "output"}} objects '
+                         f'(Alpaca format)')
     return [(r['instruction'].strip() + ('\n' + r['input'].strip() if r.get('input', '').strip() else ''),
              r['output'].strip()) for r in rows]
 
@@ -716,7 +734,8 @@ def get_real_dataset(name, block_size, enc, tok_name, data_dir, seed, mix='unifo
     else:  # e2e: a folder with the official splits, or one CSV that we split ourselves
         if os.path.isdir(path):
             files = {s: [os.path.join(path, f) for f in fs if os.path.exists(os.path.join(path, f))] for s, fs in
-                     (('train', ['trainset.csv']), ('val', ['devset.csv']), ('test', ['testset_w_refs.csv', 'testset.csv']))}
+                     (('train', ['trainset.csv']), ('val', ['devset.csv']),
+                      ('test', ['testset_w_refs.csv', 'testset.csv']))}
             missing = [s for s, fs in files.items() if not fs]
             if missing:
                 raise FileNotFoundError(f'{path} lacks the E2E {"/".join(missing)} CSV (trainset.csv, devset.csv, '
@@ -746,10 +765,11 @@ def main(argv):
           f"({corpus / sum(meta['tokens'].values()):.2f} bytes/token), tokenizer 'world' with {enc.n_vocab} ids")
     with open(os.path.join(folder, 'tasks.json')) as f:
         items = json.load(f)
-    print(f"{'task':<16}{'family':<15}{'train':>6}{'val':>5}{'test':>5}  example")
+    print(f"{'task':<16}{'family':<15}{'train':>6}{'val':>6}{'test':>6}  example")
     for t, sp in items.items():
         q, a = sp['test'][0]
-        print(f"{t:<16}{TASK_FAMILY[t]:<15}{len(sp['train']):>6}{len(sp['val']):>5}{len(sp['test']):>5}  {q!r} -> {a!r}")
+        sizes = ''.join(f"{len(sp[s]):>6}" for s in ('train', 'val', 'test'))
+        print(f"{t:<16}{TASK_FAMILY[t]:<15}{sizes}  {q!r} -> {a!r}")
     x, y = ds.get_batch('train', 1, torch.Generator().manual_seed(0))
     print(f"a training row: {enc.decode(x[0].tolist())!r}; its labels: {enc.decode(y[0][y[0] != -1].tolist())!r}")
 
