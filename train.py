@@ -134,6 +134,8 @@ def parse_args(argv):
 
 def pick_device_dtype(c):
     dev = c.device if c.device != 'auto' else 'cuda' if torch.cuda.is_available() else 'cpu'
+    if dev.startswith('cuda') and not torch.cuda.is_available():
+        raise ValueError(f"device={dev!r} but torch sees no CUDA GPU here: pass --device=cpu (or auto)")
     dt = c.dtype
     if dt == 'auto':
         if dev.startswith('cuda'):
@@ -143,6 +145,8 @@ def pick_device_dtype(c):
             dt = 'bfloat16' if ('avx512_bf16' in flags or 'amx_bf16' in flags) else 'float32'
     if dt not in ('float32', 'bfloat16', 'float16'):
         raise ValueError(f"unknown dtype {dt!r}: choose auto, float32, bfloat16 or float16")
+    if dt == 'bfloat16' and dev.startswith('cuda') and not torch.cuda.is_bf16_supported():
+        raise ValueError("this GPU has no bf16: pass --dtype=float16 (or auto), which trains with a GradScaler")
     return dev, dt
 
 
