@@ -71,7 +71,8 @@ def test_unknown_tokenizer_and_offline_gpt2(monkeypatch):
 
 
 def test_splits_are_disjoint(tasks):
-    assert len(data.MIXTURE) >= 9 and {data.TASK_FAMILY[t] for t in data.MIXTURE} == {'instruction', 'understanding', 'knowledge'}
+    assert len(data.MIXTURE) >= 9
+    assert {data.TASK_FAMILY[t] for t in data.MIXTURE} == {'instruction', 'understanding', 'knowledge'}
     for t, sp in tasks.items():
         qs = {s: {q for q, _ in sp[s]} for s in ('train', 'val', 'test')}
         assert all(qs.values()), t
@@ -79,7 +80,8 @@ def test_splits_are_disjoint(tasks):
     # skills: no letter string is shared between the composite and the skills' training data
     strings = lambda t, s: {q.split(': ')[1] for q, _ in tasks[t][s]}
     assert not strings(data.COMPOSITE, 'test') & (strings(data.SKILL1, 'train') | strings(data.SKILL2, 'train'))
-    n_comp, n_skills = len(tasks[data.COMPOSITE]['train']), len(tasks[data.SKILL1]['train']) + len(tasks[data.SKILL2]['train'])
+    n_comp = len(tasks[data.COMPOSITE]['train'])
+    n_skills = len(tasks[data.SKILL1]['train']) + len(tasks[data.SKILL2]['train'])
     assert n_comp == pytest.approx(0.05 * n_skills, rel=0.01)
 
 
@@ -154,7 +156,8 @@ def test_plain_text_parser(tmp_path):
 
 
 def test_alpaca_parser(tmp_path):
-    rows = [{'instruction': f'Add {i} and 1.', 'input': '' if i % 2 else 'quickly', 'output': str(i + 1)} for i in range(60)]
+    rows = [{'instruction': f'Add {i} and 1.', 'input': '' if i % 2 else 'quickly', 'output': str(i + 1)}
+            for i in range(60)]
     (tmp_path / 'a.json').write_text(json.dumps(rows))
     pairs = data.read_alpaca(str(tmp_path / 'a.json'))
     assert pairs[0] == ('Add 0 and 1.\nquickly', '1') and pairs[1] == ('Add 1 and 1.', '2')
@@ -170,10 +173,12 @@ def test_alpaca_parser(tmp_path):
 
 
 def test_e2e_parser(tmp_path):
-    csv_text = 'mr,ref\n' + ''.join(f'"name[Inn {i}], food[Thai]","Inn {i} serves Thai food, ""cheap""."\n' for i in range(5))
+    row = '"name[Inn {i}], food[Thai]","Inn {i} serves Thai food, ""cheap""."\n'
+    csv_text = 'mr,ref\n' + ''.join(row.format(i=i) for i in range(5))
     for f in ('trainset.csv', 'devset.csv', 'testset_w_refs.csv'):
         (tmp_path / f).write_text(csv_text)
-    assert data.read_e2e(str(tmp_path / 'devset.csv'))[1] == ('describe: name[Inn 1], food[Thai]', 'Inn 1 serves Thai food, "cheap".')
+    expected = ('describe: name[Inn 1], food[Thai]', 'Inn 1 serves Thai food, "cheap".')
+    assert data.read_e2e(str(tmp_path / 'devset.csv'))[1] == expected
     ds = data.get_dataset('e2e', 64, data_dir=str(tmp_path), path=str(tmp_path))
     assert {s: len(v) for s, v in ds.text['e2e'].items()} == {'train': 5, 'val': 5, 'test': 5}
     (tmp_path / 'devset.csv').unlink()
