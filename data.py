@@ -6,7 +6,11 @@ Data for nanoGPT-for-LoRA: an offline synthetic world, its tasks, real-data load
 Dataset names understood by get_dataset(name, block_size, ...):
   world              pretraining corpus of the synthetic world (a plain token stream, nanoGPT .bin)
   mixture            all 12 instruction tasks (3 families, MultiLoRA-style heterogeneous mixture)
-  task:<name>        one task of the mixture or of the skill set, e.g. task:city_of
+  task:<name>        one task of the mixture or of the skill set, e.g. task:city_of; also
+                     task:color_of, a spare knowledge task kept outside the mixture
+  (mixture tasks: instruction  reverse_words remove_word first_letters count_words
+                  understanding sentiment entail topic compare
+                  knowledge    city_of job_of pet_of country_of)
   skill1, skill2     LoRA-Soups skills: 'shift' (each letter to the next one in the alphabet, a
                      fact the corpus teaches) and 'reverse' (reverse a string of letters, a procedure)
   skills             skill1 + skill2 mixed (the data-mixing baseline)
