@@ -293,8 +293,9 @@ def main(argv=()):
         return out
 
     tokens_per_iter = c.gradient_accumulation_steps * c.batch_size * c.block_size
-    print(f"tokens per iteration: {tokens_per_iter:,}; device {dev}, dtype {dt}")
+    print(f"tokens per iteration: up to {tokens_per_iter:,}; device {dev}, dtype {dt}")
     start_iter = last_log = iter_num
+    tokens = 0  # since the last log line: instruction batches are only as long as their longest item
     val_loss, losses = None, []
     t_start = t_log = time.time()
     while True:
@@ -315,6 +316,7 @@ def main(argv=()):
         # forward / backward over gradient_accumulation_steps micro-batches, then one optimizer step
         for _ in range(c.gradient_accumulation_steps):
             x, y = ds.get_batch('train', c.batch_size, gen)
+            tokens += x.numel()
             with autocast:
                 _, loss = fmodel(x.to(dev, non_blocking=True), y.to(dev, non_blocking=True),
                                  label_smoothing=c.label_smoothing)
@@ -338,13 +340,14 @@ def main(argv=()):
         if iter_num % c.log_interval == 0 or iter_num == c.max_iters:
             t = time.time()
             dt_iter = (t - t_log) / (iter_num - last_log)
-            t_log, last_log = t, iter_num
+            tok_iter = tokens / (iter_num - last_log)  # tokens actually fed per iteration, padding included
+            t_log, last_log, tokens = t, iter_num, 0
             eta = (c.max_iters - iter_num) * (t - t_start) / (iter_num - start_iter)
-            flops = model.estimate_mfu(tokens_per_iter, dt_iter, 1.0)  # achieved FLOP/s (6N + attention per token)
+            flops = model.estimate_mfu(tok_iter, dt_iter, 1.0)  # achieved FLOP/s: 6N + attention per token
             peak = c.peak_flops or (312e12 if device_type == 'cuda' else 0)
             mfu = f", mfu {100 * flops / peak:.1f}%" if peak else ''
             print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {dt_iter * 1000:.1f} ms/iter, "
-                  f"{tokens_per_iter / dt_iter:,.0f} tok/s, {flops / 1e9:.1f} GFLOP/s{mfu}, eta {eta:.0f}s")
+                  f"{tok_iter / dt_iter:,.0f} tok/s, {flops / 1e9:.1f} GFLOP/s{mfu}, eta {eta:.0f}s")
 
     elapsed = time.time() - t_start
     summary = {'iters': iter_num, 'train_time_s': elapsed, 'val_loss': val_loss, 'best_val_loss': best_val_loss,
