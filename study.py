@@ -361,9 +361,13 @@ def verdicts(res):
     s1, t1 = better(comp('CAT'), comp(best_merge), f'composite exact match, CAT vs {best_merge} (the better merge)')
     s2, t2 = better(comp('CAT'), comp('data mixing'), 'CAT vs data mixing')
     ok = s1 > 0 and s2 > 0
-    out.append({'paper': 'CAT', 'claim': CLAIMS['CAT'], 'finding': '; '.join([t1, t2]), 'agrees': ok,
+    own = {t: mean(sk['acc'][f'skill{i} alone'][t]) for i, t in ((1, data.SKILL1), (2, data.SKILL2))}
+    t3 = 'each skill LoRA on its own skill: ' + ', '.join(f'{t} {v:.3f}' for t, v in own.items())
+    floor = all(mean(comp(m)) == 0 for m in sk['acc'])   # nothing to compare: every method scores 0
+    out.append({'paper': 'CAT', 'claim': CLAIMS['CAT'], 'finding': '; '.join([t1, t2, t3]), 'agrees': ok,
                 'verdict': 'agrees' if ok else ('partly: beats merging, not data mixing' if s1 > 0 else
                                                 'partly: beats data mixing, not merging' if s2 > 0 else
+                                                'inconclusive: every method scores 0 on the composite' if floor else
                                                 'does not reproduce')})
     return out
 
@@ -454,7 +458,20 @@ def main(argv=None):
     p.add_argument('--fresh', action='store_true', help='retrain every run instead of reusing finished ones')
     p.add_argument('--out', help='where runs go (default out/study, or out/study-quick with --quick)')
     p.add_argument('--results', help='where STUDY.md, study.json and the figure go (default results/)')
+    p.add_argument('--report', action='store_true', help='only rewrite STUDY.md (verdicts recomputed) from study.json')
     a = p.parse_args(argv)
+    if a.report:
+        path = os.path.join(a.results or FULL['results'], 'study.json')
+        if not os.path.exists(path):
+            raise FileNotFoundError(f'{path} not found: run python study.py first')
+        with open(path) as f:
+            res = json.load(f)
+        res['verdicts'] = verdicts(res)
+        with open(path, 'w') as f:
+            json.dump(res, f, indent=1)
+        write_report(res, os.path.join(os.path.dirname(path), 'STUDY.md'))
+        print(f'rewrote {os.path.dirname(path)}/STUDY.md from {path}')
+        return res
     S = dict(QUICK if a.quick else FULL)
     if a.out:
         S['out'] = a.out

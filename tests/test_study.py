@@ -131,7 +131,9 @@ def planted(acc, eff_rank, comp, nola_params=256, q4=None):
     spec = {m: {'effective_rank_mean': xs} for m, xs in eff_rank.items()}
     nola = {'acc': acc['nola'], 'payload_bytes': [4 * nola_params] * 3, 'file_bytes': [1] * 3, 'trainable_params': nola_params}
     return {'settings': {'R': 12}, 'mixture': mix, 'spectra': {'per_method': spec},
-            'skills': {'acc': {m: {data.COMPOSITE: xs} for m, xs in comp.items()}},
+            'skills': {'acc': {**{m: {data.COMPOSITE: xs} for m, xs in comp.items()},
+                               'skill1 alone': {data.SKILL1: [0.9] * 3, data.COMPOSITE: comp['TIES']},
+                               'skill2 alone': {data.SKILL2: [0.8] * 3, data.COMPOSITE: comp['TIES']}}},
             'compression': {'nola_fp32': nola, 'nola_4bit': dict(nola, acc=q4 or acc['nola']),
                             'lora_r1': {'acc': acc['lora_r1'], 'payload_bytes': [2048] * 3, 'file_bytes': [1] * 3,
                                         'trainable_params': 512}}}
@@ -152,6 +154,9 @@ def test_verdicts_are_computed_from_the_numbers():
     assert not any(r['agrees'] for r in v2.values())
     assert v2['LoRA']['verdict'].startswith('disagrees') and 'no difference' in v2['MultiLoRA']['finding']
     assert v2['MultiLoRA']['verdict'].startswith('does not reproduce') and v2['CAT']['verdict'] == 'does not reproduce'
+    zero = [0.0, 0.0, 0.0]
+    v4 = {r['paper']: r for r in study.verdicts(planted(acc, eff, {m: zero for m in comp}))}
+    assert v4['CAT']['verdict'].startswith('inconclusive') and 'shift 0.' in v4['CAT']['finding']
     assert 'NOLA below LoRA r=1' in v2['NOLA']['verdict']
     # NOLA's premise: fewer trainable numbers than LoRA rank 1
     v3 = {r['paper']: r for r in study.verdicts(planted(acc, eff, comp, nola_params=4096))}
