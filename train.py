@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import torch
 
 import data
-from model import GPT, GPTConfig, load_model, read_checkpoint
+from model import GPT, HF_MODELS, GPTConfig, load_model, read_checkpoint
 
 # -----------------------------------------------------------------------------
 # defaults: the embedded run pretrains a small base model on the synthetic world in a few CPU minutes
@@ -171,7 +171,12 @@ def build_model(c, ds, ckpt):
         model.load_state_dict(ckpt['model'])
         return model, ckpt.get('base')
     base_path = ckpt['base']['path'] if ckpt is not None else c.init_from  # resuming an adapter run: its base
-    model, _ = load_model(base_path)
+    model, base_ckpt = load_model(base_path)
+    # the tokenizer the base learned: a train.py checkpoint records it, GPT-2 by name is gpt2's, a directory can't say
+    trained_with = base_ckpt.get('data', {}).get('tokenizer') if base_ckpt else 'gpt2' if base_path in HF_MODELS else None
+    if trained_with and trained_with != c.tokenizer:
+        raise ValueError(f"the base at {base_path} was trained with tokenizer={trained_with!r} but this run uses "
+                         f"{c.tokenizer!r}: pass --tokenizer={trained_with}")
     base = {'path': os.path.abspath(base_path) if os.path.exists(base_path) else base_path,
             'fingerprint': model.fingerprint()}
     if ckpt is not None and ckpt['base']['fingerprint'] != base['fingerprint']:

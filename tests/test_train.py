@@ -169,3 +169,6 @@ def test_corrupt_or_foreign_checkpoints_are_refused(tmp_path):
     torch.save(ckpt, tmp_path / 'edited.pt')
     with pytest.raises(ValueError, match='do not fit its own model_args'):
         train.main(TINY + [f'--init_from={tmp_path / "edited.pt"}', f'--out_dir={tmp_path / "ft"}'])
+    with pytest.raises(ValueError, match="trained with tokenizer='world' but this run uses 'world-bytes'"):
+        train.main(TINY + [f'--init_from={tmp_path / "base" / "ckpt.pt"}', '--tokenizer=world-bytes',
+                           f'--out_dir={tmp_path / "ft"}'])
