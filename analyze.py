@@ -31,10 +31,7 @@ import re
 import sys
 import time
 
-# Many small LAPACK calls: with OpenMP's default busy-waiting, threads on a CPU shared with other jobs
-# (a training run) spin instead of working, measured here at 10-30x slower. Set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-import torch  # noqa: E402
+import torch
 
 EPS = (0.3, 0.5, 0.7)   # intruder thresholds
 TOP_K = 10              # how many top singular vectors of W0 + ΔW are checked for intruders
