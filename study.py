@@ -39,7 +39,7 @@ from model import load_model
 WORLD_SEED = 1337  # the synthetic world every run trains and is evaluated on (data.get_dataset's seed)
 
 # budgets: FULL fits 30 min on 2 CPU cores from a fresh clone (measured, see results/STUDY.md)
-FULL = dict(seeds=[0, 1, 2], base_dir='out/base', base_args=[], mix_iters=150, skill_iters=150, cat_iters=60,
+FULL = dict(seeds=[0, 1, 2], base_dir='out/base', base_args=[], mix_iters=150, skill_iters=300, cat_iters=60,
             eval_items=100, eval_iters=10, out='out/study', results='results', R=12)
 QUICK = dict(seeds=[0], base_dir='out/study-quick/base',
              base_args=['--n_layer=2', '--n_head=2', '--n_embd=64', '--max_iters=40', '--eval_interval=40',
