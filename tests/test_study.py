@@ -71,16 +71,20 @@ def env(tmp_path_factory):
 
 
 def expected_trainable(c, d=N_EMBD, n_layer=N_LAYER, total=None):
-    """The issue's formulas on q and v (d_in = d_out = d): 2 matrices per layer."""
-    m = 2 * n_layer
-    return {'lora': m * c['lora_r'] * 2 * d, 'multilora': m * (c['multilora_n'] * c['lora_r'] * 2 * d + c['multilora_n']),
+    """The issue's formulas, per adapted matrix (d_in + d_out summed over the targets of every layer)."""
+    io = {'attn.q': 2 * d, 'attn.k': 2 * d, 'attn.v': 2 * d, 'attn.c_proj': 2 * d, 'mlp.c_fc': 5 * d, 'mlp.c_proj': 5 * d}
+    targets = c['adapter_targets'].split(',')
+    m, dio = n_layer * len(targets), n_layer * sum(io[t] for t in targets)
+    return {'lora': c['lora_r'] * dio, 'multilora': c['multilora_n'] * c['lora_r'] * dio + m * c['multilora_n'],
             'nola': m * (c['nola_k'] + c['nola_l']), 'cat': m * 2, '': total}[c['adapter']]
 
 
 @pytest.mark.parametrize('config', CONFIGS)
 def test_config_parses_and_trains_two_iterations(config, env):
     c = train.parse_args([config])
-    assert c['adapter_targets'] == 'attn.q,attn.v'  # what the papers adapt on GPT-2
+    skills = ('lora_skill1', 'lora_skill2', 'cat_composite')  # the skill LoRAs adapt every Linear (config comments)
+    assert c['adapter_targets'] == ('attn.q,attn.k,attn.v,attn.c_proj,mlp.c_fc,mlp.c_proj'
+                                    if any(k in config for k in skills) else 'attn.q,attn.v')  # the GPT-2 papers' q, v
     name = os.path.basename(config)[:-3]
     args = [config, *TINY, f'--out_dir={env / name}']
     if c['init_from'].startswith('gpt2'):  # real GPT-2 on real data: a tiny HF directory and tiny files
