@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+from test_model import hf_state_dict  # the random HF-layout GPT-2 weights of the model tests
 
 import data
 import study
@@ -25,17 +26,8 @@ N_LAYER, N_EMBD = 2, 16
 
 def write_hf_dir(path, vocab, n_layer=N_LAYER, n_embd=N_EMBD, n_pos=64, seed=0):
     """A tiny GPT-2 in Hugging Face layout (config.json + pytorch_model.bin, Conv1D (in, out) weights)."""
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g) * 0.1
+    sd = hf_state_dict(n_layer=n_layer, n_embd=n_embd, vocab=vocab, n_pos=n_pos, seed=seed)
     C = n_embd
-    sd = {'wte.weight': r(vocab, C), 'wpe.weight': r(n_pos, C), 'ln_f.weight': 1 + r(C), 'ln_f.bias': r(C)}
-    for i in range(n_layer):
-        p = f'h.{i}.'
-        sd.update({p + 'ln_1.weight': 1 + r(C), p + 'ln_1.bias': r(C), p + 'ln_2.weight': 1 + r(C), p + 'ln_2.bias': r(C),
-                   p + 'attn.c_attn.weight': r(C, 3 * C), p + 'attn.c_attn.bias': r(3 * C),
-                   p + 'attn.c_proj.weight': r(C, C), p + 'attn.c_proj.bias': r(C),
-                   p + 'mlp.c_fc.weight': r(C, 4 * C), p + 'mlp.c_fc.bias': r(4 * C),
-                   p + 'mlp.c_proj.weight': r(4 * C, C), p + 'mlp.c_proj.bias': r(C)})
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, 'config.json'), 'w') as f:
         json.dump({'n_positions': n_pos, 'vocab_size': vocab, 'n_layer': n_layer, 'n_head': 2, 'n_embd': C}, f)
