@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from test_model import hf_state_dict  # the random HF-layout GPT-2 weights of the model tests
+from helpers import hf_state_dict  # random HF-layout GPT-2 weights
 
 import data
 import study
