@@ -11,10 +11,12 @@ A single-file GPT-2, in the spirit of karpathy/nanoGPT, with two changes for ada
 
 References: GPT-2 (Radford et al. 2019); nanoGPT for the layout and the MFU estimate.
 """
+import errno
 import hashlib
 import json
 import math
 import os
+import shutil
 import struct
 from dataclasses import dataclass, fields
 
@@ -332,6 +334,25 @@ def load_model(path, device="cpu"):
     except RuntimeError:
         raise ValueError(f"{path}: its weights do not fit its own model_args (a damaged or edited checkpoint)") from None
     return model.to(device), ckpt
+
+
+def write_checkpoint(obj, path):
+    """torch.save to path.tmp, then an atomic rename: a crash or a full disk mid-write never destroys
+    the last good checkpoint at `path`, and a failed write leaves no partial .tmp behind."""
+    tmp = path + ".tmp"
+    try:
+        torch.save(obj, tmp)
+    except (OSError, RuntimeError) as e:  # torch reports a full disk as "unexpected pos" / "file write failed"
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        folder = os.path.dirname(os.path.abspath(path))
+        free = shutil.disk_usage(folder).free
+        full = getattr(e, "errno", None) == errno.ENOSPC or free < 64 * 2**20 or \
+            any(s in str(e) for s in ("unexpected pos", "file write failed", "No space left"))
+        why = f"disk full ({free / 2**20:.0f} MiB free in {folder})" if full else f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+        keep = f"the previous {path} is untouched" if os.path.exists(path) else f"no checkpoint was written"
+        raise RuntimeError(f"could not write {path}: {why}; {keep} and the partial {tmp} was removed") from None
+    os.replace(tmp, path)
 
 
 def read_checkpoint(path, device="cpu"):

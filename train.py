@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import torch
 
 import data
-from model import GPT, HF_MODELS, GPTConfig, load_model, read_checkpoint
+from model import GPT, HF_MODELS, GPTConfig, load_model, read_checkpoint, write_checkpoint
 
 # -----------------------------------------------------------------------------
 # defaults: the embedded run pretrains a small base model on the synthetic world in a few CPU minutes
@@ -219,9 +219,7 @@ def save_checkpoint(path, model, optimizer, scaler, c, iter_num, best_val_loss, 
         ckpt['adapter'] = {'config': adapters.adapter_config(model), 'state': adapters.adapter_state_dict(model)}
     else:
         ckpt['model'] = model.state_dict()
-    tmp = path + '.tmp'
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)  # atomic: a crash mid-write never destroys the last good checkpoint
+    write_checkpoint(ckpt, path)  # atomic: a crash or a full disk never destroys the last good checkpoint
 
 
 def main(argv=()):
