@@ -319,6 +319,21 @@ def _matches(name, target):
     return name == target or name.endswith("." + target)
 
 
+def target_names(model, targets):
+    """Names of the nn.Linear modules that `targets` ('attn.q,attn.v', or globs such as 'h.*.mlp.c_fc')
+    select. Each target must match at least one Linear: a typo is refused, never silently skipped."""
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)
+               and not n.endswith(".base")]  # an adapter's frozen inner Linear is not a target of its own
+    targets = _split(targets)
+    if not targets:
+        raise ValueError("adapter targets are empty: give module names like 'attn.q,attn.v'")
+    for t in targets:
+        if not any(_matches(n, t) for n in linears):
+            raise ValueError(f"adapter target {t!r} matches no nn.Linear in the model (names look like "
+                             f"{linears[0]!r}; give module names like 'attn.q,attn.v' or globs like 'h.*.mlp.c_fc')")
+    return [n for n in linears if any(_matches(n, t) for t in targets)]
+
+
 def _replace(model, name, new):
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, new)
@@ -338,11 +353,7 @@ def add_adapters(model, method, targets="attn.q,attn.v", **opts):
     cat_sources = None
     if method == "cat":
         cat_sources, targets = _load_cat_sources(model, o, targets)
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)
-             and any(_matches(n, t) for t in _split(targets))]
-    if not names:
-        raise ValueError(f"adapter targets {targets!r} match no nn.Linear in the model "
-                         f"(give module names like 'attn.q,attn.v' or globs like 'h.*.mlp.c_fc')")
+    names = target_names(model, targets)
     if cat_sources and set(names) != set(cat_sources[0]):
         raise ValueError(f"the CAT skill adapters adapt {len(cat_sources[0])} modules, this model has "
                          f"{len(names)} matching {targets!r}: were they trained on another base?")

@@ -348,7 +348,7 @@ def one_line_error(exc, match, fn, *a, **kw):
     ("multilora", dict(gate="row"), "gate must be 'scalar' or 'channel'"),
     ("lora", dict(dropout=1.5), r"dropout must be in \[0, 1\)"),
     ("nola", dict(basis_device="tpu"), "basis_device must be 'cpu' or"),
-    ("lora", dict(targets="attn.z"), "match no nn.Linear"),
+    ("lora", dict(targets="attn.z"), "matches no nn.Linear"),
     ("lora", dict(targets="lm_head"), "tied to transformer.wte"),
     ("cat", {}, "cat needs cat_adapters"),
 ])
