@@ -530,7 +530,7 @@ class InstructDataset:
             nll = n_tok = 0.0
             for i in range(0, len(items), batch_size):
                 x, y = self.collate(items[i:i + batch_size])
-                logits, _ = model(x, y)
+                logits, _ = model(x)  # full (B, T, V) logits: model(x, y) returns them only where y counts
                 nll += torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
                                                          ignore_index=-1, reduction='sum').item()
                 n_tok += (y != -1).sum().item()
