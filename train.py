@@ -5,17 +5,27 @@ Train a GPT: pretrain from scratch, fine-tune all weights, or train adapters (ad
     python train.py config/finetune_mixture.py       # full fine-tuning of that base on the task mixture
     python train.py config/lora_mixture.py --lora_r=4 --max_iters=300
     python train.py --init_from=resume --out_dir=out/lora   # carry on where a run stopped
+    python train.py --dataset=text --data_path=notes.txt --out_dir=out/notes   # your own text file
 
 Every default below can be overridden by config files (plain Python assignments) and then by
 --key=value arguments, in that order. A value is parsed as a Python literal and must have the type of
 its default (an int is accepted for a float); anything else is refused with one line.
+
+A run never replaces a checkpoint it did not write: a new run into an out_dir that holds a ckpt.pt
+stops, unless it continues it (init_from='resume') or is told to replace it (overwrite=True). On
+resume the checkpoint's own config wins; the schedule and bookkeeping keys (RESUMABLE) given again
+are applied and printed, any other key given with another value than the checkpoint's is refused.
 """
 import ast
+import builtins
+import io
 import json
 import math
 import os
 import sys
 import time
+import tokenize
+import traceback
 from contextlib import nullcontext
 from types import SimpleNamespace
 
@@ -27,29 +37,31 @@ from model import GPT, HF_MODELS, GPTConfig, load_model, read_checkpoint, write_
 # -----------------------------------------------------------------------------
 # defaults: the embedded run pretrains a small base model on the synthetic world in a few CPU minutes
 # I/O
-out_dir = 'out/base'
+out_dir = 'out/base'     # where ckpt.pt (and eval.json) are written
 init_from = 'scratch'    # 'scratch' | 'resume' (from out_dir) | a train.py checkpoint | a GPT-2 name or HF directory
+overwrite = False        # let a new run replace the ckpt.pt of another run in out_dir (else it refuses)
 eval_interval = 100      # iterations between validation losses (and checkpoints)
 eval_iters = 20          # batches per validation loss estimate
-log_interval = 10
+log_interval = 10        # iterations between progress lines
 always_save_checkpoint = True  # else save only when the validation loss improves
 final_eval = True        # exact-match accuracy per task at the end (instruction datasets only)
-eval_split = 'test'
+eval_split = 'test'      # the split final_eval scores: 'test' | 'val'
 eval_max_items = 200     # per task; 0 = all
 # data
 dataset = 'world'        # a name data.get_dataset knows: 'world', 'mixture', 'skill1', ... (see data.py)
 tokenizer = 'world'      # 'world' (offline, owned by the project) | 'gpt2' (tiktoken)
-data_dir = 'data'
+data_dir = 'data'        # where datasets are built and cached
+data_path = ''           # file or folder for the real-data datasets (text, shakespeare, alpaca, e2e); '' = data_dir/<name>/...
 data_seed = 1337         # the synthetic world and its splits; `seed` below varies only init and batch order
-batch_size = 32
-block_size = 128
-gradient_accumulation_steps = 1
+batch_size = 32          # sequences per micro-batch
+block_size = 128         # tokens per sequence (context length)
+gradient_accumulation_steps = 1  # micro-batches per optimizer step
 # model (used when init_from='scratch')
-n_layer = 4
-n_head = 4
-n_embd = 256
-dropout = 0.0
-bias = True
+n_layer = 4              # transformer blocks
+n_head = 4               # attention heads per block
+n_embd = 256             # width of the residual stream
+dropout = 0.0            # on attention and residual outputs (also applied to a loaded base)
+bias = True              # biases in Linears and LayerNorms, as GPT-2
 # adapters: '' trains every weight; otherwise only the adapter parameters train (adapters.py)
 adapter = ''             # '' | 'lora' | 'multilora' | 'nola' | 'cat'
 adapter_targets = 'attn.q,attn.v'  # comma-separated module names or patterns (W_q and W_v, as the GPT-2 papers)
@@ -67,17 +79,17 @@ nola_basis_device = 'cpu'  # NOLA: draw bases on 'cpu' (same bases on every mach
 cat_adapters = ''        # CAT: comma-separated adapter checkpoints (one LoRA per skill)
 cat_weights = 'plain'    # CAT: 'plain' (start at 1) | 'softmax' (as the LoRA Soups code)
 # optimizer: AdamW, decay on matrices only
-learning_rate = 1e-3
-max_iters = 300
-weight_decay = 0.1
-beta1 = 0.9
-beta2 = 0.99
+learning_rate = 1e-3     # peak learning rate
+max_iters = 300          # total optimizer steps of the run (a resumed run counts from where it stopped)
+weight_decay = 0.1       # AdamW decoupled weight decay, on weight matrices only
+beta1 = 0.9              # AdamW first-moment decay
+beta2 = 0.99             # AdamW second-moment decay
 grad_clip = 1.0          # over trainable parameters only; 0 disables
-label_smoothing = 0.0
+label_smoothing = 0.0    # of the cross-entropy targets; 0 = none
 # learning rate: linear warmup, then cosine decay to min_lr
-decay_lr = True
-warmup_iters = 30
-min_lr = 1e-4
+decay_lr = True          # else a constant learning_rate
+warmup_iters = 30        # iterations of linear warmup
+min_lr = 1e-4            # where the cosine decay ends, at max_iters
 # system
 device = 'auto'          # 'auto' | 'cpu' | 'cuda' | 'cuda:1' | 'mps'
 dtype = 'auto'           # 'auto' | 'float32' | 'bfloat16' | 'float16' (float16 uses a GradScaler)
@@ -88,9 +100,19 @@ seed = 1337              # weight init, dropout and batch order
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (bool, int, float, str))}
 
 
-def parse_args(argv):
-    """Defaults <- config files <- --key=value; type-checked against the defaults."""
-    cfg = dict(DEFAULTS)
+FILE_DATASETS = ('text', 'shakespeare', 'alpaca', 'e2e')  # the datasets data.get_dataset reads from a file (data_path)
+# what may differ on resume: the schedule, evaluation, bookkeeping and where it runs. Any other key
+# (model shape, data, tokenizer, adapter, dtype, batch, seeds, ...) shapes what was trained, so a
+# resumed run keeps the checkpoint's value and refuses a different one.
+RESUMABLE = ('init_from', 'out_dir', 'overwrite', 'data_dir', 'data_path', 'max_iters', 'learning_rate',
+             'min_lr', 'warmup_iters', 'decay_lr', 'weight_decay', 'beta1', 'beta2', 'grad_clip',
+             'eval_interval', 'eval_iters', 'log_interval', 'always_save_checkpoint', 'final_eval', 'eval_split',
+             'eval_max_items', 'device', 'compile', 'peak_flops')
+
+
+def given_options(argv):
+    """The keys that config files and then --key=value arguments set, type-checked against the defaults."""
+    given = {}
 
     def setkey(k, v, where):
         if k not in DEFAULTS:
@@ -101,11 +123,13 @@ def parse_args(argv):
             v, ok = float(v), True
         if not ok:
             raise ValueError(f"option {k} expects {type(d).__name__} but got {v!r} in {where}")
-        cfg[k] = v
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"option {k} must be a finite number but got {v!r} in {where}")
+        given[k] = v
 
     for arg in argv:
         if arg in ('-h', '--help'):
-            print(__doc__ + '\noptions and defaults:\n' + '\n'.join(f'  --{k}={v!r}' for k, v in DEFAULTS.items()))
+            print(help_text())
             sys.exit(0)
         if arg.startswith('--'):
             if '=' not in arg:
@@ -117,19 +141,72 @@ def parse_args(argv):
                 pass  # a bare word is a string
             setkey(k, v, 'the command line')
         else:
-            if not os.path.isfile(arg):
-                raise FileNotFoundError(f"config file {arg!r} not found (see config/ for examples)")
-            scope = {}
-            exec(open(arg).read(), {}, scope)  # config files are trusted Python in this repo
-            for k, v in scope.items():
-                if not k.startswith('_'):
-                    setkey(k, v, arg)
+            for k, v in run_config_file(arg).items():
+                setkey(k, v, arg)
+    return given
+
+
+def run_config_file(path):
+    """The names a config file assigns. Config files are trusted Python in this repo; an error in one is
+    reported as one line naming the file and line."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path!r} not found (see config/ for examples)")
+    scope = {}
+    try:
+        with open(path, encoding='utf-8') as f:
+            exec(builtins.compile(f.read(), path, 'exec'), {}, scope)  # (the option `compile` hides the builtin)
+    except SyntaxError as e:
+        raise ValueError(f"config file {path}, line {e.lineno}: {e.msg} (config files are plain Python assignments)") from None
+    except Exception as e:
+        line = [fr.lineno for fr in traceback.extract_tb(e.__traceback__) if fr.filename == path] or ['?']
+        raise ValueError(f"config file {path}, line {line[-1]}: {type(e).__name__}: {e}") from None
+    return {k: v for k, v in scope.items() if not k.startswith('_')}
+
+
+def check_options(cfg):
+    """The checks that involve a key's value, not only its type."""
     if cfg['adapter'] not in ('', 'lora', 'multilora', 'nola', 'cat'):
         raise ValueError(f"unknown adapter {cfg['adapter']!r}: choose '', lora, multilora, nola or cat")
     for k in ('batch_size', 'block_size', 'max_iters', 'gradient_accumulation_steps', 'eval_iters', 'log_interval', 'eval_interval'):
         if cfg[k] <= 0:
             raise ValueError(f"option {k} must be positive, got {cfg[k]}")
+    if cfg['data_path'] and cfg['dataset'] not in FILE_DATASETS:
+        raise ValueError(f"data_path is read by the {', '.join(FILE_DATASETS)} datasets only, not by "
+                         f"dataset={cfg['dataset']!r}")
     return cfg
+
+
+def parse_args(argv):
+    """Defaults <- config files <- --key=value; type-checked against the defaults."""
+    return check_options({**DEFAULTS, **given_options(argv)})
+
+
+def help_text():
+    """The module docstring, then every key with its default and the comment beside it above (the
+    adapter keys, made in a loop, are described by adapters.OPTION_HELP)."""
+    import adapters
+    notes, sections = dict(getattr(adapters, 'OPTION_HELP', {})), {}
+    with open(__file__, encoding='utf-8') as f:
+        source = f.read()
+    block = source[source.index('# I/O'):source.index('DEFAULTS = ')]
+    key, section = None, None
+    for tok in tokenize.generate_tokens(io.StringIO(block).readline):
+        if tok.type == tokenize.NAME and tok.start[1] == 0:
+            key = tok.string
+            sections.setdefault(key, section)
+        elif tok.type == tokenize.COMMENT and tok.start[1] == 0:
+            section, key = tok.string[1:].strip(), None
+        elif tok.type == tokenize.COMMENT and key in DEFAULTS:
+            notes[key] = tok.string[1:].strip()
+        elif tok.type == tokenize.NEWLINE:
+            key = None
+    lines, shown = [__doc__.strip(), '', 'options, their defaults and what they do:'], None
+    for k, v in DEFAULTS.items():
+        if sections.get(k, shown) != shown:
+            shown = sections[k]
+            lines.append(f'# {shown}')
+        lines.append(f'  --{k}={v!r}'.ljust(36) + ' ' + notes.get(k, ''))
+    return '\n'.join(line.rstrip() for line in lines)
 
 
 def pick_device_dtype(c):
@@ -222,20 +299,40 @@ def save_checkpoint(path, model, optimizer, scaler, c, iter_num, best_val_loss, 
     write_checkpoint(ckpt, path)  # atomic: a crash or a full disk never destroys the last good checkpoint
 
 
+def resume_config(ckpt, path, given):
+    """The checkpoint's config with the RESUMABLE keys given again applied; any other given key must
+    equal the checkpoint's value (keys newer than the checkpoint count as their defaults)."""
+    saved = {**DEFAULTS, **ckpt['config']}
+    for k, v in given.items():
+        if k not in RESUMABLE and v != saved[k]:
+            raise ValueError(f"{path} was trained with {k}={saved[k]!r}; a resumed run cannot change it to {v!r}: "
+                             f"drop --{k}, or start a new run with another --out_dir")
+    changed = {k: v for k, v in given.items() if k in RESUMABLE and v != saved[k] and k not in ('init_from', 'out_dir')}
+    print(f"resuming {given['out_dir']} from iteration "
+          f"{ckpt['iter_num']} (of max_iters {changed.get('max_iters', saved['max_iters'])})")
+    if changed:
+        print('applying ' + ', '.join(f"{k}={v!r} (was {saved[k]!r})" for k, v in changed.items()))
+    return check_options({**saved, **given, 'init_from': 'resume'})
+
+
 def main(argv=()):
-    c = SimpleNamespace(**parse_args(list(argv)))
+    given = given_options(list(argv))
+    c = SimpleNamespace(**check_options({**DEFAULTS, **given}))
+    ckpt_path = os.path.join(c.out_dir, 'ckpt.pt')
     ckpt = None
     if c.init_from == 'resume':
-        path = os.path.join(c.out_dir, 'ckpt.pt')
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"nothing to resume: no checkpoint at {path}")
-        ckpt = read_checkpoint(path)
+        if not os.path.exists(ckpt_path):
+            raise FileNotFoundError(f"nothing to resume: no checkpoint at {ckpt_path}")
+        ckpt = read_checkpoint(ckpt_path)
         if 'config' not in ckpt or 'optimizer' not in ckpt:
-            raise ValueError(f"{path} is not a train.py checkpoint: nothing to resume")
-        # the run's own config wins; only these may be changed on resume, when given explicitly
-        given = {k: getattr(c, k) for k in ('max_iters', 'eval_interval', 'log_interval', 'device', 'compile',
-                                           'final_eval', 'eval_max_items') if getattr(c, k) != DEFAULTS[k]}
-        c = SimpleNamespace(**{**DEFAULTS, **ckpt['config'], **given, 'init_from': 'resume', 'out_dir': c.out_dir})
+            raise ValueError(f"{ckpt_path} is not a train.py checkpoint: nothing to resume")
+        c = SimpleNamespace(**resume_config(ckpt, ckpt_path, {**given, 'out_dir': c.out_dir}))
+    elif os.path.exists(ckpt_path) and not c.overwrite:
+        raise ValueError(f"{ckpt_path} holds another run's checkpoint: pass another --out_dir, --init_from=resume "
+                         "to continue it, or --overwrite=True to replace it")
+    if os.path.exists(ckpt_path + '.tmp'):  # a checkpoint write killed before its rename (kill -9, power loss)
+        os.remove(ckpt_path + '.tmp')
+        print(f"removed {ckpt_path}.tmp, a partial checkpoint left by an interrupted write")
     torch.manual_seed(c.seed)
     dev, dt = pick_device_dtype(c)
     device_type = 'cuda' if dev.startswith('cuda') else 'cpu'
@@ -244,7 +341,12 @@ def main(argv=()):
     if device_type == 'cuda':
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    ds = data.get_dataset(c.dataset, c.block_size, tokenizer=c.tokenizer, data_dir=c.data_dir, seed=c.data_seed)
+    ds = data.get_dataset(c.dataset, c.block_size, tokenizer=c.tokenizer, data_dir=c.data_dir, seed=c.data_seed,
+                          **({'path': c.data_path} if c.data_path else {}))
+    trained_on = ckpt.get('data', {}).get('fingerprint') if ckpt is not None else None
+    if trained_on and trained_on != getattr(ds, 'fingerprint', trained_on):
+        raise ValueError(f"the {c.dataset} data found now is not the data {ckpt_path} trained on (fingerprint "
+                         f"{ds.fingerprint} vs {trained_on}): point --data_dir or --data_path at that data")
     model, base = build_model(c, ds, ckpt)
     if c.adapter and ckpt is None:
         print(add_adapters(model, c))
@@ -268,6 +370,8 @@ def main(argv=()):
     iter_num, best_val_loss = 0, float('inf')
     if ckpt is not None:
         optimizer.load_state_dict(ckpt['optimizer'])
+        for group, wd in zip(optimizer.param_groups, (c.weight_decay, 0.0)):  # as applied on resume, not as saved
+            group['weight_decay'], group['betas'] = wd, (c.beta1, c.beta2)
         if scaler is not None and 'scaler' in ckpt:
             scaler.load_state_dict(ckpt['scaler'])
         iter_num, best_val_loss = ckpt['iter_num'], ckpt['best_val_loss']
@@ -277,7 +381,6 @@ def main(argv=()):
             torch.cuda.set_rng_state_all(ckpt['rng']['cuda'])
     fmodel = torch.compile(model) if c.compile else model
     os.makedirs(c.out_dir, exist_ok=True)
-    ckpt_path = os.path.join(c.out_dir, 'ckpt.pt')
 
     @torch.no_grad()
     def estimate_loss():
@@ -298,6 +401,14 @@ def main(argv=()):
     tokens_per_iter = c.gradient_accumulation_steps * c.batch_size * c.block_size
     print(f"tokens per iteration: up to {tokens_per_iter:,}; device {dev}, dtype {dt}")
     start_iter = last_log = iter_num
+    saved_iter = ckpt['iter_num'] if ckpt is not None else None  # the iteration ckpt_path holds, once this run owns it
+
+    def stop(what):  # a NaN or inf: say truthfully what is on disk
+        kept = f"last good checkpoint kept at {ckpt_path} (iteration {saved_iter})" if saved_iter is not None else \
+            f"no checkpoint was written ({ckpt_path} is still the earlier run's)" if os.path.exists(ckpt_path) else \
+            "no checkpoint was written"
+        return RuntimeError(f"{what} at step {iter_num}; stopped, {kept}; a smaller --learning_rate may help")
+
     tokens = 0  # since the last log line: instruction batches are only as long as their longest item
     val_loss, losses = None, []
     t_start = t_log = time.time()
@@ -310,10 +421,11 @@ def main(argv=()):
             val_loss = ev['val']
             print(f"step {iter_num}: train loss {ev['train']:.4f}, val loss {ev['val']:.4f}")
             if not math.isfinite(val_loss):
-                raise RuntimeError(f"validation loss is {val_loss} at step {iter_num}; stopped, last good checkpoint kept at {ckpt_path}")
+                raise stop(f"validation loss is {val_loss}")
             if iter_num > start_iter and (c.always_save_checkpoint or val_loss < best_val_loss):
                 best_val_loss = min(best_val_loss, val_loss)
                 save_checkpoint(ckpt_path, model, optimizer, scaler, c, iter_num, best_val_loss, base, gen, ds)
+                saved_iter = iter_num
         if iter_num >= c.max_iters:
             break
         # forward / backward over gradient_accumulation_steps micro-batches, then one optimizer step
@@ -327,7 +439,7 @@ def main(argv=()):
             (scaler.scale(loss) if scaler else loss).backward()
         lossf = loss.item() * c.gradient_accumulation_steps
         if not math.isfinite(lossf):
-            raise RuntimeError(f"loss is {lossf} at step {iter_num}; stopped, last good checkpoint kept at {ckpt_path}")
+            raise stop(f"loss is {lossf}")
         if c.grad_clip > 0:
             if scaler:
                 scaler.unscale_(optimizer)
