@@ -15,9 +15,11 @@ import errno
 import hashlib
 import json
 import math
+import mmap
 import os
 import shutil
 import struct
+import zipfile
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -213,83 +215,135 @@ class GPT(nn.Module):
                            n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=dropout, bias=True)
         st, binf = os.path.join(path, "model.safetensors"), os.path.join(path, "pytorch_model.bin")
         if os.path.exists(st):
-            sd_hf = read_safetensors(st)
-        elif os.path.exists(binf):
-            sd_hf = torch.load(binf, map_location="cpu", weights_only=True)
+            sd_hf = read_safetensors(st)  # memory-mapped: read page by page as each weight is copied
+        elif os.path.exists(binf):  # a zip-format .bin is memory-mapped too; a legacy one is read whole
+            sd_hf = torch.load(binf, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(binf))
         else:
             raise FileNotFoundError(f"{path} has config.json but neither model.safetensors nor pytorch_model.bin")
-        model = cls(config)
-        model.load_state_dict(convert_hf_gpt2(sd_hf, config.n_layer))
+        with torch.device("meta"):  # shapes only: no random init that the file's weights would overwrite
+            model = cls(config)
+        # each weight is copied once from the file into its own fp32 tensor, and its mapping dropped
+        model.load_state_dict(convert_hf_gpt2(sd_hf, config.n_layer, consume=True), assign=True)
+        model.transformer.wte.weight = model.lm_head.weight  # assign=True replaced both: tie them again
+        if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+            raise RuntimeError("from_pretrained left a tensor on the meta device: give it a value here")
         return model
 
 
-def convert_hf_gpt2(sd_hf, n_layer):
+def convert_hf_gpt2(sd_hf, n_layer, consume=False):
     """Map Hugging Face GPT-2 names onto ours. HF's Conv1D stores weights as (in, out), the transpose
-    of nn.Linear's (out, in); c_attn holds q, k, v side by side and is split into three."""
-    sd_hf = {k.removeprefix("transformer."): v for k, v in sd_hf.items()}
-    sd = {"lm_head.weight": sd_hf["wte.weight"]}  # tied: GPT-2 files may omit lm_head
-    for k in ("wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"):
-        sd["transformer." + k] = sd_hf[k]
+    of nn.Linear's (out, in); c_attn holds q, k, v side by side and is split into three. Every
+    tensor is a fresh contiguous fp32 copy (one copy, even for a transposed or bf16 one).
+    consume=True empties sd_hf as it goes, so that each source (a memory map) can be released as
+    soon as its copy exists: peak memory is the model plus one weight, not twice the model."""
+    if not consume:
+        sd_hf = dict(sd_hf)
+    for k in [k for k in sd_hf if k.startswith("transformer.")]:
+        sd_hf[k.removeprefix("transformer.")] = sd_hf.pop(k)
+    own = lambda t: torch.empty(t.shape, dtype=torch.get_default_dtype()).copy_(t)
+    wte = own(sd_hf.pop("wte.weight"))
+    sd = {"lm_head.weight": wte, "transformer.wte.weight": wte}  # tied: GPT-2 files may omit lm_head
+    for k in ("wpe.weight", "ln_f.weight", "ln_f.bias"):
+        sd["transformer." + k] = own(sd_hf.pop(k))
     for i in range(n_layer):
         p, q = f"h.{i}.", f"transformer.h.{i}."
         for k in ("ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias"):
-            sd[q + k] = sd_hf[p + k]
+            sd[q + k] = own(sd_hf.pop(p + k))
         for k in ("attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
-            sd[q + k + ".weight"] = sd_hf[p + k + ".weight"].t()
-            sd[q + k + ".bias"] = sd_hf[p + k + ".bias"]
-        w = sd_hf[p + "attn.c_attn.weight"].t()  # (3C, C)
-        b = sd_hf[p + "attn.c_attn.bias"]
+            sd[q + k + ".weight"] = own(sd_hf.pop(p + k + ".weight").t())
+            sd[q + k + ".bias"] = own(sd_hf.pop(p + k + ".bias"))
+        w = sd_hf.pop(p + "attn.c_attn.weight").t()  # (3C, C)
+        b = sd_hf.pop(p + "attn.c_attn.bias")
         for name, wi, bi in zip("qkv", w.chunk(3, dim=0), b.chunk(3, dim=0)):
-            sd[q + f"attn.{name}.weight"], sd[q + f"attn.{name}.bias"] = wi, bi
-    return {k: v.contiguous() for k, v in sd.items()}
+            sd[q + f"attn.{name}.weight"], sd[q + f"attn.{name}.bias"] = own(wi), own(bi)
+        del w, b
+    return sd
 
 
-# --- safetensors, read with the standard library: 8-byte little-endian header length, a JSON
-# header {name: {dtype, shape, data_offsets}}, then the raw little-endian tensor bytes.
+# --- safetensors, read and written with the standard library: 8-byte little-endian header length,
+# a JSON header {name: {dtype, shape, data_offsets}} (and an optional "__metadata__"), then the raw
+# little-endian tensor bytes, back to back.
 _ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
               "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
               "U8": torch.uint8, "BOOL": torch.bool}
 
 
 def read_safetensors(path):
+    """{name: tensor}. Each tensor is a copy-on-write memory map of its own bytes (mmap.ACCESS_COPY):
+    nothing is read until it is used, the pages belong to the page cache (not copied into the
+    process), and writing to a tensor changes only this process's copy. A mapping is released when
+    its tensor is freed. Like any memory map it reads the file as it is now: the file must not be
+    rewritten in place while its tensors live (write_safetensors replaces files by a rename, which
+    is safe); clone() a tensor that must outlive its file."""
     with open(path, "rb") as f:
-        data = f.read()
-    if len(data) < 8:
-        raise ValueError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > len(data) - 8:
-        raise ValueError(f"{path}: corrupt safetensors file (header length {n} exceeds file size)")
-    try:
-        header = json.loads(data[8:8 + n])
-    except ValueError:
-        raise ValueError(f"{path}: corrupt safetensors file (header is not JSON)") from None
-    header.pop("__metadata__", None)
-    body = memoryview(data)[8 + n:]
-    out = {}
-    for name, info in header.items():
-        dtype = _ST_DTYPES.get(info.get("dtype"))
-        start, end = info["data_offsets"]
-        shape = info["shape"]
-        if dtype is None or not 0 <= start <= end <= len(body) or \
-                end - start != math.prod(shape) * torch.empty((), dtype=dtype).element_size():
-            raise ValueError(f"{path}: corrupt safetensors entry {name!r}")
-        out[name] = torch.frombuffer(bytearray(body[start:end]), dtype=dtype).reshape(shape) if end > start \
-            else torch.empty(shape, dtype=dtype)
+        size = os.fstat(f.fileno()).st_size
+        if size < 8:
+            raise ValueError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > size - 8:
+            raise ValueError(f"{path}: corrupt safetensors file (header length {n} exceeds file size)")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            raise ValueError(f"{path}: corrupt safetensors file (header is not JSON)") from None
+        if not isinstance(header, dict):
+            raise ValueError(f"{path}: corrupt safetensors file (header is not a JSON object)")
+        header.pop("__metadata__", None)
+        body, body_len = 8 + n, size - 8 - n
+        out = {}
+        for name, info in header.items():
+            info = info if isinstance(info, dict) else {}
+            dtype, shape = _ST_DTYPES.get(info.get("dtype")), info.get("shape")
+            offsets = info.get("data_offsets")
+            start, end = offsets if isinstance(offsets, list) and len(offsets) == 2 else (None, None)
+            ints = isinstance(shape, list) and all(type(v) is int and v >= 0 for v in [*shape, start, end])
+            if dtype is None or not ints or not start <= end <= body_len or \
+                    end - start != math.prod(shape) * torch.empty((), dtype=dtype).element_size():
+                raise ValueError(f"{path}: corrupt safetensors entry {name!r}")
+            out[name] = _map_tensor(f, body + start, end - start, dtype).reshape(shape)
     return out
 
 
-def write_safetensors(path, tensors):
-    """The inverse of read_safetensors (used by tests to build HF-layout checkpoints)."""
+def _map_tensor(f, offset, nbytes, dtype):
+    if nbytes == 0:
+        return torch.empty(0, dtype=dtype)
+    page = offset - offset % mmap.ALLOCATIONGRANULARITY  # a mapping starts on a page boundary
+    buf = mmap.mmap(f.fileno(), offset + nbytes - page, access=mmap.ACCESS_COPY, offset=page)
+    skip, itemsize = offset - page, torch.empty((), dtype=dtype).element_size()
+    if skip % itemsize:  # misaligned (a file written without alignment): copy this one tensor
+        return torch.frombuffer(bytearray(buf[skip:skip + nbytes]), dtype=dtype)
+    return torch.frombuffer(buf, dtype=dtype, count=nbytes // itemsize, offset=skip)  # holds buf open
+
+
+def write_safetensors(path, tensors, metadata=None):
+    """The inverse of read_safetensors, readable by the safetensors library (and so by transformers
+    and PEFT): tensors sorted by element size and the header padded to 8 bytes, so every tensor is
+    aligned; {"format": "pt"} metadata, which transformers asks for. Streams one tensor at a time to
+    path.tmp, then renames it over path (a crash never leaves half a file; maps of the old one stay valid)."""
     names = {v: k for k, v in _ST_DTYPES.items()}
-    header, blobs, offset = {}, [], 0
-    for name, t in tensors.items():
-        b = t.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(b)]}
-        blobs.append(b)
-        offset += len(b)
+    order = sorted(tensors, key=lambda k: -tensors[k].element_size())  # stable: 8-, 4-, 2-, 1-byte
+    header, offset = {"__metadata__": {"format": "pt", **(metadata or {})}}, 0
+    for name in order:
+        t = tensors[name]
+        if t.dtype not in names:
+            raise ValueError(f"write_safetensors: {name!r} has dtype {t.dtype}, which safetensors files here do not hold")
+        nbytes = t.numel() * t.element_size()
+        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
     h = json.dumps(header).encode()
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+    h += b" " * (-(8 + len(h)) % 8)
+    tmp = os.fspath(path) + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(h)) + h)
+            for name in order:
+                t = tensors[name].detach().cpu().contiguous()
+                if t.numel():
+                    f.write(t.view(-1).view(torch.uint8).numpy().data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 HF_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
