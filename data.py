@@ -1,40 +1,23 @@
 """
-Data for nanoGPT-for-LoRA: an offline synthetic world, its tasks, real-data loaders, exact-match eval.
+Data for nanoGPT-for-LoRA: the datasets get_dataset(name, block_size, ...) returns (DATASETS below),
+over the synthetic world of world.py or over the real files that real_data.py reads; their
+tokenizers; exact-match evaluation.
 
-    python data.py            # builds data/world/ offline (seconds) and prints a summary
-
-Dataset names understood by get_dataset(name, block_size, ...):
-  world              pretraining corpus of the synthetic world (a plain token stream, nanoGPT .bin)
-  mixture            all 12 instruction tasks (3 families, MultiLoRA-style heterogeneous mixture)
-  task:<name>        one task of the mixture or of the skill set, e.g. task:city_of; also
-                     task:color_of, a spare knowledge task kept outside the mixture
-  (mixture tasks: instruction  reverse_words remove_word first_letters count_words
-                  understanding sentiment entail topic compare
-                  knowledge    city_of job_of pet_of country_of)
-  skill1, skill2     LoRA-Soups skills: 'shift' (each letter to the next one in the alphabet, a
-                     fact the corpus teaches) and 'reverse' (reverse a string of letters, a procedure)
-  skills             skill1 + skill2 mixed (the data-mixing baseline)
-  composite          'shift_reverse' (needs both skills); its train split is small (5% of the two
-                     skills' data, for learning CAT weights); evaluates skill1, skill2 and composite
-  text               a plain-text corpus from path= (tiny-shakespeare style); 'shakespeare' downloads
-  alpaca             Alpaca-format instruction JSON from path=
-  e2e                E2E NLG CSV (columns mr, ref) from path= (a file, or a folder with train/dev/test)
+    python data.py            # builds data/world/ offline (seconds), lists the datasets and the tasks
 
 Every instruction item is one prompt/answer pair in one format:
     "Q: <question>\nA:" + " <answer>" + <|endoftext|>
 and the loss covers only the answer and the stop token (targets are -1 on the prompt and padding).
-Tokenizers: 'world' (a small BPE trained by this file on the world's own corpus, committed as
+Tokenizers: 'world' (a small BPE that world.py trains on the world's own corpus, committed as
 data/world.tiktoken; 1024 ids), 'world-bytes' (plain bytes; 257 ids), 'gpt2' (tiktoken's own).
 All three end answers with <|endoftext|>, the only special token.
+Files the project writes (data/world.tiktoken, the world's folder, token caches) are checked when
+read and rebuilt when damaged; files a user gives get a one-line error naming the file.
 """
-import base64
 import collections
-import csv
 import hashlib
 import json
 import os
-import random
-import re
 import sys
 import time
 
@@ -42,169 +25,43 @@ import numpy as np
 import torch
 import tiktoken
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-WORLD_RANKS = os.path.join(HERE, 'data', 'world.tiktoken')
+import world
+from real_data import (DEFAULT_PATHS, PATH_HINT, URLS, fetch, read_alpaca, read_e2e, read_text,
+                       split_by_question)
+from world import COMPOSITE, FAMILIES, MIXTURE, SKILL1, SKILL2, TASK_FAMILY  # noqa: F401 (data.X for callers)
+
 # GPT-2's one special token ends every world document in pretraining and every answer in the tasks,
 # so the stop token has a trained embedding before any fine-tuning (an adapter cannot train it)
 EOT = '<|endoftext|>'
 # GPT-2's split pattern, except that digits come one at a time so that arithmetic sees digits
 PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
-# -----------------------------------------------------------------------------------------------
-# the world: a few hundred people with four facts each, cities in countries, words, numbers
-
-JOBS = 'baker farmer doctor teacher pilot singer painter tailor miner sailor cook judge'.split()
-PETS = 'cat dog fish bird horse goat rabbit frog'.split()
-COLORS = 'red blue green yellow black white orange purple'.split()
-ANIMALS = 'cat dog fish bird horse goat rabbit frog lion bear wolf duck'.split()
-FOODS = 'bread soup cake apple rice cheese pie egg plum milk'.split()
-WEATHER = 'rain snow wind storm cloud fog sun ice frost thunder'.split()
-SPORTS = 'ball race match goal team game kick swim run jump'.split()
-TOPICS = {'animal': ANIMALS, 'food': FOODS, 'weather': WEATHER, 'sport': SPORTS}
-GOOD = 'good great nice fine lovely happy warm bright kind sweet'.split()
-BAD = 'bad awful sad poor ugly cold dull rude bitter grim'.split()
-THINGS = 'house book song day trip meal room town road film'.split()
-SYL = ('ba be bi bo bu da de di do du ka ke ki ko ku la le li lo lu ma me mi mo mu na ne ni no nu '
-       'ra re ri ro ru sa se si so su ta te ti to tu va ve vi vo vu za ze zo').split()
-LETTERS = 'abcdefghijklmnopqrstuvwxyz'
-
-FACT_TEMPLATES = {  # how the corpus states each fact; tasks ask with wordings never used here
-    'city': ['{p} lives in {v}.', '{p} has a home in {v}.', 'the home of {p} is in {v}.'],
-    'job': ['{p} works as a {v}.', '{p} is a {v} by trade.', 'the job of {p} is {v}.'],
-    'pet': ['{p} owns a {v}.', '{p} keeps a pet {v}.', 'the pet of {p} is a {v}.'],
-    'color': ['the favorite color of {p} is {v}.', '{p} likes the color {v} best.'],
+DATASETS = {  # name -> what get_dataset(name, ...) gives; python data.py prints this list
+    'world': "the world's pretraining corpus, a plain token stream (nanoGPT .bin)",
+    'mixture': 'the 12 instruction tasks of 3 families (MultiLoRA-style heterogeneous mixture)',
+    'task:<name>': 'one task of the mixture or the skill set, or task:color_of (a spare outside the mixture)',
+    'skill1': "LoRA-Soups skill 'shift': each letter to the next one (a fact the corpus teaches)",
+    'skill2': "LoRA-Soups skill 'reverse': reverse a string of letters (a procedure)",
+    'skills': 'skill1 + skill2 mixed (the data-mixing baseline)',
+    'composite': "'shift_reverse', needs both skills; a small train split (for CAT weights); evaluates all 3",
+    'text': 'a plain-text file of yours (tiny-shakespeare style): --data_path=FILE',
+    'shakespeare': 'tiny shakespeare, data/shakespeare/input.txt (downloaded when online)',
+    'alpaca': 'Alpaca-format instruction JSON, data/alpaca/alpaca_data.json or --data_path=FILE',
+    'e2e': 'E2E NLG CSVs (columns mr, ref): data/e2e/ with train/dev/test, or --data_path=FOLDER_OR_CSV',
 }
-COUNTRY_TEMPLATES = ['{c} is a city in {k}.', '{c} lies in {k}.', 'the city {c} is part of {k}.']
-
-
-def make_world(seed=1337, n_people=200, n_cities=24, n_countries=6, bio_repeats=24):
-    """The world as a dict of plain python values, from one seed."""
-    rng = random.Random(seed)
-    names = set()
-    def fresh_name(n_syl):
-        while True:
-            w = ''.join(rng.choice(SYL) for _ in range(n_syl))
-            if w not in names and w not in ANIMALS + FOODS + JOBS:
-                names.add(w)
-                return w
-    countries = [fresh_name(3) for _ in range(n_countries)]
-    cities = {fresh_name(3): countries[i % n_countries] for i in range(n_cities)}
-    people = {}
-    for _ in range(n_people):
-        people[fresh_name(rng.choice([2, 3]))] = dict(
-            city=rng.choice(list(cities)), job=rng.choice(JOBS), pet=rng.choice(PETS),
-            color=rng.choice(COLORS))
-    strangers = [fresh_name(2) for _ in range(60)]  # names for understanding tasks, with no facts
-    return dict(seed=seed, countries=countries, cities=cities, people=people, strangers=strangers,
-                bio_repeats=bio_repeats)
-
-
-def spelled(w):
-    return ' '.join(w)
-
-
-def make_corpus(world):
-    """Pretraining text: biographies (facts in shuffled order, varied templates), geography,
-    arithmetic, spelling, and label-free sentences in the understanding tasks' vocabulary."""
-    rng = random.Random(world['seed'] + 1)
-    docs = []
-    for _ in range(world['bio_repeats']):
-        for p, facts in world['people'].items():
-            keys = list(FACT_TEMPLATES)
-            rng.shuffle(keys)
-            docs.append(' '.join(rng.choice(FACT_TEMPLATES[k]).format(p=p, v=facts[k]) for k in keys))
-        for c, k in world['cities'].items():
-            docs.append(rng.choice(COUNTRY_TEMPLATES).format(c=c, k=k))
-    for a in range(50):
-        for b in range(50):
-            docs.append(rng.choice(['{a} plus {b} is {s}.', '{a} + {b} = {s}.']).format(a=a, b=b, s=a + b))
-    for a in range(100):
-        b = rng.randrange(100)
-        docs.append(f'{max(a, b)} is more than {min(a, b)}.' if a != b else f'{a} equals {b}.')
-    common = sorted(set(JOBS + COLORS + ANIMALS + FOODS + WEATHER + SPORTS + GOOD + BAD + THINGS))
-    names = list(world['people']) + list(world['cities']) + world['countries'] + world['strangers']
-    for w in common * 6 + names:  # word knowledge: common words often, names once
-        docs.append(rng.choice(['the word {w} is spelled {s}.', '{w} is written {s}.',
-                                '{w} starts with the letter {l}.']).format(w=w, s=spelled(w), l=w[0]))
-    for _ in range(20):
-        docs.append('the alphabet is ' + spelled(LETTERS) + '.')
-        docs.extend(f'the letter after {a} is {b}.' for a, b in zip(LETTERS, LETTERS[1:] + 'a'))
-    for _ in range(3000):  # plain sentences: the words are known, the labels are not
-        topic = rng.choice(list(TOPICS))
-        x, y = rng.sample(TOPICS[topic], 2)
-        docs.append(rng.choice([f'the {x} and the {y} were {rng.choice(GOOD + BAD)} today.',
-                                f'we talked about the {x} near the {y}.',
-                                f'{rng.choice(world["strangers"])} said the {rng.choice(THINGS)} was '
-                                f'{rng.choice(GOOD + BAD)}.']))
-    rng.shuffle(docs)
-    return '\n'.join(docs) + '\n'
-
 
 # -----------------------------------------------------------------------------------------------
 # tokenizers
-
-def train_bpe(text, vocab_size):
-    """Byte-level BPE over unique pre-tokenised words weighted by count (much faster than merging
-    on raw text). Returns tiktoken mergeable ranks: the 256 bytes, then merges in order."""
-    counts = collections.Counter(re.findall(r"'s|'t| ?[a-zA-Z]+| ?[0-9]| ?[^\sa-zA-Z0-9]+|\s+", text))
-    words = [[bytes([b]) for b in w.encode()] for w in counts]
-    freq = list(counts.values())
-    ranks = {bytes([i]): i for i in range(256)}
-    pairs = collections.Counter()
-    where = collections.defaultdict(set)
-    for i, w in enumerate(words):
-        for a, b in zip(w, w[1:]):
-            pairs[a, b] += freq[i]
-            where[a, b].add(i)
-    while len(ranks) < vocab_size and pairs:
-        (a, b), n = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))  # ties broken by bytes
-        if n < 2:
-            break
-        ranks[a + b] = len(ranks)
-        for i in where.pop((a, b)):
-            w, f = words[i], freq[i]
-            for p in zip(w, w[1:]):
-                pairs[p] -= f
-                if pairs[p] <= 0:
-                    del pairs[p]
-            j, out = 0, []
-            while j < len(w):
-                if j + 1 < len(w) and w[j] == a and w[j + 1] == b:
-                    out.append(a + b); j += 2
-                else:
-                    out.append(w[j]); j += 1
-            words[i] = out
-            for p in zip(out, out[1:]):
-                pairs[p] += f
-                where[p].add(i)
-    return ranks
-
-
-def write_ranks(ranks, path):
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        for tok, r in sorted(ranks.items(), key=lambda kv: kv[1]):
-            f.write(f'{base64.b64encode(tok).decode()} {r}\n')
-    os.replace(tmp, path)
-
-
-def read_ranks(path):
-    with open(path) as f:
-        return {base64.b64decode(t): int(r) for t, r in (line.split() for line in f if line.strip())}
-
 
 _TOKENIZERS = {}
 
 
 def get_tokenizer(name='world'):
-    """'world' (BPE on the world's corpus, 1024 ids), 'world-bytes' (256 bytes + 2 specials), 'gpt2'."""
+    """'world' (BPE on the world's corpus, 1024 ids), 'world-bytes' (256 bytes + the stop token), 'gpt2'."""
     if name in _TOKENIZERS:
         return _TOKENIZERS[name]
     if name == 'world':
-        if not os.path.exists(WORLD_RANKS):  # regenerate the committed file: deterministic
-            os.makedirs(os.path.dirname(WORLD_RANKS), exist_ok=True)
-            write_ranks(train_bpe(make_corpus(make_world()), 1023), WORLD_RANKS)
-        ranks = read_ranks(WORLD_RANKS)
+        ranks = world.tokenizer_ranks()
     elif name == 'world-bytes':
         ranks = {bytes([i]): i for i in range(256)}
     elif name == 'gpt2':
@@ -225,8 +82,6 @@ def get_tokenizer(name='world'):
                             special_tokens={EOT: n})
     _TOKENIZERS[name] = enc
     return enc
-
-
 
 
 # -----------------------------------------------------------------------------------------------
@@ -260,10 +115,43 @@ def write_stream(folder, text, enc, tok_name, val_frac=0.05, docs=False):
     return meta
 
 
+def stream_damage(folder):
+    """None if the token stream in folder is whole, else what is wrong: meta.json missing or unreadable,
+    or a .bin whose size is not what meta.json records (a truncated copy, an interrupted write)."""
+    path = os.path.join(folder, 'meta.json')
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+        want = {s: meta['tokens'][s] * np.dtype(meta['dtype']).itemsize for s in ('train', 'val')}
+    except FileNotFoundError:
+        return f'{path} not found'
+    except (ValueError, KeyError, TypeError):
+        return f'{path} is not a meta.json that data.py wrote'
+    for split, size in want.items():
+        bin_path = os.path.join(folder, f'{split}.bin')
+        have = os.path.getsize(bin_path) if os.path.exists(bin_path) else 0
+        if have != size:
+            return f'{bin_path} has {have} bytes where meta.json records {size}'
+    return None
+
+
+def write_stream_once(folder, text, enc, tok_name, **kw):
+    """write_stream(folder, text(), ...) unless a whole stream is there; the project owns these caches,
+    so a damaged one is rebuilt, with one line saying so."""
+    damage = stream_damage(folder)
+    if damage and os.path.exists(os.path.join(folder, 'meta.json')):
+        print(f'{damage}: rebuilding the token cache {folder}', file=sys.stderr)
+    if damage:
+        write_stream(folder, text(), enc, tok_name, **kw)
+
+
 def read_meta(folder, tok_name):
     path = os.path.join(folder, 'meta.json')
     if not os.path.exists(path):
         raise FileNotFoundError(f'{path} not found: prepare the data first (python data.py)')
+    damage = stream_damage(folder)
+    if damage:
+        raise ValueError(f'{damage}: delete {folder} and prepare it again')
     with open(path) as f:
         meta = json.load(f)
     if meta.get('tokenizer') != tok_name:
@@ -305,163 +193,6 @@ class StreamDataset:
         model.train(was_training)
         loss = sum(losses) / len(losses)
         return {'avg': {'acc': float('nan'), 'loss': loss, 'n': len(losses) * batch_size}}
-
-
-# -----------------------------------------------------------------------------------------------
-# instruction tasks: (question, answer) pairs per split; train/val/test never share a question
-
-def _unique(rng, make, n, seen=None):
-    """n distinct (question, answer) pairs from make(rng); question wordings stay unique."""
-    seen, out = set() if seen is None else seen, []
-    for _ in range(200 * n):
-        q, a = make(rng)
-        if q not in seen:
-            seen.add(q)
-            out.append((q, a))
-            if len(out) == n:
-                return out
-    raise ValueError(f'could only make {len(out)} distinct items of {n} asked: lower the task size')
-
-
-def _split_open(make, sizes, rng):
-    n_train, n_val, n_test = sizes
-    items = _unique(rng, make, n_train + n_val + n_test)
-    return {'train': items[:n_train], 'val': items[n_train:n_train + n_val], 'test': items[n_train + n_val:]}
-
-
-def _split_keys(keys, ask, rng, train_forms, eval_forms):
-    """Split by entity (60/20/20): eval entities are never asked about in training, and only with
-    wordings that training never uses (so the answer must come from pretraining, not fine-tuning)."""
-    keys = sorted(keys)
-    rng.shuffle(keys)
-    a, b = int(0.6 * len(keys)), int(0.8 * len(keys))
-    return {'train': [(f.format(p=k), ask(k)) for k in keys[:a] for f in train_forms],
-            'val': [(rng.choice(eval_forms).format(p=k), ask(k)) for k in keys[a:b]],
-            'test': [(rng.choice(eval_forms).format(p=k), ask(k)) for k in keys[b:]]}
-
-
-def _words(rng, lo, hi, pool=THINGS + COLORS + ANIMALS + FOODS):
-    return rng.sample(pool, rng.randint(lo, hi))
-
-
-def _letters(rng, lo=3, hi=6):
-    return [rng.choice(LETTERS) for _ in range(rng.randint(lo, hi))]
-
-
-def _shift(ls):
-    return [LETTERS[(LETTERS.index(c) + 1) % 26] for c in ls]
-
-
-def _reverse_words(w, rng):
-    ws = _words(rng, 2, 4)
-    return f'reverse the order of the words: {" ".join(ws)}', ' '.join(ws[::-1])
-
-
-def _remove_word(w, rng):
-    ws = _words(rng, 3, 5)
-    k = rng.randrange(len(ws))
-    return f'remove the word {ws[k]} from: {" ".join(ws)}', ' '.join(ws[:k] + ws[k + 1:])
-
-
-def _first_letters(w, rng):
-    ws = _words(rng, 2, 4)
-    return f'give the first letter of each word: {" ".join(ws)}', ' '.join(x[0] for x in ws)
-
-
-def _count_words(w, rng):
-    ws = _words(rng, 1, 9)
-    return f'how many words are in this list? {" ".join(ws)}', str(len(ws))
-
-
-def _sentiment(w, rng):
-    neg, adj = rng.random() < 0.5, rng.choice(GOOD + BAD)
-    s = f"{rng.choice(w['strangers'])} said the {rng.choice(THINGS)} was {'not ' if neg else ''}{adj}"
-    return f'is this positive or negative? {s}.', 'positive' if (adj in GOOD) != neg else 'negative'
-
-
-def _entail(w, rng):
-    """Premise about one person; the hypothesis follows (same person and job), contradicts it (same
-    person, other job) or is about someone else (maybe). Two people per premise was at chance."""
-    (a, b), (j1, j2) = rng.sample(w['strangers'], 2), rng.sample(JOBS, 2)
-    who, job, ans = rng.choice([(a, j1, 'yes'), (a, j2, 'no'), (b, rng.choice([j1, j2]), 'maybe')])
-    return f'{a} is a {j1}. does it follow that {who} is a {job}?', ans
-
-
-def _topic(w, rng):
-    """Two words of the topic and one distractor from another: a majority vote, not a lookup."""
-    t, other = rng.sample(list(TOPICS), 2)
-    ws = rng.sample(TOPICS[t], 2) + [rng.choice(TOPICS[other])]
-    rng.shuffle(ws)
-    return f'what is this about? the {ws[0]} and the {ws[1]} by the {ws[2]}.', t
-
-
-def _compare(w, rng):
-    a, b = rng.sample(range(100), 2)
-    return f'which number is larger, {a} or {b}?', str(max(a, b))
-
-
-OPEN_TASKS = [  # (task, item generator, rng name): tasks with more possible items than we draw
-    ('reverse_words', _reverse_words, 'rw'), ('remove_word', _remove_word, 'rm'), ('first_letters', _first_letters, 'fl'),
-    ('count_words', _count_words, 'cw'), ('sentiment', _sentiment, 'se'), ('entail', _entail, 'en'),
-    ('topic', _topic, 'to'), ('compare', _compare, 'co')]
-FAMILIES = {'instruction': ['reverse_words', 'remove_word', 'first_letters', 'count_words'],
-            'understanding': ['sentiment', 'entail', 'topic', 'compare'],
-            'knowledge': ['city_of', 'job_of', 'pet_of', 'country_of'],
-            'skills': ['shift', 'reverse', 'shift_reverse']}
-TASK_FAMILY = {t: f for f, ts in FAMILIES.items() for t in ts}
-MIXTURE = FAMILIES['instruction'] + FAMILIES['understanding'] + FAMILIES['knowledge']
-SKILL1, SKILL2, COMPOSITE = FAMILIES['skills']
-TASK_FAMILY['color_of'] = 'knowledge'  # a spare, outside the mixture
-
-
-KNOWLEDGE = [  # (task, fact, training wordings, evaluation wordings): the latter never occur in training
-    ('city_of', 'city', ['where does {p} live?', 'in which city does {p} live?', 'which city is home to {p}?',
-                         'what city does {p} live in?', 'tell me the city of {p}.', 'what is the home city of {p}?'],
-     ['name the city where {p} lives.', 'which city does {p} call home?']),
-    ('job_of', 'job', ['what does {p} do for a living?', 'what is the job of {p}?', 'what work does {p} do?',
-                       'which job does {p} have?', 'tell me the job of {p}.', 'what is the trade of {p}?'],
-     ['name the job that {p} does.', 'what kind of work does {p} do?']),
-    ('pet_of', 'pet', ['what pet does {p} have?', 'which animal does {p} keep?', 'what animal does {p} own?',
-                       'which pet does {p} own?', 'tell me the pet of {p}.', 'what kind of pet does {p} keep?'],
-     ['name the pet that {p} keeps.', 'which animal is the pet of {p}?']),
-    ('color_of', 'color', ['what is the favorite color of {p}?', 'which color does {p} like best?',
-                           'what color does {p} love most?', 'tell me the color {p} likes.',
-                           'which color is the favorite of {p}?', 'what color does {p} prefer?'],
-     ['name the color that {p} likes best.', 'what is the best loved color of {p}?']),
-    ('country_of', 'country', ['in which country does {p} live?', 'what country is {p} from?',
-                               'which country is home to {p}?', 'tell me the country of {p}.',
-                               'what is the home country of {p}?', 'in what land does {p} live?'],
-     ['name the country where {p} lives.', 'which country does {p} call home?']),
-]
-
-
-def make_tasks(world, n_train=2000, n_eval=200, n_skill=4000, composite_frac=0.05):
-    """{task: {'train'|'val'|'test': [(question, answer), ...]}} for the mixture and the skill set
-    (plus 'color_of', a spare knowledge task outside the mixture)."""
-    people, cities = world['people'], world['cities']
-    sizes = (n_train, n_eval, n_eval)
-    def rng_for(name):
-        return random.Random(f"{world['seed']}/{name}")
-    T = {}
-    for name, make, seed in OPEN_TASKS:
-        T[name] = _split_open(lambda r: make(world, r), sizes, rng_for(seed))
-    for task, key, train_forms, eval_forms in KNOWLEDGE:
-        ask = (lambda k: lambda p: people[p][k])(key) if key != 'country' else (lambda p: cities[people[p]['city']])
-        T[task] = _split_keys(people, ask, rng_for(task), train_forms, eval_forms)
-    # LoRA-Soups analogue: skill 1 needs world knowledge (the alphabet), skill 2 a procedure;
-    # the composite needs both, and has only a small train split for learning merge weights
-    seen = set()  # one letter string never appears in two tasks' splits
-    skill = {}
-    for name, form, f in ((SKILL1, 'shift each letter by one: {}', _shift),
-                          (SKILL2, 'reverse the letters: {}', lambda l: l[::-1]),
-                          (COMPOSITE, 'shift each letter by one and reverse: {}', lambda l: _shift(l)[::-1])):
-        n_tr = int(composite_frac * 2 * n_skill) if name == COMPOSITE else n_skill
-        r = rng_for(name)
-        pool = _unique(r, lambda r: (' '.join(_letters(r)), None), n_tr + 2 * n_eval, seen)
-        items = [(form.format(s), ' '.join(f(s.split()))) for s, _ in pool]
-        skill[name] = {'train': items[:n_tr], 'val': items[n_tr:n_tr + n_eval], 'test': items[n_tr + n_eval:]}
-    T.update(skill)
-    return T
 
 
 # -----------------------------------------------------------------------------------------------
@@ -595,50 +326,34 @@ def format_results(results):
 
 
 # -----------------------------------------------------------------------------------------------
-# building the world on disk, and get_dataset
-
-VERSION = 3  # bump when make_world / make_corpus / make_tasks change: built worlds are then rebuilt
-WORLD_DEFAULTS = dict(n_people=200, n_cities=24, n_countries=6, bio_repeats=24,
-                      n_train=2000, n_eval=200, n_skill=4000, composite_frac=0.05)
-
+# the world on disk, and get_dataset
 
 def build_world(data_dir='data', seed=1337, tokenizer='world', **opts):
-    """Write <data_dir>/world[-seed]/ : corpus.txt, world.json, tasks.json, <tokenizer>/{train,val}.bin,
-    meta.json. Deterministic; rebuilt only when the seed, sizes or files change."""
-    cfg = dict(WORLD_DEFAULTS, seed=seed)
-    for k, v in opts.items():
-        if k not in WORLD_DEFAULTS:
-            raise ValueError(f'unknown world option {k!r}: use one of {", ".join(WORLD_DEFAULTS)}')
-        cfg[k] = type(WORLD_DEFAULTS[k])(v)
-    folder = os.path.join(data_dir, 'world' if cfg == dict(WORLD_DEFAULTS, seed=1337) else
-                          'world-' + hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:8])
-    stamp = os.path.join(folder, 'config.json')
-    with open(stamp) if os.path.exists(stamp) else open(os.devnull) as f:
-        stale = f.read() != json.dumps(dict(cfg, version=VERSION))
-    if stale:
-        os.makedirs(folder, exist_ok=True)
-        world = make_world(seed, cfg['n_people'], cfg['n_cities'], cfg['n_countries'], cfg['bio_repeats'])
-        tasks = make_tasks(world, cfg['n_train'], cfg['n_eval'], cfg['n_skill'], cfg['composite_frac'])
-        for name, obj in (('corpus.txt', make_corpus(world)), ('world.json', world), ('tasks.json', tasks)):
-            with open(os.path.join(folder, name + '.tmp'), 'w') as f:
-                f.write(obj) if isinstance(obj, str) else json.dump(obj, f)
-            os.replace(os.path.join(folder, name + '.tmp'), os.path.join(folder, name))
-        for sub in os.listdir(folder):  # token streams of an older build are stale
-            if os.path.exists(os.path.join(folder, sub, 'meta.json')):
-                os.remove(os.path.join(folder, sub, 'meta.json'))
-        with open(stamp + '.tmp', 'w') as f:
-            f.write(json.dumps(dict(cfg, version=VERSION)))
-        os.replace(stamp + '.tmp', stamp)
-    stream = os.path.join(folder, tokenizer)
-    if not os.path.exists(os.path.join(stream, 'meta.json')):
+    """world.write_world (corpus.txt, world.json, tasks.json), then its corpus as a token stream in
+    <folder>/<tokenizer>/ (train.bin, val.bin, meta.json), written again when missing or damaged."""
+    folder = world.write_world(data_dir, seed, **opts)
+    def corpus():
         with open(os.path.join(folder, 'corpus.txt')) as f:
-            write_stream(stream, f.read(), get_tokenizer(tokenizer), tokenizer, docs=True)
+            return f.read()
+    write_stream_once(os.path.join(folder, tokenizer), corpus, get_tokenizer(tokenizer), tokenizer, docs=True)
     return folder
 
 
+def read_tasks(folder):
+    """tasks.json of a built world; a damaged one (the project wrote it) makes write_world start over."""
+    path = os.path.join(folder, 'tasks.json')
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError:
+        print(f'{path} is damaged: writing {folder} again', file=sys.stderr)
+        os.remove(path)
+        return None
+
+
 def get_dataset(name, block_size, tokenizer=None, data_dir='data', seed=1337, **opts):
-    """A dataset object (see the module docstring for names). opts: world sizes (WORLD_DEFAULTS),
-    mix ('uniform'|'proportional'), path (real data)."""
+    """A dataset object (names: DATASETS). opts: world sizes (world.WORLD_DEFAULTS),
+    mix ('uniform'|'proportional'), path (the file or folder of text, shakespeare, alpaca, e2e)."""
     tok_name = tokenizer or ('gpt2' if name in ('shakespeare',) else 'world')
     enc = get_tokenizer(tok_name)
     mix = opts.pop('mix', 'uniform')
@@ -647,91 +362,27 @@ def get_dataset(name, block_size, tokenizer=None, data_dir='data', seed=1337, **
     folder = build_world(data_dir, seed, tok_name, **opts)
     if name == 'world':
         return StreamDataset(os.path.join(folder, tok_name), block_size, enc, tok_name)
-    with open(os.path.join(folder, 'tasks.json')) as f:
-        items = json.load(f)
+    items = read_tasks(folder) or read_tasks(build_world(data_dir, seed, tok_name, **opts))
     train, evals = {'mixture': (MIXTURE, None), 'skill1': ([SKILL1], None), 'skill2': ([SKILL2], None),
                     'skills': ([SKILL1, SKILL2], None),
                     'composite': ([COMPOSITE], [SKILL1, SKILL2, COMPOSITE])}.get(name, (None, None))
     if train is None and name.startswith('task:') and name[5:] in items:
         train = [name[5:]]
     if train is None:
-        raise ValueError(f"unknown dataset {name!r}: use world, mixture, skill1, skill2, skills, composite, "
-                         f"task:<{'|'.join(items)}>, text, shakespeare, alpaca or e2e")
+        raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)} "
+                         f"(task:<{'|'.join(items)}>)")
     return InstructDataset(items, block_size, enc, tok_name, train, evals, mix)
-
-
-URLS = {'shakespeare': 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt',
-        'alpaca': 'https://raw.githubusercontent.com/tatsu-lab/stanford_alpaca/main/alpaca_data.json'}
-DEFAULT_PATHS = {'shakespeare': 'shakespeare/input.txt', 'alpaca': 'alpaca/alpaca_data.json', 'e2e': 'e2e'}
-
-
-def fetch(path, url=None):
-    """path if it exists, else a download to path when there is network; one-line error otherwise."""
-    if os.path.exists(path):
-        return path
-    if url is None:
-        raise FileNotFoundError(f'{path} not found: put the file there (or pass path=...)')
-    try:
-        import urllib.request
-        with urllib.request.urlopen(url, timeout=15) as r:
-            blob = r.read()
-    except Exception as e:
-        raise FileNotFoundError(f'{path} not found and {url} could not be downloaded ({type(e).__name__}): '
-                                f'put the file there (or pass path=...)') from None
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    with open(path + '.tmp', 'wb') as f:
-        f.write(blob)
-    os.replace(path + '.tmp', path)
-    return path
-
-
-def read_alpaca(path):
-    """Alpaca JSON: a list of {instruction, input, output} -> [(question, answer)]."""
-    with open(path) as f:
-        try:
-            rows = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f'{path} is not valid JSON ({e.msg} at line {e.lineno}): expected Alpaca format') from None
-    if not isinstance(rows, list) or not all(isinstance(r, dict) and {'instruction', 'output'} <= set(r) for r in rows):
-        raise ValueError(f'{path}: expected a JSON list of {{"instruction", "input", "output"}} objects '
-                         f'(Alpaca format)')
-    return [(r['instruction'].strip() + ('\n' + r['input'].strip() if r.get('input', '').strip() else ''),
-             r['output'].strip()) for r in rows]
-
-
-def read_e2e(path):
-    """E2E NLG CSV (columns mr, ref) -> [(question, answer)]: the meaning representation in, text out."""
-    with open(path, newline='', encoding='utf-8') as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {'mr', 'ref'} <= set(reader.fieldnames):
-            raise ValueError(f'{path}: expected a CSV with columns mr,ref (E2E NLG), got {reader.fieldnames}')
-        return [(f"describe: {r['mr'].strip()}", r['ref'].strip()) for r in reader]
-
-
-def split_by_question(pairs, seed, frac=0.05, cap=500):
-    """Deterministic train/val/test split in which a question never lands in two splits."""
-    qs = sorted({q for q, _ in pairs})
-    random.Random(seed).shuffle(qs)
-    n = max(1, min(cap, int(frac * len(qs))))
-    where = {q: 'val' if i < n else 'test' if i < 2 * n else 'train' for i, q in enumerate(qs)}
-    out = {'train': [], 'val': [], 'test': []}
-    for q, a in pairs:
-        out[where[q]].append((q, a))
-    return out
 
 
 def get_real_dataset(name, block_size, enc, tok_name, data_dir, seed, mix='uniform', path=None):
     path = path or os.path.join(data_dir, DEFAULT_PATHS.get(name, ''))
-    if name == 'text' and (path is None or os.path.isdir(path)):
-        raise ValueError("dataset 'text' needs path=<a plain-text file>")
+    if name == 'text' and os.path.isdir(path):
+        raise ValueError(f"dataset 'text' needs a plain-text file: {PATH_HINT}")
     if name in ('text', 'shakespeare'):
-        fetch(path, URLS.get(name))
-        with open(path, encoding='utf-8') as f:
-            text = f.read()
+        text = read_text(fetch(path, URLS.get(name))).replace('\r\n', '\n').replace('\r', '\n')  # as open() reads
         src = hashlib.sha256(text.encode()).hexdigest()[:16]
         folder = os.path.join(data_dir, f'{name}-{src}', tok_name)
-        if not os.path.exists(os.path.join(folder, 'meta.json')):
-            write_stream(folder, text, enc, tok_name, val_frac=0.1)
+        write_stream_once(folder, lambda: text, enc, tok_name, val_frac=0.1)
         return StreamDataset(folder, block_size, enc, tok_name)
     if name == 'alpaca':
         splits = split_by_question(read_alpaca(fetch(path, URLS['alpaca'])), seed)
@@ -749,14 +400,22 @@ def get_real_dataset(name, block_size, enc, tok_name, data_dir, seed, mix='unifo
             splits = split_by_question(read_e2e(path), seed)
         else:
             raise FileNotFoundError(f'{path} not found: put the E2E CSVs (trainset.csv, devset.csv, testset_w_refs.csv '
-                                    f'from github.com/tuetschek/e2e-dataset) in a folder there, or pass path=<one CSV>')
+                                    f'from github.com/tuetschek/e2e-dataset) in a folder there, or {PATH_HINT}')
     for s, items in splits.items():
         if not items:
             raise ValueError(f'{path}: too few items for a {s} split')
     return InstructDataset({name: splits}, block_size, enc, tok_name, [name], None, mix)
 
 
+USAGE = 'usage: python data.py   (builds data/world/ offline in seconds, then lists the datasets and the tasks)'
+
+
 def main(argv):
+    if argv in (['-h'], ['--help']):
+        return print(USAGE)
+    if argv:
+        print(f'data.py takes no arguments, got {" ".join(argv)!r}; {USAGE}', file=sys.stderr)
+        sys.exit(2)
     t0 = time.time()
     enc = get_tokenizer('world')
     folder = build_world()
@@ -767,16 +426,26 @@ def main(argv):
     print(f"{folder} ready in {time.time() - t0:.1f}s: corpus {corpus / 1e6:.2f} MB, "
           f"{meta['tokens']['train']:,} train + {meta['tokens']['val']:,} val tokens "
           f"({corpus / sum(meta['tokens'].values()):.2f} bytes/token), tokenizer 'world' with {enc.n_vocab} ids")
+    print(f'\ndatasets ({len(DATASETS)}; train.py --dataset=NAME, data.get_dataset(NAME, ...)):')
+    for name, what in DATASETS.items():
+        print(f'  {name:<13}{what}')
     with open(os.path.join(folder, 'tasks.json')) as f:
         items = json.load(f)
+    spare = [t for t in items if t not in MIXTURE + FAMILIES['skills']]
+    print(f"\ntasks ({len(items)}: the mixture's {len(MIXTURE)}, the spare {', '.join(spare)} (*), "
+          f"the {len(FAMILIES['skills'])} skill tasks; --dataset=task:NAME picks one)")
     print(f"{'task':<16}{'family':<15}{'train':>6}{'val':>6}{'test':>6}  example")
     for t, sp in items.items():
         q, a = sp['test'][0]
         sizes = ''.join(f"{len(sp[s]):>6}" for s in ('train', 'val', 'test'))
-        print(f"{t:<16}{TASK_FAMILY[t]:<15}{sizes}  {q!r} -> {a!r}")
+        print(f"{t:<16}{TASK_FAMILY[t] + (' *' if t in spare else ''):<15}{sizes}  {q!r} -> {a!r}")
     x, y = ds.get_batch('train', 1, torch.Generator().manual_seed(0))
     print(f"a training row: {enc.decode(x[0].tolist())!r}; its labels: {enc.decode(y[0][y[0] != -1].tolist())!r}")
 
 
 if __name__ == '__main__':
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except (ValueError, FileNotFoundError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(1)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import data
+import world
 
 
 @pytest.fixture(scope='module')
@@ -38,8 +39,8 @@ def test_world_is_deterministic(world_dir, tmp_path):
 
 
 def test_committed_tokenizer_is_what_data_py_trains():
-    ranks = data.train_bpe(data.make_corpus(data.make_world()), 1023)
-    assert ranks == data.read_ranks(data.WORLD_RANKS)
+    ranks = world.train_bpe(world.make_corpus(world.make_world()), 1023)
+    assert ranks == world.read_ranks(world.TOKENIZER_FILE)
 
 
 @pytest.mark.parametrize('name', ['world', 'world-bytes'])

@@ -1,0 +1,105 @@
+"""
+Readers of real data files, each bad file a one-line error naming it and what to do: plain text,
+Alpaca instruction JSON, E2E NLG CSV; a download when a known file is missing and there is network.
+data.get_dataset turns what they return into datasets ('text', 'shakespeare', 'alpaca', 'e2e').
+"""
+import csv
+import io
+import json
+import os
+import random
+
+PATH_HINT = 'pass --data_path=FILE to train.py (path=FILE to data.get_dataset)'
+URLS = {'shakespeare': 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt',
+        'alpaca': 'https://raw.githubusercontent.com/tatsu-lab/stanford_alpaca/main/alpaca_data.json'}
+DEFAULT_PATHS = {'shakespeare': 'shakespeare/input.txt', 'alpaca': 'alpaca/alpaca_data.json', 'e2e': 'e2e'}
+
+
+def fetch(path, url=None):
+    """path if it exists, else a download to path when there is network; one-line error otherwise."""
+    if os.path.exists(path):
+        return path
+    if url is None:
+        raise FileNotFoundError(f'{path} not found: put the file there, or {PATH_HINT}')
+    try:
+        import urllib.request
+        with urllib.request.urlopen(url, timeout=15) as r:
+            blob = r.read()
+    except Exception as e:
+        raise FileNotFoundError(f'{path} not found and {url} could not be downloaded ({type(e).__name__}): '
+                                f'put the file there, or {PATH_HINT}') from None
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    with open(path + '.tmp', 'wb') as f:
+        f.write(blob)
+    os.replace(path + '.tmp', path)
+    return path
+
+
+def read_text(path):
+    """A data file's text, or one line naming the file and the first byte that is not UTF-8."""
+    if os.path.isdir(path):
+        raise ValueError(f'{path} is a folder, not a file: {PATH_HINT}')
+    with open(path, 'rb') as f:
+        blob = f.read()
+    try:
+        return blob.decode('utf-8')
+    except UnicodeDecodeError as e:
+        line = blob.count(b'\n', 0, e.start) + 1
+        raise ValueError(f'{path} is not UTF-8 text (byte {e.start}, line {line}: {blob[e.start:e.start + 1]!r}): '
+                         f'save it as UTF-8') from None
+
+
+ALPACA = 'Alpaca format: a JSON list of {"instruction", "input", "output"} strings'
+
+
+def read_alpaca(path):
+    """Alpaca JSON: a list of {instruction, input, output} -> [(question, answer)] ("input" may be absent)."""
+    try:
+        rows = json.loads(read_text(path).lstrip('\ufeff'))
+    except json.JSONDecodeError as e:
+        raise ValueError(f'{path} is not valid JSON ({e.msg} at line {e.lineno}): expected {ALPACA}') from None
+    if not isinstance(rows, list):
+        raise ValueError(f'{path}: expected {ALPACA}, got a JSON {type(rows).__name__}')
+    for i, r in enumerate(rows):
+        bad = None if isinstance(r, dict) else f'is {json.dumps(r)[:40]}, not an object'
+        for k in ('instruction', 'input', 'output'):
+            if not bad and k not in r and k != 'input':
+                bad = f'has no "{k}"'
+            elif not bad and not isinstance(r.get(k, ''), str):
+                bad = f'has "{k}": {json.dumps(r[k])[:40]}, not a string'
+        if bad:
+            raise ValueError(f'{path}: item {i} {bad} ({ALPACA}): fix or remove that item')
+    return [(r['instruction'].strip() + ('\n' + r['input'].strip() if r.get('input', '').strip() else ''),
+             r['output'].strip()) for r in rows]
+
+
+def read_e2e(path):
+    """E2E NLG CSV (columns mr, ref) -> [(question, answer)]: the meaning representation in, text out."""
+    reader = csv.DictReader(io.StringIO(read_text(path).lstrip('\ufeff'), newline=''), strict=True)
+    pairs, line = [], 0
+    try:
+        if not reader.fieldnames or not {'mr', 'ref'} <= set(reader.fieldnames):
+            raise ValueError(f'{path}: expected a CSV with columns mr,ref (E2E NLG), got {reader.fieldnames}: '
+                             f'start it with the header line mr,ref')
+        line = reader.line_num
+        for r in reader:
+            if r['ref'] is None:
+                raise ValueError(f'{path} line {reader.line_num}: the row has no ref: give every row an mr and a ref')
+            pairs.append((f"describe: {r['mr'].strip()}", r['ref'].strip()))
+            line = reader.line_num
+    except csv.Error as e:  # the row after `line` opens a quote it never closes, or misplaces one
+        raise ValueError(f'{path} line {line + 1}: {e} (a bad quote?): close each quoted field, '
+                         f'writing a quote inside it as ""') from None
+    return pairs
+
+
+def split_by_question(pairs, seed, frac=0.05, cap=500):
+    """Deterministic train/val/test split in which a question never lands in two splits."""
+    qs = sorted({q for q, _ in pairs})
+    random.Random(seed).shuffle(qs)
+    n = max(1, min(cap, int(frac * len(qs))))
+    where = {q: 'val' if i < n else 'test' if i < 2 * n else 'train' for i, q in enumerate(qs)}
+    out = {'train': [], 'val': [], 'test': []}
+    for q, a in pairs:
+        out[where[q]].append((q, a))
+    return out
