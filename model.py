@@ -143,6 +143,12 @@ class GPT(nn.Module):
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
     def forward(self, idx, targets=None, caches=None, label_smoothing=0.0):
+        """idx (B, T) token ids -> (logits, loss).
+        Without targets: logits (B, T, vocab_size) at every position (what generation and evaluation
+        read) and loss None. With targets (B, T), -1 marking a position without a loss: logits
+        (N, vocab_size) only at the N positions where targets != -1 (equal to model(idx)[0][targets != -1])
+        and loss the mean cross-entropy over those N (nan if N = 0). Callers wanting every position's
+        logits call model(idx) and compute their loss from them."""
         B, T = idx.size()
         past = 0 if not caches or caches[0].get("k") is None else caches[0]["k"].size(2)
         if past + T > self.config.block_size:
@@ -151,11 +157,14 @@ class GPT(nn.Module):
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for i, block in enumerate(self.transformer.h):
             x = block(x, None if caches is None else caches[i])
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
-        loss = None
-        if targets is not None:  # -1 marks positions that carry no loss (prompt tokens, padding)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1),
-                                   ignore_index=-1, label_smoothing=label_smoothing)
+        x = self.transformer.ln_f(x)
+        if targets is None:
+            return self.lm_head(x), None  # (B, T, vocab_size)
+        # Prompt tokens and padding (target -1) carry no loss, yet the vocab-wide head and the fp32
+        # cross-entropy would cost as much there as at the answer: run both only where a target counts
+        keep = targets.view(-1) != -1
+        logits = self.lm_head(x.view(-1, x.size(-1))[keep])  # (N, vocab_size)
+        loss = F.cross_entropy(logits.float(), targets.view(-1)[keep], label_smoothing=label_smoothing)
         return logits, loss
 
     @torch.no_grad()

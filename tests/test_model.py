@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import GPT, GPTConfig, load_model, read_safetensors, write_safetensors, hf_download
+from model import GPT, GPTConfig, convert_hf_gpt2, load_model, read_safetensors, write_safetensors, hf_download
 from helpers import hf_state_dict
 
 TINY = dict(block_size=32, vocab_size=61, n_layer=2, n_head=2, n_embd=16)
@@ -123,8 +123,8 @@ def test_ignore_index_masks_positions():
     y = torch.randint(0, 61, (2, 10))
     y_masked = y.clone()
     y_masked[:, :6] = -1
-    logits, loss = model(x, y_masked)
-    ref = F.cross_entropy(logits[:, 6:].reshape(-1, 61), y[:, 6:].reshape(-1))
+    _, loss = model(x, y_masked)
+    ref = F.cross_entropy(model(x)[0][:, 6:].reshape(-1, 61), y[:, 6:].reshape(-1))
     assert torch.allclose(loss, ref, atol=1e-6)
 
 
@@ -184,3 +184,69 @@ def test_offline_download_fails_with_one_line(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match=r"put config.json and model.safetensors .* into .*gpt2/") as e:
         hf_download("gpt2", cache_dir=str(tmp_path))
     assert "\n" not in str(e.value)
+
+
+def full_logit_loss(model, x, y, label_smoothing=0.0):
+    """The loss as the head used to compute it: logits at every position, then -1 targets ignored."""
+    logits = model(x)[0]
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), ignore_index=-1,
+                           label_smoothing=label_smoothing)
+
+
+def answer_batch(prompt_share, seed=0, B=4, T=24):
+    """Targets with -1 on the first ~prompt_share of each row (a different prompt length per row)."""
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randint(0, 61, (B, T), generator=g), torch.randint(0, 61, (B, T), generator=g)
+    if prompt_share:
+        for b in range(B):
+            y[b, :int(prompt_share * T) + b - B // 2] = -1
+    return x, y
+
+
+@pytest.mark.parametrize("prompt_share,label_smoothing", [(0.7, 0.0), (0.0, 0.0), (0.7, 0.1)])
+def test_answer_only_head_gives_the_full_logit_loss_and_gradients(prompt_share, label_smoothing):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY))
+    x, y = answer_batch(prompt_share)
+    assert (y == -1).float().mean() > 0.6 if prompt_share else (y != -1).all()
+    _, loss = model(x, y, label_smoothing=label_smoothing)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    ref = full_logit_loss(model, x, y, label_smoothing)
+    ref.backward()
+    assert abs(loss.item() - ref.item()) <= 1e-6 * ref.item(), (loss.item(), ref.item())
+    for n, p in model.named_parameters():
+        assert torch.allclose(grads[n], p.grad, rtol=1e-5, atol=1e-7), (n, (grads[n] - p.grad).abs().max())
+
+
+def test_logits_with_targets_are_those_of_the_counted_positions():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY)).eval()
+    x, y = answer_batch(0.7)
+    logits, _ = model(x, y)
+    full = model(x)[0]
+    assert logits.shape == (int((y != -1).sum()), 61) and full.shape == (4, 24, 61)
+    assert torch.allclose(logits, full[y != -1], atol=1e-6)
+
+
+def test_generation_and_evaluation_read_full_logits(tmp_path):
+    """Greedy generation and data.evaluate's answer-token loss against an independent reference forward
+    (reference_gpt2 on the same Hugging Face tensors), which always computes every position's logits."""
+    import data
+    enc = data.get_tokenizer("world-bytes")
+    sd = hf_state_dict(vocab=enc.n_vocab, n_pos=64, seed=3)
+    model = GPT(GPTConfig(block_size=64, vocab_size=enc.n_vocab, n_layer=2, n_head=2, n_embd=16))
+    model.load_state_dict(convert_hf_gpt2(sd, 2))
+    model.eval()
+    idx = torch.randint(0, enc.n_vocab, (3, 7), generator=torch.Generator().manual_seed(2))
+    ref = idx
+    for _ in range(8):
+        ref = torch.cat([ref, reference_gpt2(sd, ref, 2, 2)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(model.generate(idx, 8, temperature=0), ref)
+    items = {"t": {"test": [("a b", "c"), ("dd e", "ff g"), ("h", "ijk"), ("lm no p", "q")]}}
+    ds = data.InstructDataset(items, 64, enc, "world-bytes", ["t"])
+    x, y = ds.collate(ds.data["t"]["test"])
+    want = F.cross_entropy(reference_gpt2(sd, x, 2, 2).reshape(-1, enc.n_vocab), y.reshape(-1), ignore_index=-1)
+    got = ds.evaluate(model, split="test")["t"]["loss"]
+    assert got == pytest.approx(want.item(), rel=1e-5)
