@@ -196,12 +196,14 @@ class GPT(nn.Module):
             logits, _ = self(nxt, caches=caches)  # only the new token goes through the model
         return idx
 
-    def estimate_mfu(self, tokens_per_iter, dt, peak_flops):
+    def estimate_mfu(self, tokens_per_iter, dt, peak_flops, frozen_weights=False):
         """Model FLOPs utilisation: achieved FLOP/s over peak_flops (PaLM paper, appendix B).
-        6N FLOPs per token for the weights (forward 2N, backward 4N) plus attention's 12·L·H·Q·T."""
+        Per token 6N FLOPs for the weights (forward 2N, backward 2N for the input gradients and 2N for the
+        weight gradients) plus attention's 12·L·H·Q·T. With frozen_weights (only adapters train) the weight
+        gradients are never computed: 4N (the adapters' own FLOPs are a rounding error)."""
         cfg = self.config
         L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
-        flops_per_token = 6 * self.num_params() + 12 * L * H * Q * T
+        flops_per_token = (4 if frozen_weights else 6) * self.num_params() + 12 * L * H * Q * T
         return flops_per_token * tokens_per_iter / dt / peak_flops
 
     def fingerprint(self):
