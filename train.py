@@ -495,6 +495,6 @@ if __name__ == '__main__':
     sys.stdout.reconfigure(line_buffering=True)  # progress lines show up at once, also through | tee
     try:
         main(sys.argv[1:])
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:  # OSError: a missing file, no permission to write out_dir, ...
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
