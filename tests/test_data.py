@@ -1,4 +1,3 @@
-import hashlib
 import json
 import math
 import os
@@ -7,40 +6,16 @@ import pytest
 import torch
 
 import data
-import world
 
 
 @pytest.fixture(scope='module')
 def world_dir(tmp_path_factory):
-    return data.build_world(str(tmp_path_factory.mktemp('w')))
+    return data.build_world(str(tmp_path_factory.mktemp('w') / 'data'))
 
 
 @pytest.fixture(scope='module')
-def tasks(world_dir):
-    with open(os.path.join(world_dir, 'tasks.json')) as f:
-        return json.load(f)
-
-
-def _digest(folder):
-    h = hashlib.sha256()
-    for name in ('corpus.txt', 'tasks.json', 'world.json', 'world/train.bin', 'world/val.bin', 'world/meta.json'):
-        with open(os.path.join(folder, name), 'rb') as f:
-            h.update(f.read())
-    return h.hexdigest()
-
-
-def test_world_is_deterministic(world_dir, tmp_path):
-    assert _digest(data.build_world(str(tmp_path / 'again'))) == _digest(world_dir)
-    other = data.build_world(str(tmp_path / 'other'), seed=7)
-    with open(os.path.join(other, 'corpus.txt')) as f, open(os.path.join(world_dir, 'corpus.txt')) as g:
-        assert f.read() != g.read()
-    size = sum(os.path.getsize(os.path.join(world_dir, n)) for n in ('corpus.txt', 'tasks.json'))
-    assert 0.5e6 < size < 10e6  # "a few MB"
-
-
-def test_committed_tokenizer_is_what_data_py_trains():
-    ranks = world.train_bpe(world.make_corpus(world.make_world()), 1023)
-    assert ranks == world.read_ranks(world.TOKENIZER_FILE)
+def mixture(world_dir):
+    return data.get_dataset('mixture', 64, data_dir=os.path.dirname(world_dir))
 
 
 @pytest.mark.parametrize('name', ['world', 'world-bytes'])
@@ -69,40 +44,6 @@ def test_unknown_tokenizer_and_offline_gpt2(monkeypatch):
     with pytest.raises(ValueError, match=r"could not load 'gpt2' \(ConnectionError; offline\?\).*/some/cache") as e:
         data.get_tokenizer('gpt2')
     assert '\n' not in str(e.value)
-
-
-def test_splits_are_disjoint(tasks):
-    assert len(data.MIXTURE) >= 9
-    assert {data.TASK_FAMILY[t] for t in data.MIXTURE} == {'instruction', 'understanding', 'knowledge'}
-    for t, sp in tasks.items():
-        qs = {s: {q for q, _ in sp[s]} for s in ('train', 'val', 'test')}
-        assert all(qs.values()), t
-        assert not (qs['train'] & qs['val']) and not (qs['train'] & qs['test']) and not (qs['val'] & qs['test']), t
-    # skills: no letter string is shared between the composite and the skills' training data
-    strings = lambda t, s: {q.split(': ')[1] for q, _ in tasks[t][s]}
-    assert not strings(data.COMPOSITE, 'test') & (strings(data.SKILL1, 'train') | strings(data.SKILL2, 'train'))
-    n_comp = len(tasks[data.COMPOSITE]['train'])
-    n_skills = len(tasks[data.SKILL1]['train']) + len(tasks[data.SKILL2]['train'])
-    assert n_comp == pytest.approx(0.05 * n_skills, rel=0.01)
-
-
-def test_knowledge_questions_are_new_entities_and_wordings(tasks, world_dir):
-    with open(os.path.join(world_dir, 'world.json')) as f:
-        people = json.load(f)['people']
-    with open(os.path.join(world_dir, 'corpus.txt')) as f:
-        corpus = f.read()
-    def form(q):  # the wording of a question, with its person taken out
-        (p,) = [w for w in q.rstrip('.?').split() if w in people]
-        return q.replace(p, '{p}')
-    for t in data.FAMILIES['knowledge'] + ['color_of']:
-        ent = {s: {w for q, _ in tasks[t][s] for w in q.rstrip('.?').split() if w in people} for s in tasks[t]}
-        assert not ent['train'] & ent['test'] and not ent['train'] & ent['val'] and len(ent['test']) >= 30
-        train_forms = {form(q) for q, _ in tasks[t]['train']}
-        assert len(train_forms) >= 4
-        for q, a in tasks[t]['test'] + tasks[t]['val']:
-            assert form(q) not in train_forms
-            assert all(chunk.strip() not in corpus for chunk in form(q).split('{p}') if len(chunk.strip()) > 8), q
-            assert a in corpus  # the answer is stated in pretraining text only
 
 
 def test_answer_masking_on_labels(world_dir):
@@ -207,16 +148,14 @@ def test_accuracy_on_planted_predictions():
 
 
 class PlantedModel(torch.nn.Module):
-    """Answers every item whose prompt is in `right` correctly, the others with a wrong token;
-    the logits are uniform, so the loss is log(V) exactly."""
+    """A stand-in model whose greedy continuations are planted: reply(prompt ids, answer ids incl. stop)
+    gives the tokens it generates (padded with token 0, which is not the stop token); its logits are
+    uniform, so its answer-token loss is log(V) exactly."""
 
-    def __init__(self, ds, right, vocab):
+    def __init__(self, ds, reply, split='test'):
         super().__init__()
-        self.answers, self.right, self.vocab = {}, right, vocab
-        for items in ds.data.values():
-            for p, a in items['test']:
-                self.answers[tuple(p)] = a
-        self.calls = []
+        self.answers = {tuple(p): a for items in ds.data.values() for p, a in items[split]}
+        self.reply, self.vocab, self.calls = reply, ds.vocab_size, []
 
     def forward(self, idx, targets=None):
         return torch.zeros(*idx.shape, self.vocab), None
@@ -224,10 +163,8 @@ class PlantedModel(torch.nn.Module):
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, stop_token=None):
         assert temperature == 0 and stop_token is not None
         self.calls.append(idx.shape)
-        rows = []
-        for p in idx.tolist():
-            a = self.answers[tuple(p)] if tuple(p) in self.right else [0, stop_token]
-            rows.append(p + (a + [stop_token] * max_new_tokens)[:max_new_tokens])
+        rows = [p + (self.reply(tuple(p), self.answers[tuple(p)]) + [0] * max_new_tokens)[:max_new_tokens]
+                for p in idx.tolist()]
         return torch.tensor(rows)
 
 
@@ -235,7 +172,7 @@ def test_evaluate_on_planted_predictions(world_dir):
     ds = data.get_dataset('composite', 64, data_dir=os.path.dirname(world_dir))
     assert ds.tasks == [data.SKILL1, data.SKILL2, data.COMPOSITE] and ds.train_tasks == [data.COMPOSITE]
     right = {tuple(p) for t in ds.tasks for p, _ in ds.data[t]['test'][:30][::3]}  # 10 of the first 30 per task
-    model = PlantedModel(ds, right, ds.vocab_size)
+    model = PlantedModel(ds, lambda p, a: a if p in right else [0, ds.stop_token])
     res = ds.evaluate(model, split='test', max_items=30, batch_size=8)
     for t in ds.tasks:
         assert res[t]['n'] == 30 and res[t]['acc'] == pytest.approx(1 / 3)
@@ -246,11 +183,206 @@ def test_evaluate_on_planted_predictions(world_dir):
     assert 'shift_reverse' in table and '0.333' in table and table.splitlines()[-1].startswith('avg')
 
 
-def test_evaluate_runs_with_the_real_model(world_dir):
+def test_evaluate_scores_exactly_the_planted_answers_on_the_mixture(mixture):
+    """Task j of the mixture gets exactly j+1 of its first 12 test items right, each followed by
+    junk after its stop token (which must be cut off); every other item repeats the answer but never
+    stops (which must count as wrong). A perfect model scores 1.0 on every task."""
+    ds, n = mixture, 12
+    stop = ds.stop_token
+    right = {tuple(p) for j, t in enumerate(data.MIXTURE) for p, _ in ds.data[t]['test'][:j + 1]}
+    model = PlantedModel(ds, lambda p, a: a + [5, 6] if p in right else a[:-1])
+    res = ds.evaluate(model, max_items=n, batch_size=5)
+    assert ds.tasks == data.MIXTURE and set(res) == set(data.MIXTURE) | {'avg'}
+    for j, t in enumerate(data.MIXTURE):
+        assert res[t]['n'] == n and res[t]['acc'] == pytest.approx((j + 1) / n), t
+        assert res[t]['loss'] == pytest.approx(math.log(ds.vocab_size), rel=1e-5)
+    assert res['avg']['acc'] == pytest.approx(sum(range(1, 13)) / 12 / n) and res['avg']['n'] == 12 * n
+    perfect = ds.evaluate(PlantedModel(ds, lambda p, a: a + [stop, 7]), max_items=n, batch_size=5)
+    assert all(r['acc'] == 1.0 for r in perfect.values())
+    silent = ds.evaluate(PlantedModel(ds, lambda p, a: [stop]), max_items=n, batch_size=5)
+    assert all(r['acc'] == 0.0 for r in silent.values())
+
+
+def test_evaluate_with_the_real_model_matches_one_item_at_a_time(mixture):
+    """Batched evaluation (padding, answer masking, batches of equal prompt length) gives the real
+    model's per-item answer-token loss and greedy exact match, computed here one item at a time."""
     from model import GPT, GPTConfig
     torch.manual_seed(0)
-    ds = data.get_dataset('mixture', 64, data_dir=os.path.dirname(world_dir))
+    ds = mixture
     model = GPT(GPTConfig(block_size=64, vocab_size=ds.vocab_size, n_layer=1, n_head=2, n_embd=32))
     res = ds.evaluate(model, max_items=4)
-    assert set(res) == set(data.MIXTURE) | {'avg'} and all(0 <= r['acc'] <= 1 for r in res.values())
+    stop = ds.stop_token
+    for t in data.MIXTURE:
+        items = ds.data[t]['test'][:4]
+        nll = n_tok = right = 0
+        max_new = max(len(a) for _, a in items)
+        for p, a in items:
+            with torch.no_grad():
+                logits, _ = model(torch.tensor([p + a[:-1]]))
+                nll += torch.nn.functional.cross_entropy(logits[0, len(p) - 1:], torch.tensor(a), reduction='sum').item()
+                out = model.generate(torch.tensor([p]), max_new, temperature=0.0, stop_token=stop)[0, len(p):].tolist()
+            n_tok += len(a)
+            right += stop in out and out[:out.index(stop) + 1] == a
+        assert res[t]['loss'] == pytest.approx(nll / n_tok, rel=1e-4), t
+        assert res[t]['acc'] == right / len(items) and res[t]['n'] == 4, t
     assert abs(res['avg']['loss'] - math.log(ds.vocab_size)) < 1.0  # an untrained model is near uniform
+
+
+# -----------------------------------------------------------------------------------------------
+# bad data files: one line naming the file and what to do; files the project wrote are rebuilt
+
+SMALL = dict(n_people=30, bio_repeats=1, n_train=40, n_eval=10, n_skill=60)  # a tiny world, built in a blink
+
+
+def one_line(excinfo, *words):
+    """The error is one a script's `except (ValueError, FileNotFoundError)` prints as one line, with words in it."""
+    msg = str(excinfo.value)
+    assert isinstance(excinfo.value, (ValueError, FileNotFoundError)) and '\n' not in msg, msg
+    for w in words:
+        assert w in msg, (w, msg)
+    return msg
+
+
+@pytest.mark.parametrize('item, words', [
+    ({'instruction': 5, 'input': '', 'output': 'x'}, ['item 2 has "instruction": 5, not a string']),
+    ({'instruction': 'a', 'input': ['b'], 'output': 'x'}, ['item 2 has "input": ["b"], not a string']),
+    ({'instruction': 'a', 'input': '', 'output': None}, ['item 2 has "output": null, not a string']),
+    ({'instruction': 'a'}, ['item 2 has no "output"']),
+    ('just text', ['item 2 is "just text", not an object']),
+])
+def test_alpaca_item_of_the_wrong_type(tmp_path, item, words):
+    rows = [{'instruction': 'a', 'output': 'b'}, {'instruction': 'c', 'input': 'd', 'output': 'e'}, item]
+    path = tmp_path / 'alpaca.json'
+    path.write_text(json.dumps(rows))
+    with pytest.raises(ValueError) as e:
+        data.get_dataset('alpaca', 32, data_dir=str(tmp_path), path=str(path))
+    one_line(e, str(path), *words, 'Alpaca format', 'fix or remove that item')
+
+
+@pytest.mark.parametrize('text, words', [
+    ('mr,ref\na,b\nc\ne,f\n', ['line 3: the row has no ref', 'give every row an mr and a ref']),
+    ('mr,ref\na,b\nc,"d\ne,f\n', ['line 3: unexpected end of data', 'close each quoted field']),
+    ('mr,ref\na,b\nc,"d"x\n', ['line 3:', 'close each quoted field']),
+    ('mr\na\n', ["expected a CSV with columns mr,ref (E2E NLG), got ['mr']", 'header line mr,ref']),
+])
+def test_e2e_row_without_ref_or_with_a_bad_quote(tmp_path, text, words):
+    path = tmp_path / 'e2e.csv'
+    path.write_text(text)
+    with pytest.raises(ValueError) as e:
+        data.get_dataset('e2e', 32, data_dir=str(tmp_path), path=str(path))
+    one_line(e, str(path), *words)
+
+
+@pytest.mark.parametrize('name, blob', [('text', b'plain\ntext \xe9t\xe9\n'), ('alpaca', b'[{"instruction": "\xe9"}]'),
+                                        ('e2e', b'mr,ref\na,b\n\xe9,c\n')])
+def test_a_file_that_is_not_utf8(tmp_path, name, blob):
+    path = tmp_path / 'file'
+    path.write_bytes(blob)
+    with pytest.raises(ValueError) as e:
+        data.get_dataset(name, 32, data_dir=str(tmp_path), path=str(path))
+    where = blob.index(b'\xe9')
+    line = blob[:where].count(b'\n') + 1
+    one_line(e, f'{path} is not UTF-8 text (byte {where}, line {line}: ',
+             r"b'\xe9'", 'save it as UTF-8')
+
+
+def test_missing_files_say_how_to_give_a_path(tmp_path, monkeypatch):
+    def offline(url, timeout):
+        raise OSError('no network')
+    monkeypatch.setattr('urllib.request.urlopen', offline)
+    hint = 'pass --data_path=FILE to train.py (path=FILE to data.get_dataset)'
+    with pytest.raises(FileNotFoundError) as e:
+        data.get_dataset('text', 32, data_dir=str(tmp_path), path=str(tmp_path / 'notes.txt'))
+    one_line(e, f'{tmp_path / "notes.txt"} not found: put the file there, or {hint}')
+    with pytest.raises(ValueError) as e:
+        data.get_dataset('text', 32, data_dir=str(tmp_path))
+    one_line(e, "dataset 'text' needs a plain-text file", hint)
+    with pytest.raises(FileNotFoundError) as e:
+        data.get_dataset('alpaca', 32, data_dir=str(tmp_path))
+    one_line(e, 'alpaca_data.json not found and https://', 'could not be downloaded (OSError)', hint)
+    with pytest.raises(FileNotFoundError) as e:
+        data.get_dataset('e2e', 32, data_dir=str(tmp_path))
+    one_line(e, f'{tmp_path / "e2e"} not found: put the E2E CSVs', hint)
+    assert not os.listdir(tmp_path)  # nothing written on the way
+
+
+@pytest.mark.parametrize('damage', ['train.bin cut to an odd size', 'val.bin cut by one token', 'meta.json cut'])
+def test_damaged_token_cache_is_rebuilt(tmp_path, capsys, damage):
+    folder = data.build_world(str(tmp_path), **SMALL)
+    stream = os.path.join(folder, 'world')
+    files = {n: open(os.path.join(stream, n), 'rb').read() for n in ('train.bin', 'val.bin', 'meta.json')}
+    name, cut = {'train.bin cut to an odd size': ('train.bin', 3), 'val.bin cut by one token': ('val.bin', 2),
+                 'meta.json cut': ('meta.json', 10)}[damage]
+    with open(os.path.join(stream, name), 'wb') as f:
+        f.write(files[name][:-cut])
+    capsys.readouterr()
+    ds = data.get_dataset('world', 16, data_dir=str(tmp_path), **SMALL)
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and os.path.join(stream, name if name != 'meta.json' else 'meta.json') in err
+    assert f'rebuilding the token cache {stream}' in err
+    assert {n: open(os.path.join(stream, n), 'rb').read() for n in files} == files
+    assert ds.get_batch('train', 2)[0].shape == (2, 16)
+
+
+def test_damaged_stream_of_a_user_folder_says_delete_it(tmp_path):
+    folder = str(tmp_path / 's')
+    meta = data.write_stream(folder, 'the cat sat.\n' * 200, data.get_tokenizer('world'), 'world')
+    with open(os.path.join(folder, 'train.bin'), 'r+b') as f:
+        f.truncate(2 * meta['tokens']['train'] - 1)
+    with pytest.raises(ValueError) as e:
+        data.StreamDataset(folder, 16, data.get_tokenizer('world'), 'world')
+    one_line(e, f"{folder}/train.bin has {2 * meta['tokens']['train'] - 1} bytes where meta.json records "
+                f"{2 * meta['tokens']['train']}", f'delete {folder} and prepare it again')
+
+
+def test_damaged_text_cache_and_tasks_file_are_rebuilt(tmp_path, capsys):
+    path = tmp_path / 'notes.txt'
+    path.write_text('one line of notes\r\nand another\n' * 50)
+    ds = data.get_dataset('text', 8, tokenizer='world-bytes', data_dir=str(tmp_path), path=str(path))
+    assert sum(ds.meta['tokens'].values()) == len(path.read_bytes()) - 50  # \r\n read as \n, as open() does
+    with open(os.path.join(ds.folder, 'val.bin'), 'r+b') as f:
+        f.truncate(5)
+    data.get_dataset('text', 8, tokenizer='world-bytes', data_dir=str(tmp_path), path=str(path))
+    assert 'val.bin has 5 bytes' in capsys.readouterr().err and os.path.getsize(os.path.join(ds.folder, 'val.bin')) > 5
+    folder = data.build_world(str(tmp_path), **SMALL)
+    good = open(os.path.join(folder, 'tasks.json'), 'rb').read()
+    with open(os.path.join(folder, 'tasks.json'), 'wb') as f:
+        f.write(good[:100])
+    capsys.readouterr()
+    ds = data.get_dataset('mixture', 32, data_dir=str(tmp_path), **SMALL)
+    err = capsys.readouterr().err
+    assert err == f"{os.path.join(folder, 'tasks.json')} is damaged: writing {folder} again\n"
+    assert open(os.path.join(folder, 'tasks.json'), 'rb').read() == good and ds.tasks == data.MIXTURE
+
+
+def test_a_bad_data_file_reaches_the_user_as_one_line(tmp_path):
+    """Through train.py, as a user meets it: exit status 1, one line naming the file, no traceback."""
+    import subprocess
+    import sys
+    path = tmp_path / 'alpaca.json'
+    path.write_text(json.dumps([{'instruction': 'a', 'input': '', 'output': None}]))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(repo, 'train.py'), '--dataset=alpaca', f'--data_path={path}',
+                        f'--out_dir={tmp_path / "out"}', f'--data_dir={tmp_path}'], capture_output=True, text=True,
+                       cwd=str(tmp_path), env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines() == [f'error: {path}: item 0 has "output": null, not a string '
+                                             f'(Alpaca format: a JSON list of {{"instruction", "input", "output"}} '
+                                             f'strings): fix or remove that item']
+
+
+def test_cli_lists_every_dataset_and_task_and_answers_help(world_dir, monkeypatch, capsys):
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(world_dir)))  # python data.py builds ./data/world
+    data.main(['--help'])
+    assert capsys.readouterr().out == data.USAGE + '\n'
+    with pytest.raises(SystemExit) as e:
+        data.main(['--data_dir=x'])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count('\n') == 1 and "takes no arguments, got '--data_dir=x'" in err
+    data.main([])
+    out = capsys.readouterr().out
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith('  ')]
+    assert listed == list(data.DATASETS) and len(listed) == 11
+    assert "tasks (16: the mixture's 12, the spare color_of (*), the 3 skill tasks" in out
+    rows = [line.split()[0] for line in out.splitlines() if line.split() and line.split()[0] in data.TASK_FAMILY]
+    assert sorted(rows) == sorted(data.TASK_FAMILY) and len(rows) == 16
