@@ -2,10 +2,11 @@
 What the adapters cost, measured side by side in one process on one model and one batch:
 training step time and peak memory for full fine-tuning, LoRA r=R, MultiLoRA n=3 r=R/3,
 NOLA (regenerated and stored bases) and CAT, and inference time for the base model, an unmerged
-LoRA and a merged one. Printed as ratios against the targets of issue 4.
+LoRA and a merged one. Printed as ratios, with the targets each ratio should meet.
 
     python bench.py                  # default small model and GPT-2-small shape (~3 min on a shared CPU)
     python bench.py --models=small --steps=5
+    python bench.py --peer           # this project's LoRA vs Hugging Face transformers + PEFT (test-only deps)
 
 Timing: by default the process CPU time of one thread (--threads=1 --clock=cpu), which other
 processes on a shared machine disturb far less than wall-clock time; ratios between methods are what
@@ -16,13 +17,23 @@ Peak memory (CPU has no allocator statistics): bytes of all tensors alive at the
 training step = persistent (weights, buffers, optimizer state) + the peak of tensors created during
 the step (activations saved for backward, gradients, temporaries such as NOLA's regenerated bases),
 tracked per storage by a TorchDispatchMode. It counts tensors, not allocator slack or Python objects.
+
+--peer: the same LoRA training step in this project and in Hugging Face GPT2LMHeadModel + PEFT, on
+identical weights (a random HF model copied in with model.convert_hf_gpt2), batch and precision,
+steps interleaved in one process. Two batches: plain language modelling (a loss at every position)
+and instruction tuning (the first ~70% of each row is prompt, without a loss). The pairing: ours
+adapts attn.q and attn.v with rank r; PEFT adapts GPT-2's fused c_attn (q, k and v together, one A
+and one B of 3C rows) with rank r, the closest PEFT allows (it cannot adapt slices of c_attn). Both
+train 4·r·C parameters per layer.
 """
 import argparse
+import contextlib
 import copy
 import os
 import sys
 import tempfile
 import time
+import warnings
 import weakref
 
 import torch
@@ -30,7 +41,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import adapters
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, convert_hf_gpt2
 
 
 class TensorMemory(TorchDispatchMode):
@@ -67,20 +78,28 @@ def nbytes(tensors):
     return sum(seen.values())
 
 
-class Run:
-    """One training setup: a model, its optimizer, and a step function."""
+def model_loss(model, x, y):
+    return model(x, y)[1]
 
-    def __init__(self, name, model):
+
+class Run:
+    """One training setup: a model, its optimizer, and a step function. loss(model, x, y) gives the
+    step's loss; it runs under autocast (a context factory), the backward outside it, as in train.py."""
+
+    def __init__(self, name, model, loss=model_loss, autocast=contextlib.nullcontext):
         self.name, self.model, self.times = name, model, []
+        self.loss, self.autocast = loss, autocast
         params = [p for p in model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)  # train.py's optimizer (CPU: foreach)
         self.trainable = sum(p.numel() for p in params)
 
     def step(self, x, y):
         self.opt.zero_grad(set_to_none=True)
-        _, loss = self.model(x, y)
+        with self.autocast():
+            loss = self.loss(self.model, x, y)
         loss.backward()
         self.opt.step()
+        return loss.item()
 
     def timed_step(self, x, y, clock):
         t0 = clock()
@@ -221,8 +240,126 @@ def bench_model(label, cfg, batch, args):
     sys.stdout.flush()
 
 
+# --- peer comparison: Hugging Face transformers + PEFT (test-only dependencies, requirements-dev.txt)
+PEER_SHAPES = {  # name: (model shape, batch, T)
+    "small": (dict(n_layer=4, n_head=4, n_embd=256, vocab_size=1024), 32, 128),  # train.py's default run
+    "gpt2": (dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257), 2, 256),  # GPT-2-small
+}
+PEER_TARGETS = (("instruction", "step", 0.77), ("instruction", "peak memory", 0.70), ("plain", "step", 1.00))
+
+
+def full_head_loss(model, x, y):
+    """The loss with the head at every position (as before answer-only heads): the 'before' rows."""
+    logits = model(x)[0]
+    return torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.view(-1), ignore_index=-1)
+
+
+def peer_loss(model, x, labels):
+    return model(input_ids=x, labels=labels).loss
+
+
+def peer_batches(vocab, B, T, prompt_share, seed=0):
+    """{kind: (x, our targets, HF labels)} with the same loss positions. Ours: y[t] is the token after
+    x[t], -1 where there is no loss. HF shifts internally: the logit at t is scored against labels[t + 1],
+    -100 where there is no loss; so labels = x with the prompt masked, and our last position has no target."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, vocab, (B, T), generator=g)
+    y = torch.cat([x[:, 1:], torch.full((B, 1), -1)], dim=1)
+    batches = {"plain": (x, y, x.clone())}
+    y, labels = y.clone(), x.clone()
+    for b in range(B):  # prompt lengths spread around prompt_share * T
+        p = int(prompt_share * T) + (b % 5 - 2) * T // 32
+        y[b, :p - 1], labels[b, :p] = -1, -100
+    batches["instruction"] = (x, y, labels)
+    return batches
+
+
+def peer_case(shape, B, T, dtype, kind, args):
+    """One row: the peer's LoRA step, ours, and ours with the head at every position; full FT before/after."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(n_positions=T, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False,
+                                    bos_token_id=None, eos_token_id=None, attn_implementation="sdpa", **shape))
+    base = GPT(GPTConfig(block_size=T, **shape))
+    base.load_state_dict(convert_hf_gpt2(hf.state_dict(), shape["n_layer"]))
+    base.requires_grad_(False)
+    peer = get_peft_model(hf, LoraConfig(task_type="CAUSAL_LM", target_modules=["c_attn"], r=args.r_peer,
+                                         lora_alpha=2 * args.r_peer, lora_dropout=0.0, fan_in_fan_out=True))
+    ours, ours_full_head = shared_copy(base), shared_copy(base)
+    for m in (ours, ours_full_head):
+        adapters.add_adapters(m, "lora", targets="attn.q,attn.v", r=args.r_peer, alpha=2 * args.r_peer)
+    autocast = contextlib.nullcontext if dtype == "float32" else \
+        (lambda: torch.autocast("cpu", dtype=getattr(torch, dtype)))
+    x, y, labels = peer_batches(shape["vocab_size"], B, T, args.prompt_share)[kind]
+    runs = [(Run("peer", peer.train(), peer_loss, autocast), labels),
+            (Run("lora", ours.train(), model_loss, autocast), y),
+            (Run("lora full head", ours_full_head.train(), full_head_loss, autocast), y)]
+    if args.peer_full:
+        runs += [(Run("full", copy.deepcopy(base).requires_grad_(True).train(), model_loss, autocast), y),
+                 (Run("full full head", copy.deepcopy(base).requires_grad_(True).train(), full_head_loss, autocast), y)]
+    first = {run.name: run.step(x, t) for run, t in runs}  # warm-up on identical weights: the losses must agree
+    mem = {run.name: run.peak_bytes(x, t)[0] for run, t in runs}
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    for i in range(args.steps):
+        for run, t in runs[i % len(runs):] + runs[:i % len(runs)]:
+            run.timed_step(x, t, clock)
+    best = {run.name: min(run.times) for run, _ in runs}
+    dloss = max(abs(v - first["peer"]) for v in first.values())
+    return best, mem, dloss, int((y != -1).sum())
+
+
+def bench_peer(args):
+    try:
+        import peft  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        print(f"peer comparison skipped: {e.name} is not installed (pip install -r requirements-dev.txt)")
+        return
+    transformers.logging.set_verbosity_error()  # its notes on the random config are not results
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    r = args.r_peer
+    print(f"\n## This project's LoRA (attn.q, attn.v, r {r}) vs Hugging Face transformers {transformers.__version__} "
+          f"+ PEFT {peft.__version__} LoRA (fused c_attn = q,k,v, r {r}); same weights and batch, "
+          f"{torch.get_num_threads()} thread(s), {args.clock} time, best of {args.steps} interleaved steps\n")
+    print("x peer: ours / peer (tok/s: peer time / ours). Head at every position: ours with the answer-only "
+          "head / ours computing logits everywhere, for LoRA and for full fine-tuning. |dloss|: the largest "
+          "first-step loss difference to the peer (identical weights).\n")
+    print("| model | dtype | batch | loss positions | peer ms | ours ms | step x peer | tok/s x peer | peer peak MB "
+          "| peak x peer | LoRA step, mem x full head | full FT step, mem x full head | max abs dloss |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    results = []
+    for name in args.models.split(","):
+        if name not in PEER_SHAPES:
+            raise SystemExit(f"unknown model {name!r}: use small and/or gpt2")
+        shape, B, T = PEER_SHAPES[name]
+        for dtype in args.peer_dtypes.split(","):
+            if dtype not in ("float32", "bfloat16"):
+                raise SystemExit(f"--peer_dtypes: unknown {dtype!r}, use float32 and/or bfloat16")
+            for kind in ("plain", "instruction"):
+                best, mem, dloss, n = peer_case(shape, B, T, dtype, kind, args)
+                step, peak = best["lora"] / best["peer"], mem["lora"] / mem["peer"]
+                results.append((name, dtype, kind, step, peak))
+                full = (f"{best['full'] / best['full full head']:.2f}, {mem['full'] / mem['full full head']:.2f}"
+                        if args.peer_full else "-")
+                print(f"| {name} {shape['n_layer']}x{shape['n_embd']} V{shape['vocab_size']} | {dtype} | {kind} {B}x{T} "
+                      f"| {n} | {1e3 * best['peer']:.0f} | {1e3 * best['lora']:.0f} | {step:.2f} | {1 / step:.2f} "
+                      f"| {mem['peer'] / 2**20:.0f} | {peak:.2f} "
+                      f"| {best['lora'] / best['lora full head']:.2f}, {mem['lora'] / mem['lora full head']:.2f} "
+                      f"| {full} | {dloss:.1e} |")
+                sys.stdout.flush()
+    print("\n| target (ours / peer) | model | dtype | measured | |")
+    print("|---|---|---|---:|---|")
+    for kind, what, limit in PEER_TARGETS:
+        for name, dtype, k, step, peak in results:
+            if k == kind:
+                v = step if what == "step" else peak
+                print(f"| {kind} {what} <= {limit:.2f} | {name} | {dtype} | {v:.2f} | {'met' if v <= limit else 'MISSED'} |")
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--models", default="small,gpt2", help="comma list of: small, gpt2")
     p.add_argument("--steps", type=int, default=5, help="timed steps per method (after one warm-up)")
     p.add_argument("--r", type=int, default=12, help="LoRA rank R (MultiLoRA: n=3 of R/3; CAT: 3 LoRAs of R/3)")
@@ -233,11 +370,21 @@ def main(argv=None):
     p.add_argument("--targets", default="attn.q,attn.v")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--clock", default="cpu", choices=["cpu", "wall"], help="process CPU time or wall-clock")
+    p.add_argument("--peer", action="store_true",
+                   help="compare LoRA with HF transformers + PEFT instead (small: B 32, T 128; gpt2: B 2, T 256)")
+    p.add_argument("--r_peer", type=int, default=8, help="--peer: LoRA rank of both")
+    p.add_argument("--peer_dtypes", default="float32,bfloat16", help="--peer: comma list (bfloat16 = autocast)")
+    p.add_argument("--prompt_share", type=float, default=0.7, help="--peer: share of prompt tokens (no loss)")
+    p.add_argument("--peer_full", type=int, default=1, help="--peer: 1 adds full fine-tuning before/after rows")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.r % 3:
         raise SystemExit(f"--r must be divisible by 3 (MultiLoRA n=3 r=R/3), got {args.r}")
     t0 = time.time()
+    if args.peer:
+        bench_peer(args)
+        print(f"\n(total {time.time() - t0:.0f} s; CPU timings are noisy when other processes share the cores)")
+        return
     for name in args.models.split(","):
         if name == "small":  # train.py's default model on the world tokenizer (1024 tokens)
             cfg = GPTConfig(n_layer=4, n_head=4, n_embd=256, block_size=256, vocab_size=1024)
