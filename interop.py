@@ -42,7 +42,7 @@ from collections import Counter
 import torch
 
 import adapters
-from model import HF_MODELS, load_model, read_checkpoint, read_safetensors, write_checkpoint, write_safetensors
+from model import HF_MODELS, load_model, read_checkpoint, read_safetensors, write_safetensors
 
 # project module -> (GPT-2 module, row block of c_attn or None)
 HF_MODULE = {"attn.q": ("attn.c_attn", 0), "attn.k": ("attn.c_attn", 1), "attn.v": ("attn.c_attn", 2),
@@ -322,11 +322,10 @@ def import_peft(peft_dir, out, base=None):
 
 
 def save_adapter(path, model, base, **extra):
-    """An adapter checkpoint as train.py writes it: {'adapter': {config, state}, 'base', 'model_args'}."""
+    """adapters.save_adapter_checkpoint, into a folder created if need be."""
     if os.path.dirname(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_checkpoint({"adapter": {"config": adapters.adapter_config(model), "state": adapters.adapter_state_dict(model)},
-                      "base": base, "model_args": vars(model.config).copy(), **extra}, path)
+    return adapters.save_adapter_checkpoint(path, model, base=base, **extra)
 
 
 def main(argv=None):

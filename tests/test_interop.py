@@ -109,7 +109,7 @@ def test_cat_exports_to_peft(base_dir, tmp_path):
         skill = adapted(base_dir, "lora", "attn.q,attn.v", seed=10 + i, r=2 + i, alpha=4.0)
         skills.append(save(skill, tmp_path / f"skill{i}.pt", base_dir))
     model = GPT.from_pretrained(base_dir).eval()
-    adapters.add_adapters(model, "cat", cat_adapters=skills)
+    adapters.add_adapters(model, "cat", *adapters.load_cat_skills(skills, model))
     with torch.no_grad():
         for m in adapters.adapted_modules(model).values():
             m.cat_w.copy_(torch.tensor([0.7, -1.3]))
@@ -172,8 +172,8 @@ def peft_trained(base_dir, tmp_path, seed=0, **config):
     dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"]),
     dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"], use_rslora=True, layers_to_transform=[1]),
     dict(r=4, lora_alpha=8, target_modules=["c_attn", "mlp.c_proj"], rank_pattern={"h.1.attn.c_attn": 2},
-         alpha_pattern={"mlp.c_proj": 3}),
-], ids=["uniform", "rslora-layer1", "patterns"])
+         alpha_pattern={"mlp.c_proj": 3}, use_rslora=True),
+], ids=["uniform", "rslora-layer1", "patterns-rslora"])
 def test_peft_trained_lora_imports_with_same_logits(base_dir, tmp_path, config):
     peft_dir, theirs = peft_trained(base_dir, tmp_path, **config)
     sd = read_safetensors(os.path.join(peft_dir, "adapter_model.safetensors"))
@@ -199,8 +199,8 @@ def test_peft_trained_lora_imports_with_same_logits(base_dir, tmp_path, config):
         assert cfg["targets"].split(",") == ["transformer.h.1.attn.q", "transformer.h.1.attn.k",
                                              "transformer.h.1.attn.v", "transformer.h.1.mlp.c_fc"]
     cat = GPT.from_pretrained(base_dir)
-    adapters.add_adapters(cat, "cat", cat_adapters=[out, out])
-    assert adapters.adapter_config(cat)["cat_ranks"] == [cfg["r"], cfg["r"]]
+    adapters.add_adapters(cat, "cat", *adapters.load_cat_skills([out, out], cat))
+    assert adapters.adapter_config(cat)["ranks"] == [cfg["r"], cfg["r"]]
 
 
 def test_export_import_round_trip_gives_back_the_adapter(base_dir, tmp_path):
