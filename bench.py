@@ -131,8 +131,7 @@ def skill_checkpoints(base, n, r, targets, folder):
                 if p.requires_grad:
                     p.normal_(0, 0.02)
         paths.append(os.path.join(folder, f"skill{i}.pt"))
-        torch.save({"adapter": {"config": adapters.adapter_config(m), "state": adapters.adapter_state_dict(m)}},
-                   paths[-1])
+        adapters.save_adapter_checkpoint(paths[-1], m)
     return paths
 
 
@@ -150,7 +149,7 @@ def bench_model(label, cfg, batch, args):
         f"multilora n=3 r={R // 3}": ("multilora", dict(n=3, r=R // 3)),
         f"nola k=l={args.nola_k} r={R}": ("nola", dict(k=args.nola_k, l=args.nola_k, r=R)),
         f"nola stored": ("nola", dict(k=args.nola_k, l=args.nola_k, r=R, stored_basis=True)),
-        f"cat 3 x lora r={R // 3}": ("cat", dict(cat_adapters=None)),
+        f"cat 3 x lora r={R // 3}": ("cat", {}),
         f"lora r={R} again (noise control)": ("lora", dict(r=R)),
     }
     runs = []
@@ -162,7 +161,7 @@ def bench_model(label, cfg, batch, args):
             m = shared_copy(base)
             method, opts = spec
             if method == "cat":
-                opts = dict(cat_adapters=skill_checkpoints(base, 3, R // 3, T, tmp))
+                opts = dict(skills=adapters.load_cat_skills(skill_checkpoints(base, 3, R // 3, T, tmp), base)[1])
             adapters.add_adapters(m, method, targets=T, **opts)
             runs.append(Run(name, m))
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -365,10 +364,10 @@ def main(argv=None):
     p.add_argument("--r", type=int, default=12, help="LoRA rank R (MultiLoRA: n=3 of R/3; CAT: 3 LoRAs of R/3)")
     p.add_argument("--nola_k", type=int, default=64, help="NOLA k = l (train.py's default)")
     p.add_argument("--block", type=int, default=128, help="sequence length T")
-    p.add_argument("--batch_small", type=int, default=8)
-    p.add_argument("--batch_gpt2", type=int, default=1)
-    p.add_argument("--targets", default="attn.q,attn.v")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch_small", type=int, default=8, help="batch of the small model")
+    p.add_argument("--batch_gpt2", type=int, default=1, help="batch of the GPT-2-small shape")
+    p.add_argument("--targets", default="attn.q,attn.v", help="modules the adapters wrap")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--clock", default="cpu", choices=["cpu", "wall"], help="process CPU time or wall-clock")
     p.add_argument("--peer", action="store_true",
                    help="compare LoRA with HF transformers + PEFT instead (small: B 32, T 128; gpt2: B 2, T 256)")
