@@ -317,7 +317,7 @@ def resume_config(ckpt, path, given):
 
 def main(argv=()):
     given = given_options(list(argv))
-    c = SimpleNamespace(**check_options({**DEFAULTS, **given}))
+    c = SimpleNamespace(**{**DEFAULTS, **given})
     ckpt_path = os.path.join(c.out_dir, 'ckpt.pt')
     ckpt = None
     if c.init_from == 'resume':
@@ -327,9 +327,11 @@ def main(argv=()):
         if 'config' not in ckpt or 'optimizer' not in ckpt:
             raise ValueError(f"{ckpt_path} is not a train.py checkpoint: nothing to resume")
         c = SimpleNamespace(**resume_config(ckpt, ckpt_path, {**given, 'out_dir': c.out_dir}))
-    elif os.path.exists(ckpt_path) and not c.overwrite:
-        raise ValueError(f"{ckpt_path} holds another run's checkpoint: pass another --out_dir, --init_from=resume "
-                         "to continue it, or --overwrite=True to replace it")
+    else:  # (on resume the checks run on the checkpoint's config with the given keys applied)
+        check_options(vars(c))
+        if os.path.exists(ckpt_path) and not c.overwrite:
+            raise ValueError(f"{ckpt_path} holds another run's checkpoint: pass another --out_dir, --init_from=resume "
+                             "to continue it, or --overwrite=True to replace it")
     if os.path.exists(ckpt_path + '.tmp'):  # a checkpoint write killed before its rename (kill -9, power loss)
         os.remove(ckpt_path + '.tmp')
         print(f"removed {ckpt_path}.tmp, a partial checkpoint left by an interrupted write")

@@ -233,6 +233,12 @@ def test_text_dataset_from_data_path(tmp_path):
     assert s['iters'] == 2 and s['val_loss'] < 10
     ck = saved(tmp_path / 'out')
     assert ck['config']['data_path'] == str(text) and ck['data']['dataset'] == 'text' and ck['data']['fingerprint']
+    other = tmp_path / 'other.txt'  # data_path may move on resume, but only to the same data
+    other.write_text(text.read_text().replace('cat', 'dog'))
+    with pytest.raises(ValueError, match=r"^the text data found now is not the data .*ckpt.pt trained on "
+                                         r"\(fingerprint \w+ vs \w+\): point --data_dir or --data_path at that data$"):
+        train.main([f'--out_dir={tmp_path / "out"}', '--init_from=resume', f'--data_path={other}', '--max_iters=4'])
+    assert saved(tmp_path / 'out')['iter_num'] == 2
     with pytest.raises(ValueError, match=r"^data_path is read by the text, shakespeare, alpaca, e2e datasets only, "
                                          r"not by dataset='world'$"):
         train.parse_args([f'--data_path={text}'])
