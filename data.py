@@ -28,7 +28,7 @@ import tiktoken
 import world
 from real_data import (DEFAULT_PATHS, PATH_HINT, URLS, fetch, read_alpaca, read_e2e, read_text,
                        split_by_question)
-from world import COMPOSITE, FAMILIES, MIXTURE, SKILL1, SKILL2, TASK_FAMILY  # noqa: F401 (data.X for callers)
+from world import COMPOSITE, FAMILIES, MIXTURE, SKILL1, SKILL2, TASK_FAMILY
 
 # GPT-2's one special token ends every world document in pretraining and every answer in the tasks,
 # so the stop token has a trained embedding before any fine-tuning (an adapter cannot train it)
@@ -77,9 +77,7 @@ def get_tokenizer(name='world'):
         return enc
     else:
         raise ValueError(f"unknown tokenizer {name!r}: use 'world', 'world-bytes' or 'gpt2'")
-    n = len(ranks)
-    enc = tiktoken.Encoding(name, pat_str=PAT, mergeable_ranks=ranks,
-                            special_tokens={EOT: n})
+    enc = tiktoken.Encoding(name, pat_str=PAT, mergeable_ranks=ranks, special_tokens={EOT: len(ranks)})
     _TOKENIZERS[name] = enc
     return enc
 

@@ -22,6 +22,7 @@ import os
 import random
 import re
 import sys
+
 # -----------------------------------------------------------------------------------------------
 # the world: a few hundred people with four facts each, cities in countries, words, numbers
 
@@ -280,9 +281,9 @@ def _compare(w, rng):
 
 
 OPEN_TASKS = [  # (task, item generator, rng name): tasks with more possible items than we draw
-    ('reverse_words', _reverse_words, 'rw'), ('remove_word', _remove_word, 'rm'), ('first_letters', _first_letters, 'fl'),
-    ('count_words', _count_words, 'cw'), ('sentiment', _sentiment, 'se'), ('entail', _entail, 'en'),
-    ('topic', _topic, 'to'), ('compare', _compare, 'co')]
+    ('reverse_words', _reverse_words, 'rw'), ('remove_word', _remove_word, 'rm'),
+    ('first_letters', _first_letters, 'fl'), ('count_words', _count_words, 'cw'), ('sentiment', _sentiment, 'se'),
+    ('entail', _entail, 'en'), ('topic', _topic, 'to'), ('compare', _compare, 'co')]
 FAMILIES = {'instruction': ['reverse_words', 'remove_word', 'first_letters', 'count_words'],
             'understanding': ['sentiment', 'entail', 'topic', 'compare'],
             'knowledge': ['city_of', 'job_of', 'pet_of', 'country_of'],

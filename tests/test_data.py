@@ -219,7 +219,8 @@ def test_evaluate_with_the_real_model_matches_one_item_at_a_time(mixture):
         for p, a in items:
             with torch.no_grad():
                 logits, _ = model(torch.tensor([p + a[:-1]]))
-                nll += torch.nn.functional.cross_entropy(logits[0, len(p) - 1:], torch.tensor(a), reduction='sum').item()
+                answer_logits = logits[0, len(p) - 1:]  # the position of each answer token's prediction
+                nll += torch.nn.functional.cross_entropy(answer_logits, torch.tensor(a), reduction='sum').item()
                 out = model.generate(torch.tensor([p]), max_new, temperature=0.0, stop_token=stop)[0, len(p):].tolist()
             n_tok += len(a)
             right += stop in out and out[:out.index(stop) + 1] == a

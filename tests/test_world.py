@@ -72,7 +72,8 @@ def test_damaged_tokenizer_file_is_regenerated(damage, tmp_path, monkeypatch, ca
     assert err.count('\n') == 1 and str(path) in err and 'is damaged' in err and 'regenerating it' in err
     assert 'Traceback' not in err and 'panic' not in err
     assert path.read_bytes() == good and not os.path.exists(str(path) + '.tmp')
-    assert enc.n_vocab == 1024 and enc.decode(enc.encode_ordinary('vimobi works as a miner.')) == 'vimobi works as a miner.'
+    text = 'vimobi works as a miner.'
+    assert enc.n_vocab == 1024 and enc.decode(enc.encode_ordinary(text)) == text
     monkeypatch.delitem(data._TOKENIZERS, 'world')
     data.get_tokenizer('world')  # a whole file is read as it is, silently
     assert capsys.readouterr().err == ''
