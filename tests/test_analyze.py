@@ -1,19 +1,21 @@
 """analyze.py: spectra recovered exactly, QR path == dense SVD, effective rank, planted intruders,
-table == JSON, the real checkpoint formats (tiny models built in-process), one-line errors."""
+table == JSON, the real checkpoint formats (tiny models built in-process), out_dirs as inputs, the
+default output folder, one-line errors, and the bench's numbers against an independent SVD."""
 import copy
 import json
 import math
 import os
 import re
+import shutil
+import subprocess
 import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-import adapters as ad  # noqa: E402
-import analyze as an  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
+import adapters as ad
+import analyze as an
+from model import GPT, GPTConfig
 
 torch.set_num_threads(1)
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50)
@@ -38,7 +40,7 @@ def test_planted_singular_values_are_recovered():
     U, V, dW = planted(s, 40, 30)
     torch.testing.assert_close(an.singular_values(dW, torch.float64)[:7], s, rtol=0, atol=1e-6)
     assert an.singular_values(dW, torch.float64)[7:].abs().max() < 1e-6
-    torch.testing.assert_close(an.singular_values_factored(U * s, V.T, torch.float64), s, rtol=0, atol=1e-6)
+    torch.testing.assert_close(an.singular_values((U * s, V.T), torch.float64), s, rtol=0, atol=1e-6)
     torch.testing.assert_close(an.singular_values(dW.float()).double()[:7], s, rtol=0, atol=1e-5)  # float32 too
 
 
@@ -48,7 +50,7 @@ def test_qr_path_equals_dense_svd(d_out, r, d_in):
     B, A = torch.randn(d_out, r, generator=g), torch.randn(r, d_in, generator=g)
     dense = torch.linalg.svdvals(B.double() @ A.double())
     for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
-        s = an.singular_values_factored(B, A, dtype).double()
+        s = an.singular_values((B, A), dtype).double()
         assert s.dtype == torch.float64 and len(s) == min(d_out, r, d_in)
         torch.testing.assert_close(s, dense[:len(s)], rtol=tol, atol=tol * dense[0].item())
     assert dense[min(d_out, r, d_in):].sum() < 1e-10 * dense[0]
@@ -95,7 +97,7 @@ def test_update_inside_w0_top_subspace_makes_no_intruders():
     delta = s[:10] * torch.linspace(0.8, 0.1, 10, dtype=torch.float64)   # grows every top σ, keeps them distinct
     B, A = U[:, :10] * delta, V[:, :10].T
     U0 = torch.linalg.svd(W0)[0]
-    max_cos, counts = an.intruder_dimensions(U0, W0 + B @ A, k=10, start=torch.cat([U0[:, :20], B], 1))
+    max_cos, counts = an.intruder_dimensions(U0, W0 + B @ A, k=10)
     assert counts == {0.3: 0, 0.5: 0, 0.7: 0} and max_cos.min() > 0.999
     res = an.analyze({"m": W0.float()}, [{"label": "x", "method": "lora", "trainable_params": 1,
                                           "updates": {"m": (B.float(), A.float())}}])
@@ -103,27 +105,41 @@ def test_update_inside_w0_top_subspace_makes_no_intruders():
 
 
 @pytest.mark.parametrize("kind", ["fine-tuned", "gaussian"])   # gaussian: tiny gaps, falls back to a full SVD
-def test_top_singular_vectors_match_full_svd(kind):
+def test_top_singular_vectors_match_full_svd(kind, monkeypatch):
     g = torch.Generator().manual_seed(5)
     if kind == "fine-tuned":
-        U, V, s, W0 = w0_with_tail(96)
-        M = W0 + torch.randn(96, 96, generator=g, dtype=torch.float64) * 0.05
-        start = torch.linalg.svd(W0)[0][:, :20]
+        M = w0_with_tail(96)[3] + torch.randn(96, 96, generator=g, dtype=torch.float64) * 0.05
     else:
-        M, start = torch.randn(96, 96, generator=g, dtype=torch.float64), None
-    Ut, St = an.top_singular_vectors(M, 10, start, tol=1e-8)
+        M = torch.randn(96, 96, generator=g, dtype=torch.float64)
     Ue, Se, _ = torch.linalg.svd(M)
-    torch.testing.assert_close(St, Se[:10], rtol=1e-7, atol=0)
+    full_svds, svd = [], torch.linalg.svd
+    monkeypatch.setattr(torch.linalg, "svd", lambda A, **k: full_svds.append(A.shape == M.shape) or svd(A, **k))
+    torch.manual_seed(123)
+    Ut, St = an.top_singular_vectors(M, 10)
+    assert sum(full_svds) == (kind == "gaussian")   # the randomized solver converged, or an exact SVD took over
+    torch.testing.assert_close(St, Se[:10], rtol=1e-6, atol=0)
     assert (Ut.T @ Ue[:, :10]).abs().diagonal().min() > 1 - 1e-6
+    torch.manual_seed(456)
+    Ut2, _ = an.top_singular_vectors(M, 10)   # a fixed start: the same answer whatever the global seed
+    assert torch.equal(Ut, Ut2)
+
+
+def test_top_singular_vectors_leave_the_global_rng_alone():
+    M = w0_with_tail(96)[3]
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    an.top_singular_vectors(M, 10)
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_bad_updates_are_one_line_errors():
     cases = [(lambda: an.singular_values(torch.empty(0, 5)), "is empty"),
              (lambda: an.singular_values(torch.tensor([[1.0, float("nan")]])), "NaN/inf"),
-             (lambda: an.singular_values_factored(torch.ones(4, 2), torch.full((2, 3), float("inf"))), "NaN/inf"),
-             (lambda: an.singular_values_factored(torch.zeros(4, 0), torch.zeros(0, 3)), "is empty"),
+             (lambda: an.singular_values((torch.ones(4, 2), torch.full((2, 3), float("inf")))), "NaN/inf"),
+             (lambda: an.singular_values((torch.zeros(4, 0), torch.zeros(0, 3))), "is empty"),
              (lambda: an.singular_values(torch.zeros(3, 3)), "all zeros"),
-             (lambda: an.singular_values_factored(torch.ones(4, 2), torch.zeros(2, 3)), "all zeros")]
+             (lambda: an.singular_values((torch.ones(4, 2), torch.zeros(2, 3))), "all zeros")]
     for call, msg in cases:
         with pytest.raises(ValueError, match=msg) as e:
             call()
@@ -150,13 +166,13 @@ def save(path, ckpt):
     return str(path)
 
 
-def adapter_ckpt(path, base, method, **opts):
+def adapter_ckpt(path, base, method, cat_skills=(), **opts):
+    """An adapter run over `base` with random factors, saved as train.py saves it."""
     m = copy.deepcopy(base)
-    ad.add_adapters(m, method, **opts)
+    ad.add_adapters(m, method, *ad.load_cat_skills(list(cat_skills), m)) if cat_skills else ad.add_adapters(m, method, **opts)
     randomize(m, seed=len(str(path)))
-    return save(path, {"model_args": vars(base.config).copy(),
-                       "base": {"path": "base.pt", "fingerprint": base.fingerprint()},
-                       "adapter": {"config": ad.adapter_config(m), "state": ad.adapter_state_dict(m)}}), m
+    ad.save_adapter_checkpoint(str(path), m, base={"path": "base.pt", "fingerprint": base.fingerprint()})
+    return str(path), m
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +193,7 @@ def ckpts(tmp_path_factory):
         paths[name], models[name] = adapter_ckpt(d / name / "ckpt.pt", base, name, **opts)
     skills = [adapter_ckpt(d / f"skill{i}.pt", base, "lora", r=2)[0] for i in range(2)]
     os.makedirs(d / "cat")
-    paths["cat"], models["cat"] = adapter_ckpt(d / "cat" / "ckpt.pt", base, "cat", cat_adapters=skills)
+    paths["cat"], models["cat"] = adapter_ckpt(d / "cat" / "ckpt.pt", base, "cat", cat_skills=skills)
     for s in skills:
         os.remove(s)   # a CAT checkpoint is self-contained: the skill files are not needed to analyse it
     other = tiny_base(seed=1)
@@ -250,24 +266,100 @@ def test_text_chart_without_matplotlib(ckpts, monkeypatch):
     assert re.search(r"\|@", chart)   # σ_1/σ_1 = 1 is the full bar
 
 
+def test_out_dirs_are_read_as_their_ckpt_pt(ckpts, capsys):
+    """--base and the results may be train.py out_dirs: the same numbers as their ckpt.pt, and the
+    first line says what was loaded."""
+    d, base, paths, _ = ckpts
+    os.makedirs(d / "base_run", exist_ok=True)
+    shutil.copy(paths["base"], d / "base_run" / "ckpt.pt")
+    by_file = an.main([f"--base={paths['base']}", paths["lora"], paths["full"], f"--out={d / 'f'}"])
+    capsys.readouterr()
+    by_dir = an.main([f"--base={d / 'base_run'}", str(d / "lora"), paths["full"], f"--out={d / 'o'}"])
+    out = capsys.readouterr().out
+    assert out.startswith(f"base: {d / 'base_run' / 'ckpt.pt'} (a train.py checkpoint, "
+                          f"{sum(p.numel() for p in base.parameters()):,} parameters, fingerprint {base.fingerprint()})")
+    assert [r["path"] for r in by_dir["runs"]] == [str(d / "lora" / "ckpt.pt"), paths["full"]]
+    assert [r["matrices"] for r in by_dir["runs"]] == [r["matrices"] for r in by_file["runs"]]
+    assert by_dir["base"]["fingerprint"] == by_file["base"]["fingerprint"] == base.fingerprint()
+
+
+def test_default_output_goes_under_out(ckpts, tmp_path, monkeypatch, capsys):
+    d, base, paths, _ = ckpts
+    monkeypatch.chdir(tmp_path)
+    an.main([f"--base={paths['base']}", paths["lora"]])
+    assert sorted(os.listdir(tmp_path)) == ["out"]   # nothing in the working directory itself
+    written = sorted(os.listdir(tmp_path / "out" / "analysis"))
+    assert written in (["spectra.json", "spectra.png"], ["spectra.json", "spectra.txt"])
+    assert f"wrote out/analysis/spectra.json, out/analysis/{written[1]}" in capsys.readouterr().out
+
+
 def test_one_line_errors_for_bad_inputs(ckpts, tmp_path):
     d, base, paths, _ = ckpts
-    cases = [([paths["lora"], paths["other_lora"]], {}, ValueError, "fine-tuned from base"),
-             ([paths["lora"]], {"matrices": "attn.nope"}, ValueError, "no matrix named 'attn.nope'"),
-             ([str(tmp_path / "missing.pt")], {}, FileNotFoundError, "no checkpoint at"),
-             ([paths["base"]], {}, ValueError, "fine-tuned from base None")]   # a pretraining checkpoint
-    for results, kw, err, msg in cases:
-        with pytest.raises(err, match=msg) as e:
-            an.run(paths["base"], results, out=str(tmp_path / "x"), **kw)
-        assert "\n" not in str(e.value)
+    os.makedirs(tmp_path / "empty_dir")
+    (tmp_path / "truncated.pt").write_bytes(open(paths["lora"], "rb").read()[:200])
+    missing, empty, truncated = (str(tmp_path / n) for n in ("missing.pt", "empty_dir", "truncated.pt"))
+    cases = [  # (base, results, matrices, error, key words in the message)
+        (paths["base"], [paths["lora"], paths["other_lora"]], "", ValueError,
+         [f"{paths['other_lora']} was fine-tuned from base base.pt", "not from --base", "pass --base=base.pt"]),
+        (paths["base"], [paths["lora"]], "attn.nope", ValueError, ["--matrices=attn.nope", "'attn.nope'"]),
+        (paths["base"], [missing], "", FileNotFoundError, [f"result {missing} does not exist", "out_dir"]),
+        (paths["base"], [empty], "", FileNotFoundError, [f"result {empty} is a directory without ckpt.pt:"]),
+        (paths["base"], [truncated], "", ValueError, [truncated, "not a loadable checkpoint"]),
+        (paths["base"], [paths["base"]], "", ValueError, [f"{paths['base']} records no base", "pretraining"]),
+        (empty, [paths["lora"]], "", FileNotFoundError,
+         [f"--base {empty} is a directory without ckpt.pt or config.json", "Hugging Face GPT-2 directory"]),
+        (missing, [paths["lora"]], "", FileNotFoundError, [f"--base {missing} does not exist"]),
+        (paths["lora"], [paths["full"]], "", ValueError, ["--base:", paths["lora"], "not a full-model checkpoint"]),
+    ]
+    for base_path, results, matrices, err, words in cases:
+        with pytest.raises(err) as e:
+            an.run(base_path, results, matrices, out=str(tmp_path / "x"))
+        assert "\n" not in str(e.value) and all(w in str(e.value) for w in words), str(e.value)
+    assert not os.path.exists(tmp_path / "x.json")   # a refused input writes nothing
     bad = torch.load(paths["full"], weights_only=True)
     bad["model"]["transformer.h.0.attn.q.weight"][0, 0] = float("nan")
     with pytest.raises(ValueError, match=r"ΔW of transformer.h.0.attn.q in full has NaN/inf"):
         an.run(paths["base"], [save(tmp_path / "nan.pt", bad)], out=str(tmp_path / "x"))
 
 
-def test_bench_runs_on_a_small_shape(capsys):
-    assert an.bench(n_layer=2, d=64) > 0
+def test_command_line_error_is_one_line_without_traceback(ckpts, tmp_path):
+    d, base, paths, _ = ckpts
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, os.path.join(root, "analyze.py"), f"--base={tmp_path}", paths["lora"]],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and p.stdout == ""
+    assert p.stderr == f"analyze.py: --base {tmp_path} is a directory without ckpt.pt or config.json: give a " \
+                       "train.py out_dir (holding ckpt.pt) or its ckpt.pt, or a Hugging Face GPT-2 directory " \
+                       "(holding config.json) or name\n"
+    assert os.listdir(tmp_path) == []
+
+
+def test_bench_metrics_match_an_independent_svd(capsys):
+    """The bench's numbers for planted updates of known rank, recomputed here from scratch in float64:
+    singular values, effective rank, energy rank, top share, norm ratio and intruders."""
+    result = an.bench(n_layer=2, d=64)
     out = capsys.readouterr().out
     assert "bench: 4 matrices (2 layers x q,v, 64x64) x 5 methods" in out
     assert re.search(r"^lora\s+4,096\s+4\s+7\.\d\d", out, re.M)   # rank-8 random factors: effective rank just under 8
+    base, runs = an.bench_inputs(n_layer=2, d=64)
+    rank = {"lora": 8, "multilora": 24, "nola": 8, "cat": 16, "full": 64}
+    assert [r["label"] for r in result["runs"]] == list(rank)
+    for r, got in zip(runs, result["runs"]):
+        for name, u in r["updates"].items():
+            W0 = base[name].double()
+            dW = u[0].double() @ u[1].double() if isinstance(u, tuple) else u.double()
+            s = torch.linalg.svdvals(dW)[:rank[r["method"]]]
+            m = got["matrices"][name]
+            torch.testing.assert_close(torch.tensor(m["sigma"], dtype=torch.float64), s, rtol=1e-4, atol=1e-5 * s[0].item())
+            p, energy = s / s.sum(), (s ** 2).cumsum(0) / (s ** 2).sum()
+            assert m["effective_rank"] == pytest.approx(math.exp(-(p * p.log()).sum().item()), rel=1e-5)
+            assert m["effective_rank"] < rank[r["method"]] - 0.1
+            assert m["energy_rank"] == next(i + 1 for i, e in enumerate(energy.tolist()) if e >= 0.9)
+            assert m["top_share"] == pytest.approx(energy[0].item(), rel=1e-5)
+            assert m["rel_norm"] == pytest.approx((dW.norm() / W0.norm()).item(), rel=1e-5)
+            U0 = torch.linalg.svd(W0)[0]
+            max_cos = (U0.T @ torch.linalg.svd(W0 + dW)[0][:, :10]).abs().amax(0)
+            assert (torch.tensor(m["intruder_max_cos"], dtype=torch.float64) - max_cos).abs().max() < 1e-4
+            assert m["intruders"] == {str(e): int((max_cos < e).sum()) for e in (0.3, 0.5, 0.7)}
+        a = got["aggregate"]
+        assert a["effective_rank_mean"] == pytest.approx(sum(m["effective_rank"] for m in got["matrices"].values()) / 4)
