@@ -166,6 +166,7 @@ def _adapter_base(ck, ckpt_path, base):
 
 def export_peft(ckpt_path, out, base=None):
     """Write the adapter checkpoint `ckpt_path` as a PEFT LoRA directory. Returns the adapted model."""
+    _fresh(out)
     ck = adapters.load_adapter_checkpoint(ckpt_path)
     base = _adapter_base(ck, ckpt_path, base)
     model, base_ckpt = load_model(base)
@@ -174,7 +175,6 @@ def export_peft(ckpt_path, out, base=None):
                          f"directory first (python interop.py export-hf {base} DIR) and pass --base=DIR")
     adapters.load_adapter_checkpoint(ckpt_path, model)  # refuses a base with another fingerprint
     config, tensors = peft_lora(model)
-    _fresh(out)
     os.makedirs(out)
     write_safetensors(os.path.join(out, "adapter_model.safetensors"), tensors)
     _write_json(os.path.join(out, "adapter_config.json"), {"base_model_name_or_path": _base_name(base), **config})
@@ -196,10 +196,10 @@ def load_merged(path, base=None):
 
 def export_hf(path, out, base=None):
     """Write the (merged) model at `path` as a Hugging Face GPT-2 directory. Returns the model."""
+    _fresh(out)
     model = load_merged(path, base)
     dtype = model.transformer.wte.weight.dtype
     config = gpt2_config(model.config, dtype)
-    _fresh(out)
     os.makedirs(out)
     write_safetensors(os.path.join(out, "model.safetensors"), gpt2_state_dict(model))
     _write_json(os.path.join(out, "config.json"), config)
@@ -273,6 +273,7 @@ def read_peft_lora(peft_dir):
 
 def import_peft(peft_dir, out, base=None):
     """Write the PEFT LoRA in `peft_dir` as an adapter checkpoint of this project. Returns the adapted model."""
+    _fresh(out)
     cfg, modules = read_peft_lora(peft_dir)
     base = base or cfg.get("base_model_name_or_path")
     if not base:
@@ -315,7 +316,6 @@ def import_peft(peft_dir, out, base=None):
             B, A, _ = ours[name]
             m.lora_A.zero_()[:A.shape[0]] = A
             m.lora_B.zero_()[:, :B.shape[1]] = B
-    _fresh(out)
     save_adapter(out, model, {"path": _base_name(base), "fingerprint": fingerprint},
                  source={"peft": os.path.abspath(peft_dir)})
     return model
