@@ -13,7 +13,7 @@ from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 import adapters  # noqa: E402
 import interop  # noqa: E402
-from model import GPT, GPTConfig, read_safetensors, write_checkpoint  # noqa: E402
+from model import GPT, GPTConfig, read_safetensors, write_checkpoint, write_safetensors  # noqa: E402
 
 TOL = 1e-5
 ALL = "attn.q,attn.k,attn.v,attn.c_proj,mlp.c_fc,mlp.c_proj"
@@ -242,3 +242,42 @@ def test_export_peft_needs_a_hugging_face_base(tmp_path):
     with pytest.raises(SystemExit) as e:
         interop.main(["export-peft", ckpt, str(tmp_path / "out")])
     assert "export-hf" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_safetensors_files_agree_with_the_safetensors_library(tmp_path):
+    st = pytest.importorskip("safetensors.torch", reason="needs the safetensors library (comes with transformers)")
+    t = {"w": torch.randn(3, 5), "h": torch.randn(7).half(), "b16": torch.randn(2, 3).bfloat16(),
+         "flag": torch.tensor([True, False, True]), "i8": torch.arange(5, dtype=torch.int8),
+         "n": torch.arange(3, dtype=torch.int64), "empty": torch.zeros(0, 4)}
+    ours, theirs = str(tmp_path / "ours.safetensors"), str(tmp_path / "theirs.safetensors")
+    write_safetensors(ours, t)
+    st.save_file(t, theirs)
+    for path in (ours, theirs):
+        for back in (read_safetensors(path), st.load_file(path)):
+            assert set(back) == set(t) and all(torch.equal(back[k], t[k]) and back[k].dtype == t[k].dtype for k in t)
+    mapped = read_safetensors(ours)
+    mapped["w"] += 1  # copy-on-write: the file and a fresh read keep the old values
+    assert torch.equal(read_safetensors(ours)["w"], t["w"]) and torch.equal(mapped["w"], t["w"] + 1)
+
+
+def test_from_pretrained_holds_no_map_and_peaks_near_the_weights(tmp_path):
+    """A model loaded from a memory map owns its weights (the file may be rewritten under it), and
+    loading 64 MB of weights raises peak RSS by about that, not by the 3x of reading and copying."""
+    import subprocess
+    import sys
+    path = str(tmp_path / "gpt2-mid")
+    GPT2LMHeadModel(GPT2Config(n_layer=4, n_embd=512, n_head=8, vocab_size=512, n_positions=64)).save_pretrained(path)
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=1, vocab_size=16, n_positions=8)).save_pretrained(path + "-tiny")
+    weights = os.path.getsize(os.path.join(path, "model.safetensors"))
+    probe = ("import sys, torch; from model import GPT\n"
+             "rss = lambda k: int([l for l in open('/proc/self/status') if l.startswith(k)][0].split()[1]) * 1024\n"
+             f"GPT.from_pretrained({path + '-tiny'!r})  # first use of the meta device etc. loads code: not counted\n"
+             f"before = rss('VmRSS'); m = GPT.from_pretrained({path!r}); print(rss('VmHWM') - before)\n"
+             f"open({path!r} + '/model.safetensors', 'wb').close()  # truncated in place: a live map would SIGBUS\n"
+             "print(float(m(torch.zeros(1, 4, dtype=torch.long))[0].abs().sum()))")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-500:]
+    peak = int(out.stdout.split()[0])
+    print(f"from_pretrained: {weights / 2**20:.0f} MB of weights, peak RSS +{peak / 2**20:.0f} MB")
+    assert peak < 1.5 * weights
