@@ -83,9 +83,8 @@ def gpt2_config(config, dtype=torch.float32):
           "embd_pdrop": config.dropout, "attn_pdrop": config.dropout, "scale_attn_weights": True,
           "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
           "tie_word_embeddings": True, "use_cache": True, "torch_dtype": str(dtype).removeprefix("torch.")}
-    if config.vocab_size > 50256:  # GPT-2's tokenizer: <|endoftext|> begins and ends a text
-        hf.update(bos_token_id=50256, eos_token_id=50256)
-    return hf
+    eot = 50256 if config.vocab_size > 50256 else None  # GPT-2's <|endoftext|>; another tokenizer's is not known here
+    return {**hf, "bos_token_id": eot, "eos_token_id": eot}
 
 
 def gpt2_state_dict(model):
