@@ -1,11 +1,11 @@
 """
-The small-scale study (issue 6): do the seed papers' claims hold on the offline world, on a CPU?
+The small-scale study: do the seed papers' claims hold on the offline world, on a CPU?
 
     python study.py             # the whole study, about 30 min on 2 CPU cores -> results/
     python study.py --quick     # every stage on tiny budgets (about 2 min): the CI smoke test
     python study.py --fresh     # retrain everything instead of reusing finished runs
 
-Five stages, each feeding the next (methods: ../shared/docs/methods.md; data: data.py's docstring):
+Five stages, each feeding the next (methods: docs/methods.md; data: data.py's docstring):
  1. base        pretrain the default base (python train.py), or reuse out/base/ckpt.pt when its
                 config and data fingerprint are those of today's defaults
  2. mixture     the 12-task mixture (MultiLoRA's setting): full fine-tuning, LoRA rank R, MultiLoRA
@@ -32,6 +32,7 @@ import torch
 
 import adapters
 import analyze
+import baselines
 import data
 import train
 from model import load_model
@@ -51,8 +52,8 @@ QUICK = dict(seeds=[0], base_dir='out/study-quick/base',
 MIXTURE = lambda R: [
     ('full', 'config/finetune_mixture.py', []),
     (f'lora_r{R}', 'config/lora_mixture.py', [f'--lora_r={R}', f'--lora_alpha={2.0 * R}']),
-    (f'multilora_3x{R // 3}', 'config/multilora_mixture.py', ['--multilora_n=3', f'--lora_r={R // 3}',
-                                                             f'--lora_alpha={2.0 * (R // 3)}']),
+    (f'multilora_3x{R // 3}', 'config/multilora_mixture.py', ['--multilora_n=3', f'--multilora_r={R // 3}',
+                                                             f'--multilora_alpha={2.0 * (R // 3)}']),
     ('lora_r1', 'config/lora_mixture.py', ['--lora_r=1', '--lora_alpha=2.0']),
     ('nola', 'config/nola_mixture.py', []),
 ]
@@ -260,9 +261,9 @@ class Study:
             for label, name in (('skill1 alone', f'skill1_s{s}'), ('skill2 alone', f'skill2_s{s}'),
                                 ('data mixing', f'skills_mix_s{s}')):
                 res[label].append(self.evaluate(self.adapted(name), comp))
-            deltas = [adapters.lora_deltas(self.ckpt(f'skill{i}_s{s}')) for i in (1, 2)]
+            deltas = [baselines.lora_deltas(self.ckpt(f'skill{i}_s{s}')) for i in (1, 2)]
             for label, how in (('ΔW averaging', 'mean'), ('TIES', 'ties')):
-                model = adapters.apply_deltas(self.base_model(), adapters.merge_deltas(deltas, how))
+                model = baselines.apply_deltas(self.base_model(), baselines.merge_deltas(deltas, how))
                 res[label].append(self.evaluate(model, comp))
         base_eval = self.evaluate(self.base_model(), comp)
         tasks = [data.SKILL1, data.SKILL2, data.COMPOSITE]
@@ -275,11 +276,10 @@ class Study:
         q4 = []
         for s in self.S.seeds:
             model = self.adapted(f'mix_nola_s{s}')
-            sd_q = adapters.adapter_state_dict(model, quantize_bits=4)
+            sd_q = baselines.quantize_nola_state(adapters.adapter_state_dict(model))
             fresh = self.base_model()
-            cfg = adapters.load_adapter_checkpoint(self.ckpt(f'mix_nola_s{s}'))['config']
-            adapters.add_adapters(fresh, **cfg)
-            adapters.load_adapter_state_dict(fresh, sd_q)
+            adapters.add_adapters(fresh, **adapters.adapter_config(model))
+            adapters.load_adapter_state_dict(fresh, baselines.dequantize_nola_state(sd_q, fresh))
             ev = self.evaluate(fresh, mixture)
             q4.append({'seed': s, 'acc': ev['avg']['acc'], 'file_bytes': nbytes(sd_q), 'payload_bytes': payload(sd_q)})
         pick = lambda m, k: [r[k] for r in mix[m]]
@@ -415,7 +415,7 @@ def write_report(res, path):
     for m, d in sk['acc'].items():
         L.append(f"| {m} | {sk['trainable'][m]:,} | " + ' | '.join(pm(d[t]) for t in sk['tasks']) + ' |')
     L += ['', f"{data.SKILL1} = skill 1, {data.SKILL2} = skill 2, {data.COMPOSITE} = the composite; ΔW averaging and "
-          'TIES merge the two skill LoRAs into W0 (adapters.merge_deltas / apply_deltas).', '',
+          'TIES merge the two skill LoRAs into W0 (baselines.merge_deltas / apply_deltas).', '',
           '## 4. NOLA compression', '', '| adapter | trainable | payload bytes | file bytes (torch.save) | avg exact match |',
           '|---|---:|---:|---:|---:|']
     for m, d in cp.items():
@@ -453,7 +453,7 @@ def check(res):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description='The small-scale study of LoRA, MultiLoRA, NOLA and CAT (issue 6).')
+    p = argparse.ArgumentParser(description='The small-scale study of LoRA, MultiLoRA, NOLA and CAT.')
     p.add_argument('--quick', action='store_true', help='tiny budgets, every stage (CI smoke test, ~2 min)')
     p.add_argument('--fresh', action='store_true', help='retrain every run instead of reusing finished ones')
     p.add_argument('--out', help='where runs go (default out/study, or out/study-quick with --quick)')

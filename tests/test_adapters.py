@@ -1,15 +1,15 @@
 """adapters.py: the shared protocol for every method, each method's own claims, the public API's errors."""
 import copy
+import inspect
 import os
-import sys
 
 import pytest
 import torch
 import torch.nn as nn
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-import adapters as ad  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
+import adapters as ad
+import baselines
+from model import GPT, GPTConfig
 
 torch.set_num_threads(1)
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50)
@@ -38,10 +38,7 @@ def randomize(model, std=0.3, seed=1):
 
 
 def save_ckpt(path, model, base):
-    ck = {"model_args": vars(base.config).copy(), "base": {"path": "tiny", "fingerprint": base.fingerprint()},
-          "adapter": {"config": ad.adapter_config(model), "state": ad.adapter_state_dict(model)}}
-    torch.save(ck, path)
-    return path
+    return ad.save_adapter_checkpoint(path, model, {"path": "tiny", "fingerprint": base.fingerprint()})
 
 
 def skill(tmp_path, base, name, r, seed, targets="attn.q,attn.v"):
@@ -56,7 +53,7 @@ def cat_model(tmp_path):
     base = tiny_base()
     paths = [skill(tmp_path, base, "s1", 2, 1), skill(tmp_path, base, "s2", 4, 2)]
     m = copy.deepcopy(base)
-    ad.add_adapters(m, "cat", cat_adapters=paths)
+    ad.add_adapters(m, "cat", *ad.load_cat_skills(paths, m))
     return m, base, paths
 
 
@@ -160,7 +157,7 @@ def gpt2_small_meta():
     ("multilora", dict(n=3, r=2), 36_864 * 3 * 2 + 24 * 3),
     ("multilora", dict(n=2, r=4), 36_864 * 2 * 4 + 24 * 2),
     ("nola", dict(k=64, l=32), 24 * (64 + 32)),
-    ("cat", dict(cat_ranks=[4, 8, 2]), 24 * 3),
+    ("cat", dict(ranks=[4, 8, 2]), 24 * 3),
 ])
 def test_trainable_counts_gpt2_small(method, opts, expected):
     m = gpt2_small_meta()
@@ -202,7 +199,7 @@ def test_nola_mixbases_gradcheck_float64():
 def test_nola_regenerated_equals_stored_forward_and_grads_float64():
     base = nn.Linear(12, 10).double()
     x = torch.randn(4, 12, dtype=torch.float64)
-    mods = [ad.NOLALinear(base, k=7, l=5, r=3, seed=3, name="blk", stored_basis=s) for s in (False, True)]
+    mods = [ad.NOLALinear(base, k=7, l=5, r=3, seed=3, stored_basis=s) for s in (False, True)]
     g = torch.Generator().manual_seed(0)
     coefs = [torch.randn(7, generator=g, dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64)]
     outs, grads = [], []
@@ -216,8 +213,10 @@ def test_nola_regenerated_equals_stored_forward_and_grads_float64():
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-12, atol=1e-12)
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda a, b: mods[0].build()[1] @ a + b.sum(),
-                                    (torch.randn(12, 2, dtype=torch.float64), mods[0].coef_B))
+    # d loss / d(α, β) through the regenerated path (MixBases.backward) on a loss that needs both factors
+    a, b = (c.clone().requires_grad_() for c in coefs)
+    loss = lambda a, b: torch.func.functional_call(mods[0], {"coef_A": a, "coef_B": b}, (x,)).sin().sum()
+    assert torch.autograd.gradcheck(loss, (a, b))
 
 
 def test_nola_reload_from_seeds_and_coefficients():
@@ -245,24 +244,32 @@ def test_nola_seeds_differ_and_global_rng_untouched():
 
 
 def test_nola_inference_cache_follows_coefficient_updates():
-    mod = ad.NOLALinear(nn.Linear(8, 6), k=4, l=3, r=2, name="x")
+    # without autograd A, B are kept between forwards; an optimizer step (in place) must make them new.
+    # The reference runs with autograd, which never reads the kept ones.
+    mod = ad.NOLALinear(nn.Linear(8, 6), k=4, l=3, r=2).eval()
     x = torch.randn(5, 8)
+    opt = torch.optim.SGD(mod.parameters(), lr=0.5)
     for step in range(3):
+        mod(x).square().sum().backward()
         with torch.no_grad():
-            mod.coef_A.add_(0.1 * step)
-            mod.coef_B.add_(0.2)  # in place, as an optimizer step: bumps the version counter
-            torch.testing.assert_close(mod(x), mod.base(x) + x @ mod.delta_weight().T, rtol=1e-5, atol=1e-6)
+            before = mod(x)  # keeps A, B
+        opt.step()
+        opt.zero_grad()
+        with torch.no_grad():
+            out = mod(x)
+        torch.testing.assert_close(out, mod(x).detach(), rtol=0, atol=0)
+        assert not torch.equal(out, before)
 
 
 def test_nola_4bit_export_is_close_and_small():
     m, base = adapted("nola")
     randomize(m)
-    sd4 = ad.adapter_state_dict(m, quantize_bits=4)
+    sd4 = baselines.quantize_nola_state(ad.adapter_state_dict(m))
     q = sd4["transformer.h.0.attn.q.coef_A_q4"]
     assert q.dtype == torch.uint8 and q.numel() == 4  # k=8 coefficients in 4 bytes
     fresh = copy.deepcopy(base)
     ad.add_adapters(fresh, "nola", **VARIANTS["nola"][1])
-    ad.load_adapter_state_dict(fresh, sd4)
+    ad.load_adapter_state_dict(fresh, baselines.dequantize_nola_state(sd4, fresh))
     for n, mod in ad.adapted_modules(m).items():
         c, c4 = mod.coef_A.detach(), ad.adapted_modules(fresh)[n].coef_A.detach()
         assert (c - c4).abs().max() <= c.abs().max() / 14 + 1e-7  # half a quantisation step
@@ -277,9 +284,9 @@ def test_cat_delta_is_weighted_sum_of_skill_loras(tmp_path, weights):
     base = tiny_base()
     paths = [skill(tmp_path, base, "s1", 2, 1), skill(tmp_path, base, "s2", 4, 2)]
     m = copy.deepcopy(base)
-    ad.add_adapters(m, "cat", cat_adapters=paths, cat_weights=weights)
+    ad.add_adapters(m, "cat", *ad.load_cat_skills(paths, m), weights=weights)
     randomize(m)
-    skills = [ad.lora_deltas(p) for p in paths]  # s_i B_i A_i from the files
+    skills = [baselines.lora_deltas(p) for p in paths]  # s_i B_i A_i from the files
     for name, mod in ad.adapted_modules(m).items():
         w = mod.weights().detach()
         if weights == "softmax":
@@ -290,7 +297,7 @@ def test_cat_delta_is_weighted_sum_of_skill_loras(tmp_path, weights):
 
 def test_cat_plain_starts_at_sum_and_exports_as_one_lora(cat_model, tmp_path):
     m, base, paths = cat_model
-    skills = [ad.lora_deltas(p) for p in paths]
+    skills = [baselines.lora_deltas(p) for p in paths]
     for name, mod in ad.adapted_modules(m).items():
         torch.testing.assert_close(mod.delta_weight(), skills[0][name] + skills[1][name], rtol=1e-5, atol=1e-6)
     randomize(m)
@@ -315,16 +322,16 @@ def test_cat_plain_starts_at_sum_and_exports_as_one_lora(cat_model, tmp_path):
 def test_ties_and_mean_by_hand():
     d1 = {"w": torch.tensor([[4.0, -1.0, 0.5, 2.0]])}
     d2 = {"w": torch.tensor([[-3.0, -2.0, 0.1, 1.0]])}
-    ties = ad.merge_deltas([d1, d2], "ties", density=0.5)["w"]
+    ties = baselines.merge_deltas([d1, d2], "ties", density=0.5)["w"]
     torch.testing.assert_close(ties, torch.tensor([[4.0, -2.0, 0.0, 2.0]]))
-    mean = ad.merge_deltas([d1, d2], "mean")["w"]
+    mean = baselines.merge_deltas([d1, d2], "mean")["w"]
     torch.testing.assert_close(mean, torch.tensor([[0.5, -1.5, 0.3, 1.5]]))
 
 
 def test_apply_deltas_adds_into_plain_model(cat_model):
     _, base, paths = cat_model
-    deltas = ad.merge_deltas([ad.lora_deltas(p) for p in paths], "mean")
-    m = ad.apply_deltas(copy.deepcopy(base), deltas)
+    deltas = baselines.merge_deltas([baselines.lora_deltas(p) for p in paths], "mean")
+    m = baselines.apply_deltas(copy.deepcopy(base), deltas)
     w = m.transformer.h[1].attn.v.weight
     torch.testing.assert_close(w, base.transformer.h[1].attn.v.weight + deltas["transformer.h.1.attn.v"])
 
@@ -344,13 +351,15 @@ def one_line_error(exc, match, fn, *a, **kw):
     ("nola", dict(k=0), "k must be a positive integer"),
     ("nola", dict(l=0), "l must be a positive integer"),
     ("dora", {}, "unknown adapter method 'dora'"),
-    ("lora", dict(rank=4), r"unknown adapter option\(s\) \['rank'\]"),
+    ("lora", dict(rank=4), r"unknown lora option\(s\) \['rank'\]: known are \['r', 'alpha', 'dropout', 'rslora'\]"),
+    ("lora", dict(k=4), r"unknown lora option\(s\) \['k'\]"),  # another method's option is refused too
     ("multilora", dict(gate="row"), "gate must be 'scalar' or 'channel'"),
     ("lora", dict(dropout=1.5), r"dropout must be in \[0, 1\)"),
     ("nola", dict(basis_device="tpu"), "basis_device must be 'cpu' or"),
     ("lora", dict(targets="attn.z"), "matches no nn.Linear"),
     ("lora", dict(targets="lm_head"), "tied to transformer.wte"),
-    ("cat", {}, "cat needs cat_adapters"),
+    ("cat", {}, "cat needs its skill LoRAs: .*load_cat_skills"),
+    ("cat", dict(ranks=[2], weights="mean"), "cat weights must be 'plain' or 'softmax'"),
 ])
 def test_bad_options(method, opts, match):
     one_line_error(ValueError, match, ad.add_adapters, tiny_base(), method, **opts)
@@ -385,13 +394,16 @@ def test_cat_refuses_mixed_targets_and_non_lora(tmp_path):
     base = tiny_base()
     a = skill(tmp_path, base, "a", 2, 1)
     b = skill(tmp_path, base, "b", 2, 2, targets="attn.q,attn.k")
-    one_line_error(ValueError, "same targets", ad.add_adapters, copy.deepcopy(base), "cat", cat_adapters=[a, b])
+    one_line_error(ValueError, "same targets", ad.load_cat_skills, [a, b], base)
     n = copy.deepcopy(base)
     ad.add_adapters(n, "nola")
     c = save_ckpt(str(tmp_path / "n.pt"), n, base)
-    one_line_error(ValueError, "composes LoRA adapters", ad.add_adapters, copy.deepcopy(base), "cat",
-                   cat_adapters=[a, c])
-    one_line_error(ValueError, "another base model", ad.add_adapters, tiny_base(seed=3), "cat", cat_adapters=[a])
+    one_line_error(ValueError, "composes LoRA adapters", ad.load_cat_skills, f"{a},{c}", base)
+    one_line_error(ValueError, "another base model", ad.load_cat_skills, [a], tiny_base(seed=3))
+    one_line_error(ValueError, "cat needs cat_adapters", ad.load_cat_skills, "", base)
+    targets, skills = ad.load_cat_skills([a], base)  # skills for other modules than the targets given
+    one_line_error(ValueError, "adapt 4 modules, this model has 2", ad.add_adapters, copy.deepcopy(base), "cat",
+                   "attn.q", skills=skills)
 
 
 def test_nola_inference_cache_follows_autocast():
@@ -408,3 +420,67 @@ def test_nola_inference_cache_follows_autocast():
             m(x)  # caches A, B built in bf16
         again = m(x)[0]
     assert again.dtype == torch.float32 and torch.equal(again, fresh)
+
+
+# --- options, checkpoints ------------------------------------------------------------
+
+def test_options_are_the_class_defaults_each_with_help():
+    assert set(ad.METHODS) == {"lora", "multilora", "nola", "cat"}
+    for method, cls in ad.METHODS.items():
+        sig = inspect.signature(cls).parameters
+        mine = {k.split("_", 1)[1]: v for k, v in ad.OPTIONS.items() if k.startswith(method + "_")}
+        assert mine == {a: p.default for a, p in sig.items() if a != "base" and p.default is not p.empty}
+    assert set(ad.OPTION_HELP) == set(ad.OPTIONS) and all(ad.OPTION_HELP.values())
+    assert {"lora_r", "multilora_r", "nola_alpha", "nola_seed", "cat_seed", "cat_weights"} <= set(ad.OPTIONS)
+    assert "cat_ranks" not in ad.OPTIONS  # set by the skill LoRAs, not by hand
+    m, _ = adapted("nola")  # the config records every option, defaults included
+    assert ad.adapter_config(m) == {"method": "nola", "targets": "attn.q,attn.v", **ad.method_defaults("nola"),
+                                    "k": 8, "l": 6, "r": 4}
+    assert ad.adapter_config(adapted("lora")[0]) == {"method": "lora", "targets": "attn.q,attn.v", "r": 4,
+                                                     "alpha": 8.0, "dropout": 0.0, "rslora": False}
+
+
+def test_adapter_checkpoint_format_roundtrip(tmp_path):
+    m, base = adapted("multilora")
+    randomize(m)
+    path = ad.save_adapter_checkpoint(str(tmp_path / "a.pt"), m, {"path": "b.pt", "fingerprint": base.fingerprint()},
+                                      iter_num=7)
+    raw = torch.load(path, weights_only=True)
+    assert set(raw) == {"adapter", "base", "model_args", "iter_num"} and raw["iter_num"] == 7
+    assert raw["adapter"]["config"]["method"] == "multilora" and raw["model_args"]["n_embd"] == 32
+    assert not os.path.exists(path + ".tmp")
+    ck = ad.load_adapter_checkpoint(path)
+    assert set(ck) == {"config", "state", "base", "model_args"} and ck["base"]["path"] == "b.pt"
+    again = copy.deepcopy(base)
+    ad.load_adapter_checkpoint(path, again)
+    idx = torch.randint(0, 50, (2, 16))
+    torch.testing.assert_close(again(idx)[0], m(idx)[0], rtol=0, atol=0)
+
+
+def test_cat_checkpoint_of_the_older_format_still_loads(cat_model, tmp_path):
+    m, base, _ = cat_model
+    randomize(m)
+    cfg = ad.adapter_config(m)
+    old = {"method": "cat", "targets": cfg["targets"], "cat_adapters": ["gone1.pt", "gone2.pt"],
+           "cat_weights": "plain", "cat_ranks": cfg["ranks"], "seed": 0}  # as written before the options' rename
+    torch.save({"base": {"path": "tiny", "fingerprint": base.fingerprint()},
+                "adapter": {"config": old, "state": ad.adapter_state_dict(m)}}, tmp_path / "old.pt")
+    again = copy.deepcopy(base)
+    assert ad.load_adapter_checkpoint(str(tmp_path / "old.pt"), again)["config"]["ranks"] == [2, 4]
+    idx = torch.randint(0, 50, (2, 16))
+    torch.testing.assert_close(again(idx)[0], m(idx)[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 cut short", os.urandom(64), "hostile"])
+def test_damaged_or_hostile_adapter_files_are_one_line_errors(tmp_path, content):
+    path = tmp_path / "skill.pt"
+    if content == "hostile":  # a pickle that would run code on load
+        class Evil:
+            def __reduce__(self):
+                return (os.system, (f"touch {tmp_path / 'pwned'}",))
+        torch.save({"adapter": Evil()}, path)
+    else:
+        path.write_bytes(content)
+    one_line_error(ValueError, f"{path}: not a loadable checkpoint", ad.load_adapter_checkpoint, str(path))
+    one_line_error(ValueError, f"{path}: not a loadable checkpoint", ad.load_cat_skills, [str(path)], tiny_base())
+    assert not (tmp_path / "pwned").exists()
