@@ -31,6 +31,7 @@ from types import SimpleNamespace
 
 import torch
 
+import adapters
 import data
 from model import GPT, HF_MODELS, GPTConfig, load_model, read_checkpoint, write_checkpoint
 
@@ -65,19 +66,9 @@ bias = True              # biases in Linears and LayerNorms, as GPT-2
 # adapters: '' trains every weight; otherwise only the adapter parameters train (adapters.py)
 adapter = ''             # '' | 'lora' | 'multilora' | 'nola' | 'cat'
 adapter_targets = 'attn.q,attn.v'  # comma-separated module names or patterns (W_q and W_v, as the GPT-2 papers)
-lora_r = 8               # rank of LoRA, of each MultiLoRA module, and of NOLA's A and B
-lora_alpha = 16.0        # scale s = alpha / r (alpha / sqrt(r) with lora_rslora)
-lora_dropout = 0.0
-lora_rslora = False
-multilora_n = 3          # MultiLoRA: number of parallel modules
-multilora_gate = 'scalar'  # MultiLoRA gates: 'scalar' per module (our choice) | 'channel' per output channel
-nola_k = 64              # NOLA: number of random bases for A
-nola_l = 64              # NOLA: number of random bases for B
-nola_seed = 0            # NOLA: the one seed every basis is derived from
-nola_stored_basis = False  # NOLA: keep bases in memory instead of regenerating them (faster, more memory)
-nola_basis_device = 'cpu'  # NOLA: draw bases on 'cpu' (same bases on every machine) or 'cuda' (fast on a GPU)
-cat_adapters = ''        # CAT: comma-separated adapter checkpoints (one LoRA per skill)
-cat_weights = 'plain'    # CAT: 'plain' (start at 1) | 'softmax' (as the LoRA Soups code)
+cat_adapters = ''        # CAT: the skill LoRAs it composes, their train.py checkpoints, comma-separated
+# adapter options: <method>_<option> (lora_r, multilora_n, nola_k, cat_weights, ...), defaults from adapters.py's classes
+globals().update(adapters.OPTIONS)
 # optimizer: AdamW, decay on matrices only
 learning_rate = 1e-3     # peak learning rate
 max_iters = 300          # total optimizer steps of the run (a resumed run counts from where it stopped)
@@ -273,16 +264,6 @@ def build_model(c, ds, ckpt):
     return model, base
 
 
-def add_adapters(model, c):
-    import adapters
-    paths = [p for p in c.cat_adapters.split(',') if p]
-    return adapters.add_adapters(
-        model, c.adapter, targets=c.adapter_targets, r=c.lora_r, alpha=c.lora_alpha, dropout=c.lora_dropout,
-        rslora=c.lora_rslora, n=c.multilora_n, gate=c.multilora_gate, k=c.nola_k, l=c.nola_l, seed=c.nola_seed,
-        stored_basis=c.nola_stored_basis, basis_device=c.nola_basis_device, cat_adapters=paths,
-        cat_weights=c.cat_weights)
-
-
 def save_checkpoint(path, model, optimizer, scaler, c, iter_num, best_val_loss, base, gen, ds):
     ckpt = {'model_args': vars(model.config).copy(), 'optimizer': optimizer.state_dict(), 'iter_num': iter_num,
             'best_val_loss': best_val_loss, 'config': vars(c).copy(), 'base': base,
@@ -291,11 +272,9 @@ def save_checkpoint(path, model, optimizer, scaler, c, iter_num, best_val_loss, 
             'data': {'dataset': c.dataset, 'tokenizer': c.tokenizer, 'fingerprint': getattr(ds, 'fingerprint', '')}}
     if scaler is not None:
         ckpt['scaler'] = scaler.state_dict()
-    if c.adapter:
-        import adapters
-        ckpt['adapter'] = {'config': adapters.adapter_config(model), 'state': adapters.adapter_state_dict(model)}
-    else:
-        ckpt['model'] = model.state_dict()
+    if c.adapter:  # the adapter tensors only, in the one format adapters.load_adapter_checkpoint reads
+        return adapters.save_adapter_checkpoint(path, model, **ckpt)
+    ckpt['model'] = model.state_dict()
     write_checkpoint(ckpt, path)  # atomic: a crash or a full disk never destroys the last good checkpoint
 
 
@@ -350,13 +329,17 @@ def main(argv=()):
         raise ValueError(f"the {c.dataset} data found now is not the data {ckpt_path} trained on (fingerprint "
                          f"{ds.fingerprint} vs {trained_on}): point --data_dir or --data_path at that data")
     model, base = build_model(c, ds, ckpt)
-    if c.adapter and ckpt is None:
-        print(add_adapters(model, c))
-    elif c.adapter:  # resume: rebuild from the checkpoint itself (a CAT run needs no skill files then)
-        import adapters
-        spec = dict(ckpt['adapter']['config'])
-        print(adapters.add_adapters(model, spec.pop('method'), **spec))
-        adapters.load_adapter_state_dict(model, ckpt['adapter']['state'])
+    if c.adapter:
+        if ckpt is None:  # a new run: its <method>_<option> keys; CAT's skill LoRAs are read (and checked) first
+            spec = {'method': c.adapter, 'targets': c.adapter_targets, **{k.split('_', 1)[1]: getattr(c, k)
+                    for k in adapters.OPTIONS if k.startswith(c.adapter + '_')}}
+            if c.adapter == 'cat':
+                spec['targets'], spec['skills'] = adapters.load_cat_skills(c.cat_adapters, model)
+        else:  # resume: the checkpoint's own adapter config (a CAT run needs no skill files then)
+            spec = adapters.load_adapter_checkpoint(ckpt_path)['config']
+        print(adapters.add_adapters(model, **spec))
+        if ckpt is not None:
+            adapters.load_adapter_state_dict(model, ckpt['adapter']['state'])
     model.to(dev)
     params = [p for p in model.parameters() if p.requires_grad]  # the frozen base never reaches the optimizer
     n_train, n_total = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
@@ -460,7 +443,8 @@ def main(argv=()):
             tok_iter = tokens / (iter_num - last_log)  # tokens actually fed per iteration, padding included
             t_log, last_log, tokens = t, iter_num, 0
             eta = (c.max_iters - iter_num) * (t - t_start) / (iter_num - start_iter)
-            flops = model.estimate_mfu(tok_iter, dt_iter, 1.0)  # achieved FLOP/s: 6N + attention per token
+            # achieved FLOP/s per token: 6N + attention, or 4N + attention when only adapters train (frozen weights)
+            flops = model.estimate_mfu(tok_iter, dt_iter, 1.0, frozen_weights=bool(c.adapter))
             peak = c.peak_flops or (312e12 if device_type == 'cuda' else 0)
             mfu = f", mfu {100 * flops / peak:.1f}%" if peak else ''
             print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {dt_iter * 1000:.1f} ms/iter, "

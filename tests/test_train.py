@@ -132,30 +132,79 @@ def test_pretrain_learns_and_full_finetune_records_base(tmp_path):
     assert len(changed) > 10  # every weight trains in full fine-tuning
 
 
+def crash_after_checkpoint(at, monkeypatch, args):
+    """Run train.main(args) until it has written the checkpoint of iteration `at`, then die there."""
+    real_save = train.save_checkpoint
+
+    def save_then_crash(path, model, optimizer, scaler, c, iter_num, *rest):
+        real_save(path, model, optimizer, scaler, c, iter_num, *rest)
+        if iter_num == at:
+            raise Crash
+    monkeypatch.setattr(train, 'save_checkpoint', save_then_crash)
+    with pytest.raises(Crash):
+        train.main(args)
+    monkeypatch.setattr(train, 'save_checkpoint', real_save)
+
+
 @pytest.mark.parametrize('method, dtype', [('lora', 'float32'), ('nola', 'bfloat16')])
 def test_adapter_run_resumes_exactly_and_stores_only_the_adapter(tmp_path, monkeypatch, method, dtype):
     run(tmp_path, '--max_iters=2', '--eval_interval=2', name='base')
     base = str(tmp_path / 'base' / 'ckpt.pt')
     args = TINY + [f'--init_from={base}', f'--adapter={method}', '--dataset=mixture', '--max_iters=12',
-                   '--eval_interval=6', '--final_eval=False', '--lora_dropout=0.1', '--nola_k=16', '--nola_l=16',
+                   '--eval_interval=6', '--final_eval=False', f'--{method}_dropout=0.1', '--nola_k=16', '--nola_l=16',
                    f'--dtype={dtype}']  # the resumed run must take its dtype from the checkpoint, not the default
     full = train.main(args + [f'--out_dir={tmp_path / "full"}'])
-    real_save = train.save_checkpoint
-
-    def save_then_crash(path, model, optimizer, scaler, c, iter_num, *rest):
-        real_save(path, model, optimizer, scaler, c, iter_num, *rest)
-        if iter_num == 6:
-            raise Crash
-    monkeypatch.setattr(train, 'save_checkpoint', save_then_crash)
-    with pytest.raises(Crash):
-        train.main(args + [f'--out_dir={tmp_path / "crashed"}'])
-    monkeypatch.setattr(train, 'save_checkpoint', real_save)
+    crash_after_checkpoint(6, monkeypatch, args + [f'--out_dir={tmp_path / "crashed"}'])
     resumed = train.main([f'--out_dir={tmp_path / "crashed"}', '--init_from=resume'])
     assert resumed['losses'] == full['losses'][6:]
     ckpt = torch.load(tmp_path / 'full' / 'ckpt.pt', weights_only=True)
     assert 'model' not in ckpt and ckpt['adapter']['config']['method'] == method
     n_adapter = sum(t.numel() for t in ckpt['adapter']['state'].values() if t.is_floating_point())
     assert n_adapter == full['trainable_params'] < full['total_params'] / 10
+
+
+def test_each_method_reads_its_own_options_with_the_class_defaults(tmp_path, monkeypatch):
+    import adapters
+    assert {k: train.DEFAULTS[k] for k in adapters.OPTIONS} == adapters.OPTIONS  # one default, in adapters.py
+    run(tmp_path, '--max_iters=1', '--eval_interval=1', name='base')
+    base = str(tmp_path / 'base' / 'ckpt.pt')
+    mfu_calls = []
+    real_mfu = train.GPT.estimate_mfu
+    monkeypatch.setattr(train.GPT, 'estimate_mfu', lambda *a, **k: mfu_calls.append(k) or real_mfu(*a, **k))
+    # lora_r and lora_alpha belong to LoRA only: MultiLoRA takes multilora_r, multilora_alpha
+    s = train.main(TINY + [f'--init_from={base}', '--adapter=multilora', '--multilora_n=2', '--multilora_r=3',
+                           '--lora_r=5', '--max_iters=1', '--eval_interval=1', '--log_interval=1',
+                           '--final_eval=False', f'--out_dir={tmp_path / "m"}'])
+    matrices, d = 2 * 2, 32  # 2 layers x (q, v), each d x d
+    assert s['trainable_params'] == matrices * (2 * 3 * 2 * d + 2)
+    cfg = torch.load(tmp_path / 'm' / 'ckpt.pt', weights_only=True)['adapter']['config']
+    assert cfg == {'method': 'multilora', 'targets': 'attn.q,attn.v', 'n': 2, 'r': 3, 'alpha': 16.0,
+                   'dropout': 0.0, 'gate': 'scalar'}
+    assert mfu_calls[-1] == {'frozen_weights': True}  # GFLOP/s counts 4N per token for an adapter run
+    run(tmp_path, '--max_iters=1', '--eval_interval=1', '--log_interval=1', name='full')
+    assert mfu_calls[-1] == {'frozen_weights': False}
+    with pytest.raises(ValueError, match="unknown option 'nola_rank'"):
+        train.parse_args(['--nola_rank=2'])
+
+
+def test_cat_run_resumes_without_the_skill_files(tmp_path, monkeypatch):
+    run(tmp_path, '--max_iters=1', '--eval_interval=1', name='base')
+    base = str(tmp_path / 'base' / 'ckpt.pt')
+    for i in (1, 2):
+        train.main(TINY + [f'--init_from={base}', '--adapter=lora', f'--dataset=skill{i}', '--lora_r=2', '--max_iters=2',
+                           '--eval_interval=2', '--final_eval=False', f'--out_dir={tmp_path / f"skill{i}"}'])
+    skills = f'{tmp_path / "skill1" / "ckpt.pt"},{tmp_path / "skill2" / "ckpt.pt"}'
+    args = TINY + [f'--init_from={base}', '--adapter=cat', f'--cat_adapters={skills}', '--cat_weights=softmax',
+                   '--cat_seed=3', '--dataset=composite', '--max_iters=4', '--eval_interval=2', '--final_eval=False']
+    full = train.main(args + [f'--out_dir={tmp_path / "full"}'])
+    assert full['trainable_params'] == 2 * 2 * 2  # one weight per skill per adapted matrix
+    crash_after_checkpoint(2, monkeypatch, args + [f'--out_dir={tmp_path / "crashed"}'])
+    for i in (1, 2):
+        os.remove(tmp_path / f'skill{i}' / 'ckpt.pt')
+    resumed = train.main([f'--out_dir={tmp_path / "crashed"}', '--init_from=resume'])
+    assert resumed['losses'] == full['losses'][2:]
+    cfg = torch.load(tmp_path / 'full' / 'ckpt.pt', weights_only=True)['adapter']['config']
+    assert cfg == {'method': 'cat', 'targets': 'attn.q,attn.v', 'ranks': [2, 2], 'weights': 'softmax', 'seed': 3}
 
 
 def test_corrupt_or_foreign_checkpoints_are_refused(tmp_path):
