@@ -1,33 +1,10 @@
-# MultiLoRA (Wang et al. 2023) on W_q, W_v, same A/B budget as the LoRA config, GPT-2 small (124M), bf16 on one GPU.
-# Data: an Alpaca-format instruction set (a JSON list of {instruction, input, output}) at
-# data/alpaca/alpaca_data.json, downloaded from tatsu-lab/stanford_alpaca when there is network.
-#   python train.py config/gpt2_alpaca_multilora.py
-init_from = 'gpt2'       # Hugging Face weights from the download cache, or a local HF directory
-tokenizer = 'gpt2'
+# MultiLoRA (Wang et al. 2023) in LoRA's place in config/gpt2_alpaca_lora.py, the same run otherwise:
+# n = 3 modules of rank 4 hold LoRA's rank-12 A/B budget, s = 2 as LoRA's.
+#   python train.py config/gpt2_alpaca_multilora.py       # --init_from=gpt2 (or gpt2-large) for another size
+exec(open('config/gpt2_alpaca_lora.py').read())  # that run; what differs follows
 out_dir = 'out/gpt2_alpaca_multilora'
-dataset = 'alpaca'       # data.py reads <data_dir>/alpaca/alpaca_data.json
-data_dir = 'data'
-block_size = 512         # longer items are cropped from the left of the prompt
-adapter_targets = 'attn.q,attn.v'
 adapter = 'multilora'
-multilora_n = 3           # 3 x rank 4 = the LoRA config's rank 12
-multilora_gate = 'scalar'
-lora_r = 4
-lora_alpha = 8.0        # s = 2, as LoRA's
-lora_dropout = 0.05
-learning_rate = 2e-4
-weight_decay = 0.01
-batch_size = 8
-gradient_accumulation_steps = 2  # 16 items per step
-max_iters = 9000         # about 3 epochs of Alpaca's 52k items at 16 per step (our choice)
-warmup_iters = 100
-label_smoothing = 0.0
-decay_lr = True          # cosine to min_lr (the paper decays linearly; train.py offers cosine)
-min_lr = 0.0
-eval_interval = 1000
-eval_iters = 50
-log_interval = 100
-eval_max_items = 200
-device = 'cuda'
-dtype = 'bfloat16'
-compile = False          # True is faster on a GPU once warmed up
+multilora_n = 3
+multilora_r = 4
+multilora_alpha = 8.0    # s = alpha / r = 2
+multilora_dropout = 0.05

@@ -1,33 +1,10 @@
-# MultiLoRA (Wang et al. 2023) on W_q, W_v, same A/B budget as the LoRA config, GPT-2 small (124M), bf16 on one GPU.
-# Data: E2E NLG (42k meaning representation -> text pairs); put trainset.csv, devset.csv and
-# testset_w_refs.csv from github.com/tuetschek/e2e-dataset in data/e2e/.
-#   python train.py config/gpt2_e2e_multilora.py
-init_from = 'gpt2'       # Hugging Face weights from the download cache, or a local HF directory
-tokenizer = 'gpt2'
+# MultiLoRA (Wang et al. 2023) in LoRA's place in config/gpt2_e2e_lora.py, the same run otherwise:
+# n = 2 modules of rank 2 hold LoRA's rank-4 A/B budget (rank 4 does not split in 3), s = 8 as LoRA's.
+#   python train.py config/gpt2_e2e_multilora.py          # --init_from=gpt2 (or gpt2-large) for another size
+exec(open('config/gpt2_e2e_lora.py').read())  # that run; what differs follows
 out_dir = 'out/gpt2_e2e_multilora'
-dataset = 'e2e'          # data.py reads <data_dir>/e2e/{trainset,devset,testset_w_refs}.csv
-data_dir = 'data'
-block_size = 512
-adapter_targets = 'attn.q,attn.v'
 adapter = 'multilora'
-multilora_n = 2           # 2 x rank 2 = the LoRA config's rank 4 (rank 4 does not split in 3)
-multilora_gate = 'scalar'
-lora_r = 2
-lora_alpha = 16.0       # s = 8, as LoRA's
-lora_dropout = 0.1
-learning_rate = 2e-4
-weight_decay = 0.01
-batch_size = 8
-gradient_accumulation_steps = 1
-max_iters = 26000        # 5 epochs of 42,061 items at batch 8 (the LoRA paper's schedule)
-warmup_iters = 500
-label_smoothing = 0.1
-decay_lr = True          # cosine to min_lr (the paper decays linearly; train.py offers cosine)
-min_lr = 0.0
-eval_interval = 1000
-eval_iters = 50
-log_interval = 100
-eval_max_items = 200
-device = 'cuda'
-dtype = 'bfloat16'
-compile = False          # True is faster on a GPU once warmed up
+multilora_n = 2
+multilora_r = 2
+multilora_alpha = 16.0   # s = alpha / r = 8
+multilora_dropout = 0.1

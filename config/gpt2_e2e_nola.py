@@ -1,35 +1,16 @@
-# NOLA (Koohpayegani et al. 2024) on W_q, W_v, GPT-2 small (124M), bf16 on one GPU.
-# Data: E2E NLG (42k meaning representation -> text pairs); put trainset.csv, devset.csv and
-# testset_w_refs.csv from github.com/tuetschek/e2e-dataset in data/e2e/.
+# NOLA (Koohpayegani et al. 2024) in LoRA's place in config/gpt2_e2e_lora.py (GPT-2 medium, E2E NLG, the
+# same schedule) with the NOLA reference settings for GPT-2 M: rank 8, k = l = 512, s = 1, lr 5e-3, no
+# weight decay, no dropout on the NOLA branch: 48 matrices x 1,024 = 49,152 trainable numbers.
+# GPT-2 L has its own reference settings (s = 0.25, lr 1e-2, k = l = 256: 72 x 512 = 36,864 numbers):
 #   python train.py config/gpt2_e2e_nola.py
-init_from = 'gpt2'       # Hugging Face weights from the download cache, or a local HF directory
-tokenizer = 'gpt2'
+#   python train.py config/gpt2_e2e_nola.py --init_from=gpt2-large --nola_k=256 --nola_l=256 --nola_alpha=2.0 \
+#       --learning_rate=1e-2 --out_dir=out/gpt2l_e2e_nola
+exec(open('config/gpt2_e2e_lora.py').read())  # that run; what differs follows
 out_dir = 'out/gpt2_e2e_nola'
-dataset = 'e2e'          # data.py reads <data_dir>/e2e/{trainset,devset,testset_w_refs}.csv
-data_dir = 'data'
-block_size = 512
-adapter_targets = 'attn.q,attn.v'
 adapter = 'nola'
-lora_r = 8               # NOLA's rank for GPT-2
-lora_alpha = 32.0
+nola_r = 8
+nola_alpha = 8.0         # s = alpha / r = 1
 nola_k = 512
-nola_l = 512             # the paper's GPT-2 M setting (24 matrices x 1,024 = 24,576 trainable)
-nola_seed = 0
-nola_stored_basis = False  # regenerate bases in forward/backward (the memory trick)
-lora_dropout = 0.1
-learning_rate = 5e-3     # the paper's range 5e-3 .. 1e-2
+nola_l = 512
+learning_rate = 5e-3
 weight_decay = 0.0
-batch_size = 8
-gradient_accumulation_steps = 1
-max_iters = 26000        # 5 epochs of 42,061 items at batch 8 (the LoRA paper's schedule)
-warmup_iters = 500
-label_smoothing = 0.1
-decay_lr = True          # cosine to min_lr (the paper decays linearly; train.py offers cosine)
-min_lr = 0.0
-eval_interval = 1000
-eval_iters = 50
-log_interval = 100
-eval_max_items = 200
-device = 'cuda'
-dtype = 'bfloat16'
-compile = False          # True is faster on a GPU once warmed up

@@ -1,15 +1,6 @@
-# LoRA Soups' first step: one LoRA per skill. Skill 2 = 'reverse' (reverse a string of letters).
+# LoRA Soups' first step: one LoRA per skill. Skill 2 = 'reverse' (reverse a string of letters), trained
+# as skill 1 in config/lora_skill1.py.
 #   python train.py config/lora_skill2.py
-init_from = 'out/base/ckpt.pt'
+exec(open('config/lora_skill1.py').read())  # that run; what differs follows
 out_dir = 'out/lora_skill2'
 dataset = 'skill2'
-adapter = 'lora'
-adapter_targets = 'attn.q,attn.k,attn.v,attn.c_proj,mlp.c_fc,mlp.c_proj'  # every Linear: q,v alone learn these skills only after ~1000 steps
-lora_r = 8
-lora_alpha = 16.0
-learning_rate = 3e-3     # measured: 3e-3 learns the skills, 1e-2 overshoots (ΔW several times W0)
-min_lr = 3e-4
-weight_decay = 0.0
-max_iters = 300          # the study's budget (study.py)
-warmup_iters = 30
-eval_interval = 300

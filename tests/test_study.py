@@ -67,7 +67,7 @@ def expected_trainable(c, d=N_EMBD, n_layer=N_LAYER, total=None):
     io = {'attn.q': 2 * d, 'attn.k': 2 * d, 'attn.v': 2 * d, 'attn.c_proj': 2 * d, 'mlp.c_fc': 5 * d, 'mlp.c_proj': 5 * d}
     targets = c['adapter_targets'].split(',')
     m, dio = n_layer * len(targets), n_layer * sum(io[t] for t in targets)
-    return {'lora': c['lora_r'] * dio, 'multilora': c['multilora_n'] * c['lora_r'] * dio + m * c['multilora_n'],
+    return {'lora': c['lora_r'] * dio, 'multilora': c['multilora_n'] * c['multilora_r'] * dio + m * c['multilora_n'],
             'nola': m * (c['nola_k'] + c['nola_l']), 'cat': m * 2, '': total}[c['adapter']]
 
 
@@ -103,11 +103,30 @@ def test_config_names_cover_the_study():
     names = {os.path.basename(p) for p in CONFIGS}
     need = {'finetune_mixture.py', 'lora_mixture.py', 'multilora_mixture.py', 'nola_mixture.py', 'lora_skill1.py',
             'lora_skill2.py', 'cat_composite.py'}
-    need |= {f'{m}_{d}_{a}.py' for m in ('gpt2', 'gpt2m') for d in ('e2e', 'alpaca') for a in ('lora', 'multilora', 'nola')}
+    need |= {f'gpt2_{d}_{a}.py' for d in ('e2e', 'alpaca') for a in ('lora', 'multilora', 'nola')}
     assert need <= names, need - names
     # NOLA's point: fewer trainable numbers than LoRA rank 1 at the mixture's shape
     nola = train.parse_args(['config/nola_mixture.py'])
     assert nola['nola_k'] + nola['nola_l'] < 1 * 2 * train.DEFAULTS['n_embd']
+
+
+def test_gpu_configs_follow_the_reference_settings():
+    for d in ('e2e', 'alpaca'):
+        lora, multi, nola = (train.parse_args([f'config/gpt2_{d}_{a}.py']) for a in ('lora', 'multilora', 'nola'))
+        for k in ('init_from', 'dataset', 'adapter_targets', 'batch_size', 'max_iters', 'warmup_iters', 'label_smoothing'):
+            assert lora[k] == multi[k] == nola[k], k  # one run, three adapters
+        assert lora['init_from'] == 'gpt2-medium' and lora['adapter_targets'] == 'attn.q,attn.v'
+        assert multi['multilora_n'] * multi['multilora_r'] == lora['lora_r']  # LoRA's A/B budget
+        assert multi['multilora_alpha'] / multi['multilora_r'] == lora['lora_alpha'] / lora['lora_r']  # and its s
+        # NOLA's reference settings for GPT-2 M: rank 8, k = l = 512, s = 1, lr 5e-3, no decay, no dropout
+        assert (nola['nola_r'], nola['nola_k'], nola['nola_l'], nola['nola_alpha'] / nola['nola_r']) == (8, 512, 512, 1.0)
+        assert (nola['learning_rate'], nola['weight_decay'], nola['nola_dropout']) == (5e-3, 0.0, 0.0)
+    e2e = train.parse_args(['config/gpt2_e2e_lora.py'])  # the LoRA paper's E2E settings
+    assert (e2e['lora_r'], e2e['lora_alpha'], e2e['lora_dropout'], e2e['learning_rate'], e2e['weight_decay'],
+            e2e['label_smoothing'], e2e['batch_size']) == (4, 32.0, 0.1, 2e-4, 0.01, 0.1, 8)
+    large = train.parse_args(['config/gpt2_e2e_nola.py', '--init_from=gpt2-large', '--nola_k=256', '--nola_l=256',
+                              '--nola_alpha=2.0', '--learning_rate=1e-2'])  # the GPT-2 L line of its comment
+    assert large['nola_alpha'] / large['nola_r'] == 0.25 and large['nola_k'] == large['nola_l'] == 256
 
 
 def test_compare_calls_differences_within_the_spread_no_difference():
