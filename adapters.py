@@ -47,27 +47,20 @@ class AdapterLinear(nn.Module):
         B, A = self.factors()
         return B @ A  # (d_out, d_in), fp32, same layout as base.weight
 
-    def forward(self, x):
-        if self.merged:  # W0 + ΔW sits in base.weight: the base model's cost (and no adapter grads)
-            return self.base(x)
-        return self.base(x) + self.update(x)
+    def forward(self, x):  # merged: W0 + ΔW sits in base.weight, the base model's cost (and no adapter grads)
+        return self.base(x) if self.merged else self.base(x) + self.update(x)
 
     # merge/unmerge are explicit calls only: .train()/.eval() never touch the weights (unlike loralib)
-    def merge(self):
-        self._fold(+1)
-
-    def unmerge(self):
-        self._fold(-1)
-
     @torch.no_grad()
-    def _fold(self, sign):
+    def merge(self, sign=+1):
+        """W0 += ΔW, summed in fp32 and cast once (bf16-safe); sign=-1 takes it out again (unmerge)."""
         if self.merged != (sign > 0):
             w = self.base.weight
-            w.copy_((w.float() + sign * self.delta_weight()).to(w.dtype))  # fp32 sum, then cast (bf16-safe)
+            w.copy_((w.float() + sign * self.delta_weight()).to(w.dtype))
             self.merged = sign > 0
 
-    def extra_repr(self):
-        return f"d_in={self.d_in}, d_out={self.d_out}, merged={self.merged}"
+    def unmerge(self):
+        self.merge(-1)
 
 
 def _dropout(p):
@@ -103,13 +96,11 @@ class LoRALinear(AdapterLinear):
     def __init__(self, base, r=8, alpha=16.0, dropout=0.0, rslora=False):
         super().__init__(base)
         self.r = _positive("r", r)
-        self.scale = lora_scale(alpha, r, rslora)
-        self.dropout = _dropout(dropout)
+        self.scale, self.dropout = lora_scale(alpha, r, rslora), _dropout(dropout)
         self.lora_A = nn.Parameter(nn.init.kaiming_uniform_(self._zeros(r, self.d_in), a=math.sqrt(5)))
         self.lora_B = nn.Parameter(self._zeros(self.d_out, r))  # B = 0: ΔW = 0 at step 0
 
-    def update(self, x):
-        # scale the (.., r) intermediate, not the (.., d_out) output: r << d_out
+    def update(self, x):  # scales the (.., r) intermediate, not the (.., d_out) output: r << d_out
         return F.linear(F.linear(self.dropout(x), self.lora_A) * self.scale, self.lora_B)
 
     def factors(self):
@@ -131,8 +122,7 @@ class MultiLoRALinear(AdapterLinear):
         self.n, self.r = _positive("n", n), _positive("r", r)
         if gate not in ("scalar", "channel"):
             raise ValueError(f"multilora gate must be 'scalar' or 'channel', got {gate!r}")
-        self.scale = alpha / r
-        self.dropout = _dropout(dropout)
+        self.scale, self.dropout = alpha / r, _dropout(dropout)
         self.lora_A = nn.Parameter(self._zeros(n * r, self.d_in))   # rows i*r:(i+1)*r hold A_i
         self.lora_B = nn.Parameter(self._zeros(self.d_out, n * r))  # cols i*r:(i+1)*r hold B_i
         with torch.no_grad():
@@ -189,9 +179,9 @@ class MixBases(torch.autograd.Function):
 
 
 class NOLALinear(AdapterLinear):
-    HELP = dict(k="number of random bases mixed into A", l="number of random bases mixed into B",
-                r="rank of A and B", alpha="scale s = alpha / r", dropout="dropout on the adapter branch's input",
-                seed="the one seed all bases derive from", stored_basis="keep the bases in memory: faster, more memory",
+    HELP = dict(k="number of random bases mixed into A", l="number of random bases mixed into B", r="rank of A and B",
+                alpha="scale s = alpha / r", dropout="dropout on the adapter branch's input", seed="the one seed of all bases",
+                stored_basis="keep the bases in memory: faster, more memory",
                 basis_device="draw the bases on 'cpu' (the same on every machine) or 'cuda' (fast on a GPU)")
 
     def __init__(self, base, k=64, l=64, r=8, alpha=16.0, dropout=0.0, seed=0, stored_basis=False, basis_device="cpu"):
@@ -202,31 +192,27 @@ class NOLALinear(AdapterLinear):
         self.scale, self.dropout = alpha / r, _dropout(dropout)
         self.stored_basis, self.basis_device = stored_basis, basis_device  # (our choice) both offered
         self.coef_A, self.coef_B = nn.Parameter(self._zeros(k)), nn.Parameter(self._zeros(l))  # α = β = 0: ΔW = 0
-        # seeds + coefficients are the whole checkpoint: the seeds are buffers, so they travel with the state
-        self.register_buffer("seed_A", torch.tensor(derive_seed(seed, "A")))
-        self.register_buffer("seed_B", torch.tensor(derive_seed(seed, "B")))
+        for ab in "AB":  # seeds + coefficients are the whole checkpoint: the seeds are buffers, in the state dict
+            self.register_buffer("seed_" + ab, torch.tensor(derive_seed(seed, ab)))
         self.register_load_state_dict_post_hook(lambda m, _: m.draw_frozen())  # new seeds -> new bases
         self.draw_frozen()
 
     def draw_frozen(self):
-        """A0 and, with stored_basis, the bases (k, r, d_in) and (l, d_out, r), from the seeds. The frozen
-        offset A0 ~ kaiming is the reference code's (gpt/src/model_nola.py), not in the paper's Eq. (2):
-        with A = B = 0 at the start neither would get a gradient."""
+        """A0 and (stored_basis) the bases from the seeds. The frozen offset A0 ~ kaiming is the reference code's
+        (gpt/src/model_nola.py), not the paper's Eq. (2): with A = B = 0 at the start neither would learn."""
         self.seeds, self._cache = (int(self.seed_A), int(self.seed_B)), None  # ints: no device sync per forward
         g = torch.Generator().manual_seed(derive_seed(self.seeds[0], "A0"))
         A0 = nn.init.kaiming_uniform_(torch.empty(self.r, self.d_in), a=math.sqrt(5), generator=g)
         self.register_buffer("A0", A0.to(self._zeros(0)), persistent=False)
-        if self.stored_basis:  # (k, r, d_in) and (l, d_out, r)
-            w = self.base.weight
+        if self.stored_basis:  # (k, r, d_in) and (l, d_out, r), drawn as MixBases draws them
             for name, seed, n, shape in (("basis_A", self.seeds[0], self.k, (self.r, self.d_in)),
                                          ("basis_B", self.seeds[1], self.l, (self.d_out, self.r))):
-                basis = nola_bases(seed, n, shape, w.dtype, w.device, self.basis_device)
+                basis = nola_bases(seed, n, shape, self.A0.dtype, self.A0.device, self.basis_device)
                 self.register_buffer(name, basis, persistent=False)
 
     def build(self):
-        """(B, A), built outside autocast: k·r·d work whatever the number of tokens. Without autograd they are
-        kept until α or β change (their version counters): token-by-token generation from an unmerged NOLA
-        would otherwise redraw every basis per token (evaluation measured 2.5x slower)."""
+        """(B, A): k·r·d work whatever the number of tokens, outside autocast. Without autograd they are kept until
+        α or β change (their versions): else generation redraws the bases per token (evaluation 2.5x slower)."""
         key = (self.coef_A._version, self.coef_B._version, self.coef_A.device, self.coef_A.dtype)
         if not torch.is_grad_enabled() and self._cache is not None and self._cache[0] == key:
             return self._cache[1]
@@ -238,7 +224,7 @@ class NOLALinear(AdapterLinear):
                 A = MixBases.apply(self.coef_A, self.seeds[0], (self.r, self.d_in), self.basis_device)
                 B = MixBases.apply(self.coef_B, self.seeds[1], (self.d_out, self.r), self.basis_device)
         BA = (B, self.A0 + A)
-        self._cache = None if torch.is_grad_enabled() else (key, BA)
+        self._cache = None if torch.is_grad_enabled() else (key, BA)  # a graph is never kept
         return BA
 
     def update(self, x):
@@ -357,9 +343,8 @@ def _replace(model, name, new):
 
 
 def add_adapters(model, method, targets="attn.q,attn.v", skills=None, **options):
-    """Wrap every nn.Linear matching `targets` in METHODS[method](base, **options), in place; freeze the
-    rest. CAT composes `skills` ({module: [(B, A, scale)]}, from load_cat_skills), or is rebuilt empty
-    from `ranks` for a state dict to fill. Returns a one-line summary with trainable/total counts."""
+    """Wrap every Linear matching `targets` in METHODS[method](base, **options), in place; freeze the rest. CAT
+    composes `skills` (from load_cat_skills) or is rebuilt empty from `ranks`. Returns a one-line summary."""
     if method not in METHODS:
         raise ValueError(f"unknown adapter method {method!r}: choose one of {', '.join(METHODS)}")
     known = list(inspect.signature(METHODS[method]).parameters)[1:]
