@@ -180,8 +180,8 @@ class MixBases(torch.autograd.Function):
 
 class NOLALinear(AdapterLinear):
     HELP = dict(k="number of random bases mixed into A", l="number of random bases mixed into B", r="rank of A and B",
-                alpha="scale s = alpha / r", dropout="dropout on the adapter branch's input", seed="the one seed of all bases",
-                stored_basis="keep the bases in memory: faster, more memory",
+                alpha="scale s = alpha / r", dropout="dropout on the adapter branch's input",
+                seed="the one seed of all bases", stored_basis="keep the bases in memory: faster, more memory",
                 basis_device="draw the bases on 'cpu' (the same on every machine) or 'cuda' (fast on a GPU)")
 
     def __init__(self, base, k=64, l=64, r=8, alpha=16.0, dropout=0.0, seed=0, stored_basis=False, basis_device="cpu"):
@@ -212,7 +212,8 @@ class NOLALinear(AdapterLinear):
 
     def build(self):
         """(B, A): k·r·d work whatever the number of tokens, outside autocast. Without autograd they are kept until
-        α or β change (their versions): else generation redraws the bases per token (evaluation 2.3-2.5x slower, measured)."""
+        α or β change (their versions): else generation redraws the bases per token (evaluation measured 2.3x
+        slower); merge() is the fastest inference."""
         key = (self.coef_A._version, self.coef_B._version, self.coef_A.device, self.coef_A.dtype)
         if not torch.is_grad_enabled() and self._cache is not None and self._cache[0] == key:
             return self._cache[1]

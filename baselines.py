@@ -16,7 +16,8 @@ import adapters
 def lora_deltas(ckpt_or_path):
     """{module name: ΔW (fp32, base layout)} of a LoRA adapter checkpoint (a path or what
     adapters.load_adapter_checkpoint returned), without a model."""
-    ck = adapters.load_adapter_checkpoint(ckpt_or_path) if isinstance(ckpt_or_path, (str, os.PathLike)) else ckpt_or_path
+    is_path = isinstance(ckpt_or_path, (str, os.PathLike))
+    ck = adapters.load_adapter_checkpoint(ckpt_or_path) if is_path else ckpt_or_path
     cfg, st = ck["config"], ck["state"]
     if cfg["method"] != "lora":
         raise ValueError(f"lora_deltas reads LoRA adapters, got {cfg['method']} (adapters.to_lora converts one)")
