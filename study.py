@@ -35,7 +35,7 @@ import analyze
 import baselines
 import data
 import train
-from model import load_model
+from model import load_model, read_checkpoint
 
 WORLD_SEED = 1337  # the synthetic world every run trains and is evaluated on (data.get_dataset's seed)
 
@@ -136,7 +136,7 @@ class Study:
         os.makedirs(out_dir, exist_ok=True)
         t0 = time.time()
         with open(os.path.join(out_dir, 'train.log'), 'w') as f, contextlib.redirect_stdout(f):
-            summary = train.main(argv)
+            summary = train.main(argv + ['--overwrite=True'])  # a stale or --fresh run of the study's own
         summary.pop('losses', None)
         with open(done, 'w') as f:
             json.dump({'key': key, 'summary': summary}, f)
@@ -178,7 +178,7 @@ class Study:
         ignore = {'out_dir', 'device', 'compile', 'log_interval', 'final_eval', 'eval_max_items', 'eval_split'}
         reuse = None
         if os.path.exists(self.base_path) and not self.fresh:
-            ck = torch.load(self.base_path, map_location='cpu', weights_only=True)
+            ck = read_checkpoint(self.base_path)
             old = {**train.DEFAULTS, **ck.get('config', {})}  # keys newer than the checkpoint: their defaults
             same_cfg = all(old[k] == v for k, v in want.items() if k not in ignore
                            and not k.startswith(('lora_', 'multilora_', 'nola_', 'cat_')))  # adapters: not the base
@@ -191,7 +191,8 @@ class Study:
             os.makedirs(self.S.base_dir, exist_ok=True)
             t0 = time.time()
             with open(os.path.join(self.S.base_dir, 'train.log'), 'w') as f, contextlib.redirect_stdout(f):
-                summary = train.main(self.S.base_args + [f'--out_dir={self.S.base_dir}', f'--data_seed={WORLD_SEED}'])
+                summary = train.main(self.S.base_args + [f'--out_dir={self.S.base_dir}', f'--data_seed={WORLD_SEED}',
+                                                         '--overwrite=True'])  # logged above: 'retrained'
             summary.pop('losses', None)
             summary['reused'] = False
             self.log(f'  base pretrained in {time.time() - t0:.1f}s, val loss {summary["val_loss"]:.3f}')
@@ -213,7 +214,7 @@ class Study:
                     half = self.base_shape['n_embd'] // 2
                     extra_s += [f'--nola_seed={s}', f'--nola_k={half}', f'--nola_l={half}']
                 summ = self.run_config(name, config, s, self.S.mix_iters, extra_s)
-                ck = torch.load(self.ckpt(name), map_location='cpu', weights_only=True)
+                ck = read_checkpoint(self.ckpt(name))
                 state = ck['adapter']['state'] if 'adapter' in ck else ck['model']
                 rows.append({'seed': s, 'name': name, 'acc': {t: r['acc'] for t, r in summ['eval'].items()},
                              'val_loss': summ['val_loss'], 'train_time_s': summ['train_time_s'],
