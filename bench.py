@@ -267,7 +267,7 @@ def peer_batches(vocab, B, T, prompt_share, seed=0):
     batches = {"plain": (x, y, x.clone())}
     y, labels = y.clone(), x.clone()
     for b in range(B):  # prompt lengths spread around prompt_share * T
-        p = int(prompt_share * T) + (b % 5 - 2) * T // 32
+        p = min(max(int(prompt_share * T) + (b % 5 - 2) * T // 32, 1), T - 1)  # at least one loss position
         y[b, :p - 1], labels[b, :p] = -1, -100
     batches["instruction"] = (x, y, labels)
     return batches
