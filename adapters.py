@@ -12,6 +12,7 @@ Shared mechanics (freezing, merge/unmerge in fp32, ΔW, state dicts) live in Ada
 keyword defaults are its method's defaults (train.py: --<method>_<option>) and its HELP says what each
 option does. Where a paper left a choice open, the comment says "(our choice)" and an option offers both.
 """
+import contextlib
 import hashlib
 import inspect
 import math
@@ -200,7 +201,7 @@ class NOLALinear(AdapterLinear):
     def draw_frozen(self):
         """A0 and (stored_basis) the bases from the seeds. The frozen offset A0 ~ kaiming is the reference code's
         (gpt/src/model_nola.py), not the paper's Eq. (2): with A = B = 0 at the start neither would learn."""
-        self.seeds, self._cache = (int(self.seed_A), int(self.seed_B)), None  # ints: no device sync per forward
+        self.seeds = int(self.seed_A), int(self.seed_B)  # ints: no device sync per forward
         g = torch.Generator().manual_seed(derive_seed(self.seeds[0], "A0"))
         A0 = nn.init.kaiming_uniform_(torch.empty(self.r, self.d_in), a=math.sqrt(5), generator=g)
         self.register_buffer("A0", A0.to(self._zeros(0)), persistent=False)
@@ -211,12 +212,8 @@ class NOLALinear(AdapterLinear):
                 self.register_buffer(name, basis, persistent=False)
 
     def build(self):
-        """(B, A): k·r·d work whatever the number of tokens, outside autocast. Without autograd they are kept until
-        α or β change (their versions): else generation redraws the bases per token (evaluation measured 2.3x
-        slower); merge() is the fastest inference."""
-        key = (self.coef_A._version, self.coef_B._version, self.coef_A.device, self.coef_A.dtype)
-        if not torch.is_grad_enabled() and self._cache is not None and self._cache[0] == key:
-            return self._cache[1]
+        """(B, A) of Eq. (2), outside autocast: k·r·d work whatever the number of tokens. Evaluation runs
+        inside merged(model), where forward never calls it (one build per merge, not per generated token)."""
         with torch.autocast(self.coef_A.device.type, enabled=False):
             if self.stored_basis:
                 A = torch.einsum("k,krd->rd", self.coef_A, self.basis_A)
@@ -224,9 +221,7 @@ class NOLALinear(AdapterLinear):
             else:
                 A = MixBases.apply(self.coef_A, self.seeds[0], (self.r, self.d_in), self.basis_device)
                 B = MixBases.apply(self.coef_B, self.seeds[1], (self.d_out, self.r), self.basis_device)
-        BA = (B, self.A0 + A)
-        self._cache = None if torch.is_grad_enabled() else (key, BA)  # a graph is never kept
-        return BA
+        return B, self.A0 + A
 
     def update(self, x):
         B, A = self.build()
@@ -387,6 +382,23 @@ def unmerge_adapters(model):
         m.unmerge()
 
 
+@contextlib.contextmanager
+def merged(model):
+    """Evaluate at the base model's cost: every ΔW sits in its W0 inside the block. On exit W0 is restored
+    from a copy, bit-exact (subtracting ΔW again would leave fp32 rounding in it)."""
+    todo = [m for m in adapted_modules(model).values() if not m.merged]
+    saved = [m.base.weight.detach().clone() for m in todo]
+    try:
+        for m in todo:
+            m.merge()
+        yield model
+    finally:
+        with torch.no_grad():
+            for m, w in zip(todo, saved):
+                m.base.weight.copy_(w)
+                m.merged = False
+
+
 def merge_and_unload(model):
     """Fold every ΔW into its base weight and put the plain nn.Linear back: a plain GPT again."""
     for name, m in adapted_modules(model).items():
@@ -440,10 +452,10 @@ def load_adapter_state_dict(model, sd):
         if v.shape != expected[k].shape:
             raise ValueError(f"adapter state shape mismatch at {k}: checkpoint {tuple(v.shape)} vs "
                              f"model {tuple(expected[k].shape)} (different base model size or rank?)")
-    merged = [m for m in adapted_modules(model).values() if m.merged]
+    was_merged = [m for m in adapted_modules(model).values() if m.merged]
     unmerge_adapters(model)  # new factors must not be subtracted from a W0 that holds the old ones
     model.load_state_dict(sd, strict=False)  # keys and shapes checked above; the base stays as it is
-    for m in merged:
+    for m in was_merged:
         m.merge()
 
 

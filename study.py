@@ -164,7 +164,8 @@ class Study:
         return model
 
     def evaluate(self, model, ds):
-        return ds.evaluate(model.eval(), split='test', max_items=self.S.eval_items)
+        with adapters.merged(model):  # generation at the base model's cost
+            return ds.evaluate(model.eval(), split='test', max_items=self.S.eval_items)
 
     def dataset(self, name):
         c = train.parse_args([])

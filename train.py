@@ -459,7 +459,7 @@ def main(argv=()):
         print(f"unigram entropy of the data {summary['unigram_entropy']:.4f} nats/token vs val loss {val_loss:.4f}")
     elif c.final_eval:
         model.eval()
-        with autocast:  # evaluate in the precision the model trained in
+        with autocast, adapters.merged(model):  # in the training precision, at the base model's cost
             summary['eval'] = ds.evaluate(model, split=c.eval_split, max_items=c.eval_max_items or None)
         print(data.format_results(summary['eval']))
         with open(os.path.join(c.out_dir, 'eval.json'), 'w') as f:
