@@ -29,7 +29,8 @@ from model import read_checkpoint, write_checkpoint
 # shared mechanics
 
 class AdapterLinear(nn.Module):
-    """base(x) + update(x), update(x) = ΔW x without forming ΔW. Subclasses define update() and factors()."""
+    """base(x) + update(x), update(x) = ΔW x without forming ΔW. A subclass gives low_rank() -> (B, A) with
+    ΔW = scale · B A (LoRA, NOLA), or its own update() and factors() (gates between A and B)."""
 
     def __init__(self, base: nn.Linear):
         super().__init__()
@@ -40,9 +41,14 @@ class AdapterLinear(nn.Module):
     def _zeros(self, *shape):  # adapter tensors live where the base weight lives, in its dtype
         return torch.zeros(*shape, device=self.base.weight.device, dtype=self.base.weight.dtype)
 
+    def update(self, x):  # scales the (.., r) intermediate, not the (.., d_out) output: r << d_out
+        B, A = self.low_rank()
+        return F.linear(F.linear(self.dropout(x), A) * self.scale, B)
+
     def factors(self):
         """(B (d_out, R), A (R, d_in)) in fp32 with scale and gates folded in, so ΔW = B @ A."""
-        raise NotImplementedError
+        B, A = self.low_rank()
+        return B.float(), A.float() * self.scale
 
     def delta_weight(self):
         B, A = self.factors()
@@ -101,11 +107,8 @@ class LoRALinear(AdapterLinear):
         self.lora_A = nn.Parameter(nn.init.kaiming_uniform_(self._zeros(r, self.d_in), a=math.sqrt(5)))
         self.lora_B = nn.Parameter(self._zeros(self.d_out, r))  # B = 0: ΔW = 0 at step 0
 
-    def update(self, x):  # scales the (.., r) intermediate, not the (.., d_out) output: r << d_out
-        return F.linear(F.linear(self.dropout(x), self.lora_A) * self.scale, self.lora_B)
-
-    def factors(self):
-        return self.lora_B.float(), self.lora_A.float() * self.scale
+    def low_rank(self):
+        return self.lora_B, self.lora_A
 
 # -----------------------------------------------------------------------------
 # MultiLoRA: Wang, Lin, Zeng, Zhang 2023, arXiv 2311.11501, Sec. 3:
@@ -133,25 +136,23 @@ class MultiLoRALinear(AdapterLinear):
         self.gate = nn.Parameter(self._zeros(n) if gate == "scalar" else self._zeros(n, self.d_out))
 
     def update(self, x):
-        h = F.linear(self.dropout(x), self.lora_A)                        # (.., n·r)
-        if self.gate.dim() == 1:                                           # gates between A and B
-            return F.linear(h * (self.gate * self.scale).repeat_interleave(self.r), self.lora_B)
-        return F.linear(h * self.scale, self._gated_B())                   # gates folded into B
+        h = F.linear(self.dropout(x), self.lora_A) * self.scale  # (.., n·r)
+        if self.gate.dim() == 1:                                  # gates between A and B
+            return F.linear(h * self.column_gates(), self.lora_B)
+        return F.linear(h, self.lora_B * self.column_gates())     # gates folded into B
 
-    def _gated_B(self):
-        return self.lora_B * self.gate.repeat_interleave(self.r, dim=0).t()  # (d_out, n·r)
+    def column_gates(self):  # the gate of each of B's n·r columns: (n·r,), or one per output (d_out, n·r)
+        return self.gate.t().repeat_interleave(self.r, dim=-1)
 
     def factors(self):
-        if self.gate.dim() == 1:
-            g = (self.gate.float() * self.scale).repeat_interleave(self.r)
-            return self.lora_B.float(), self.lora_A.float() * g[:, None]
-        return self._gated_B().float(), self.lora_A.float() * self.scale
+        return self.lora_B.float() * self.column_gates().float(), self.lora_A.float() * self.scale
 
 # -----------------------------------------------------------------------------
 # NOLA: Koohpayegani et al., ICLR 2024, arXiv 2310.02556, Eq. (2):
 #   A = A0 + Σ_{j≤k} α_j A_j,  B = Σ_{j≤l} β_j B_j,  ΔW = s · B A,  only α, β trained.
 # Bases A_j, B_j ~ U(-1, 1)/√k (resp. √l) come from a per-module seed through a local
 # torch.Generator on the CPU (bit-identical on every machine, never the global RNG).
+# With B and A mixed, the forward is LoRA's (AdapterLinear.update).
 
 def nola_bases(seed, count, shape, dtype=torch.float32, device="cpu", draw_on="cpu"):
     """(count, *shape) bases U(-1,1)/√count drawn from `seed` in fp32 by the `draw_on` device's
@@ -211,9 +212,8 @@ class NOLALinear(AdapterLinear):
                 basis = nola_bases(seed, n, shape, self.A0.dtype, self.A0.device, self.basis_device)
                 self.register_buffer(name, basis, persistent=False)
 
-    def build(self):
-        """(B, A) of Eq. (2), outside autocast: k·r·d work whatever the number of tokens. Evaluation runs
-        inside merged(model), where forward never calls it (one build per merge, not per generated token)."""
+    def low_rank(self):
+        """(B, A) of Eq. (2), outside autocast: k·r·d work whatever the number of tokens (merged(): once)."""
         with torch.autocast(self.coef_A.device.type, enabled=False):
             if self.stored_basis:
                 A = torch.einsum("k,krd->rd", self.coef_A, self.basis_A)
@@ -222,14 +222,6 @@ class NOLALinear(AdapterLinear):
                 A = MixBases.apply(self.coef_A, self.seeds[0], (self.r, self.d_in), self.basis_device)
                 B = MixBases.apply(self.coef_B, self.seeds[1], (self.d_out, self.r), self.basis_device)
         return B, self.A0 + A
-
-    def update(self, x):
-        B, A = self.build()
-        return F.linear(F.linear(self.dropout(x), A) * self.scale, B)  # then exactly LoRA
-
-    def factors(self):
-        B, A = self.build()
-        return B.float(), A.float() * self.scale
 
 # -----------------------------------------------------------------------------
 # CAT: Prabhakar et al. 2024, "LoRA Soups", arXiv 2410.13025, Eq. (2):
@@ -386,15 +378,13 @@ def unmerge_adapters(model):
 def merged(model):
     """Evaluate at the base model's cost: every ΔW sits in its W0 inside the block. On exit W0 is restored
     from a copy, bit-exact (subtracting ΔW again would leave fp32 rounding in it)."""
-    todo = [m for m in adapted_modules(model).values() if not m.merged]
-    saved = [m.base.weight.detach().clone() for m in todo]
+    w0 = {m: m.base.weight.detach().clone() for m in adapted_modules(model).values() if not m.merged}
     try:
-        for m in todo:
-            m.merge()
+        merge_adapters(model)
         yield model
     finally:
         with torch.no_grad():
-            for m, w in zip(todo, saved):
+            for m, w in w0.items():
                 m.base.weight.copy_(w)
                 m.merged = False
 
