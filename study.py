@@ -20,6 +20,7 @@ spread sqrt(sd_a² + sd_b²) over seeds is reported as no difference. results/ST
 from the numbers in results/study.json, verdicts included: nothing in it is typed by hand.
 """
 import argparse
+import collections
 import contextlib
 import io
 import json
@@ -28,6 +29,7 @@ import os
 import sys
 import time
 
+import numpy as np
 import torch
 
 import adapters
@@ -89,14 +91,144 @@ def sd(xs):
     return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
-def compare(a, b):
-    """(sign, diff, spread): sign is 0 when |mean(a) - mean(b)| <= sqrt(sd(a)² + sd(b)²)."""
-    diff, spread = mean(a) - mean(b), math.hypot(sd(a), sd(b))
-    return (0 if abs(diff) <= spread else (1 if diff > 0 else -1)), diff, spread
-
-
 def pm(xs, fmt='{:.3f}'):
     return (fmt + ' ± ' + fmt).format(mean(xs), sd(xs))
+
+
+# ----------------------------------------------------------------------------------------------
+# statistics and gates: what a verdict may claim from a handful of seeds
+
+EQUIV_MARGIN = 0.03   # a "matches" claim needs the whole CI of the paired difference within ±this (exact match)
+# A "matches" claim also needs both methods this far above answering every item with the task's most common
+# training answer: two methods that both learned nothing agree perfectly, and that agreement says nothing about
+# the methods. 0.10 is 10 test items in 100 per task beyond the constant answer, several times the seed-to-seed
+# sd of a run that has learned something (0.01-0.02 in results/study.json).
+FLOOR_GATE = 0.10
+N_BOOT, CI_LEVEL, BOOT_SEED = 2000, 0.95, 0  # paired bootstrap: resamples, coverage, its own fixed RNG seed
+# The gates every headline verdict rests on (what "the runs have learned" means here): (key, what, op, threshold)
+GATES = [('full_ft', 'mixture: full fine-tuning, avg exact match', '>=', 0.55),
+         ('best_adapter', 'mixture: best adapter, avg exact match', '>=', 0.45),
+         ('skill1_own', f'composition: skill 1 LoRA on its own task ({data.SKILL1})', '>=', 0.8),
+         ('skill2_own', f'composition: skill 2 LoRA on its own task ({data.SKILL2})', '>=', 0.8),
+         ('skill1_composite', f'composition: skill 1 LoRA alone on the composite ({data.COMPOSITE})', '<=', 0.05),
+         ('skill2_composite', f'composition: skill 2 LoRA alone on the composite ({data.COMPOSITE})', '<=', 0.05),
+         ('upper_bound', f'composition: upper-bound LoRA trained on the composite ({data.COMPOSITE})', '>=', 0.8)]
+UPPER_BOUND = 'upper bound'  # the key of the upper-bound run in skills.acc, when the study has one
+
+
+def most_common_answer_baseline(ds_or_items, max_items=None):
+    """Exact match of answering every test item with the task's most common train answer (ties: the
+    alphabetically first), on the first max_items test items, the ones the study evaluates. ds_or_items:
+    an InstructDataset or {task: {'train': [(prompt, answer)], 'test': [...]}}. {task: acc, 'avg': mean}."""
+    items = getattr(ds_or_items, 'text', ds_or_items)
+    tasks = getattr(ds_or_items, 'tasks', list(items))
+    out = {}
+    for t in tasks:
+        counts = collections.Counter(a for _, a in items[t]['train'])
+        if not counts:
+            raise ValueError(f'task {t!r} has no train items: no most common answer')
+        answer = min(counts, key=lambda a: (-counts[a], a))
+        test = items[t]['test'][:max_items]
+        out[t] = sum(a == answer for _, a in test) / max(len(test), 1)
+    out['avg'] = mean([out[t] for t in tasks])
+    return out
+
+
+def paired_diff_ci(a_rows, b_rows, n_boot=N_BOOT, level=CI_LEVEL, seed=BOOT_SEED):
+    """(diff, lo, hi): the mean paired difference a - b and its percentile bootstrap CI.
+    a_rows[i] and b_rows[i] are the same seed's numbers: one number, or {unit: number} (units such as
+    tasks, the same keys in every row), or {unit: [number per item]} (the same items, in the same order).
+    Each resample draws seeds, units and items within a unit independently with replacement (seed and task
+    are crossed: both vary), from its own RNG seeded with `seed`: the same numbers always give the same CI."""
+    if len(a_rows) != len(b_rows) or not a_rows:
+        raise ValueError(f'paired_diff_ci: {len(a_rows)} rows vs {len(b_rows)}: pass one row per seed for each method')
+    as_units = lambda r: r if isinstance(r, dict) else {'all': r}
+    A, B = [as_units(r) for r in a_rows], [as_units(r) for r in b_rows]
+    units = list(A[0])
+    if any(set(r) != set(units) for r in A + B):
+        raise ValueError('paired_diff_ci: rows name different units (tasks): pair the same tasks in every row')
+    d = []  # per unit: (seeds, items) paired differences
+    for u in units:
+        a = np.array([np.atleast_1d(np.asarray(r[u], dtype=float)) for r in A])
+        b = np.array([np.atleast_1d(np.asarray(r[u], dtype=float)) for r in B])
+        if a.shape != b.shape:
+            raise ValueError(f'paired_diff_ci: unit {u!r} has {a.shape[1]} items in a, {b.shape[1]} in b: pair the same items')
+        d.append(a - b)
+    diff = float(np.mean([x.mean() for x in d]))
+    rng = np.random.default_rng(seed)
+    S, U, stats = len(A), len(d), np.empty(n_boot)
+    for k in range(n_boot):
+        seeds, picked = rng.integers(S, size=S), rng.integers(U, size=U)
+        total = 0.0
+        for j in picked:
+            x = d[j][seeds]
+            if x.shape[1] > 1:
+                x = x[:, rng.integers(x.shape[1], size=x.shape[1])]
+            total += x.mean()
+        stats[k] = total / U
+    lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
+    return diff, float(lo), float(hi)
+
+
+def fmt_ci(ci):
+    diff, lo, hi = ci
+    return f'paired diff {diff:+.3f}, {CI_LEVEL:.0%} CI [{lo:+.3f}, {hi:+.3f}]'
+
+
+def direction(ci):
+    """'higher' iff the CI of a - b lies above 0, 'lower' iff below, else 'no difference'."""
+    _, lo, hi = ci
+    return 'higher' if lo > 0 else 'lower' if hi < 0 else 'no difference'
+
+
+def equivalence(ci, over_baseline, margin=EQUIV_MARGIN, floor=FLOOR_GATE, failed_gates=()):
+    """A "matches" claim on a paired CI of a - b: (status, text), status 'matches' (CI inside ±margin),
+    'differs' (CI wholly outside it) or 'inconclusive'. over_baseline: {method: mean exact match minus the
+    most-common-answer baseline}; below `floor` for either method, or any failed gate, makes it inconclusive."""
+    low = [f'{m} only {v:+.3f}' for m, v in over_baseline.items() if v < floor]
+    why = ([f'at the floor: {", ".join(low)} over the most-common-answer baseline (needs ≥ +{floor:.2f})'] if low else [])
+    why += list(failed_gates)
+    if why:
+        return 'inconclusive', 'inconclusive (' + '; '.join(why) + ')'
+    _, lo, hi = ci
+    if -margin < lo and hi < margin:
+        return 'matches', f'matches (CI [{lo:+.3f}, {hi:+.3f}] inside ±{margin:.2f})'
+    if lo > margin or hi < -margin:
+        return 'differs', f'differs (CI [{lo:+.3f}, {hi:+.3f}] outside ±{margin:.2f})'
+    return 'inconclusive', f'inconclusive (CI [{lo:+.3f}, {hi:+.3f}] wider than ±{margin:.2f})'
+
+
+def gates(res):
+    """Each gate of GATES with its measured value (None: the study has no such run) and pass (None: not measured)."""
+    mix, sk = res['mixture'], res['skills']['acc']
+    avg = {m: mean([r['acc']['avg'] for r in rows]) for m, rows in mix.items()}
+    best = max((m for m in avg if m != 'full'), key=avg.get, default=None)
+    comp = lambda m, t: mean(sk[m][t]) if m in sk and t in sk[m] else None
+    measured = {'full_ft': (avg.get('full'), 'full'), 'best_adapter': (avg.get(best), best),
+                'skill1_own': (comp('skill1 alone', data.SKILL1), None), 'skill2_own': (comp('skill2 alone', data.SKILL2), None),
+                'skill1_composite': (comp('skill1 alone', data.COMPOSITE), None),
+                'skill2_composite': (comp('skill2 alone', data.COMPOSITE), None),
+                'upper_bound': (comp(UPPER_BOUND, data.COMPOSITE), None)}
+    out = []
+    for key, what, op, thr in GATES:
+        v, who = measured[key]
+        ok = None if v is None else (v >= thr if op == '>=' else v <= thr)
+        out.append({'key': key, 'gate': what + (f' ({who})' if who and key == 'best_adapter' else ''),
+                    'threshold': f'{"≥" if op == ">=" else "≤"} {thr:g}', 'measured': v, 'pass': ok})
+    return out
+
+
+def gate_failures(gate_rows, keys):
+    """One line per gate in keys that failed or was not measured (what an inconclusive verdict names)."""
+    return [f'gate not measured: {g["gate"]}' if g['pass'] is None else
+            f'gate failed: {g["gate"]} {g["measured"]:.3f}, needs {g["threshold"]}'
+            for g in gate_rows if g['key'] in keys and not g['pass']]
+
+
+def format_gates(gate_rows):
+    return [f'gate {"not measured" if g["pass"] is None else "pass" if g["pass"] else "FAIL"}: {g["gate"]} '
+            f'{g["threshold"]}, measured ' + ('-' if g['measured'] is None else f'{g["measured"]:.3f}')
+            for g in gate_rows]
 
 
 def nbytes(obj):
@@ -110,6 +242,12 @@ def payload(sd_):
     """Bytes of the tensors alone (a tied tensor counted once, as torch.save stores it)."""
     seen = {t.data_ptr(): t.numel() * t.element_size() for t in sd_.values()}
     return sum(seen.values())
+
+
+def world_dataset(name):
+    """The study's world (WORLD_SEED) as train.py's defaults read it."""
+    c = train.parse_args([])
+    return data.get_dataset(name, c['block_size'], tokenizer=c['tokenizer'], data_dir=c['data_dir'], seed=WORLD_SEED)
 
 
 class Study:
@@ -168,8 +306,7 @@ class Study:
             return ds.evaluate(model.eval(), split='test', max_items=self.S.eval_items)
 
     def dataset(self, name):
-        c = train.parse_args([])
-        return data.get_dataset(name, c['block_size'], tokenizer=c['tokenizer'], data_dir=c['data_dir'], seed=WORLD_SEED)
+        return world_dataset(name)
 
     # ---- stage 1 --------------------------------------------------------------------------------
     def stage_base(self):
@@ -283,12 +420,14 @@ class Study:
             adapters.add_adapters(fresh, **adapters.adapter_config(model))
             adapters.load_adapter_state_dict(fresh, baselines.dequantize_nola_state(sd_q, fresh))
             ev = self.evaluate(fresh, mixture)
-            q4.append({'seed': s, 'acc': ev['avg']['acc'], 'file_bytes': nbytes(sd_q), 'payload_bytes': payload(sd_q)})
+            q4.append({'seed': s, 'acc': ev['avg']['acc'], 'file_bytes': nbytes(sd_q), 'payload_bytes': payload(sd_q),
+                       'acc_tasks': {t: r['acc'] for t, r in ev.items() if t != 'avg'}})
         pick = lambda m, k: [r[k] for r in mix[m]]
         return {'nola_fp32': {'acc': [r['acc']['avg'] for r in mix['nola']], 'file_bytes': pick('nola', 'file_bytes'),
                               'payload_bytes': pick('nola', 'payload_bytes'),
                               'trainable_params': mix['nola'][0]['trainable_params']},
-                'nola_4bit': {'acc': [r['acc'] for r in q4], 'file_bytes': [r['file_bytes'] for r in q4],
+                'nola_4bit': {'acc': [r['acc'] for r in q4], 'acc_tasks': [r['acc_tasks'] for r in q4],
+                              'file_bytes': [r['file_bytes'] for r in q4],
                               'payload_bytes': [r['payload_bytes'] for r in q4],
                               'trainable_params': mix['nola'][0]['trainable_params']},
                 'lora_r1': {'acc': [r['acc']['avg'] for r in mix['lora_r1']], 'file_bytes': pick('lora_r1', 'file_bytes'),
@@ -307,70 +446,125 @@ class Study:
             self.log(f'stage {stage}: {self.seconds[stage]:.1f}s')
         self.seconds['total'] = time.time() - t_all
         res['seconds'] = self.seconds
-        res['verdicts'] = verdicts(res)
+        res['baseline'] = most_common_answer_baseline(self.dataset('mixture'), self.S.eval_items)
+        res['verdicts'] = verdicts(res)  # and res['gates']
         return res
 
 
 # ----------------------------------------------------------------------------------------------
 # verdicts and the write-up: computed from the numbers only
 
+def mixture_baseline(res):
+    """res['baseline'] (the most-common-answer baseline on the study's test items), computed from the world
+    when an older study.json has none."""
+    if not res.get('baseline'):
+        res['baseline'] = most_common_answer_baseline(world_dataset('mixture'), res['settings']['eval_items'])
+    return res['baseline']
+
+
+def by_seed(rows):
+    return sorted(rows, key=lambda r: r['seed'])
+
+
+def task_rows(rows, tasks):
+    """One {task: exact match} per seed, in seed order (what paired_diff_ci pairs)."""
+    return [{t: r['acc'][t] for t in tasks} for r in by_seed(rows)]
+
+
 def verdicts(res):
-    """One row per seed paper: claim, finding (numbers), verdict. 'better' claims need a difference
-    beyond the spread; 'matches' claims hold unless the method is worse beyond the spread."""
+    """One row per seed paper: claim, finding (numbers), verdict. Differences are paired across seeds and
+    tasks, with a bootstrap CI: 'better' claims need the CI above 0, 'matches' claims need it inside
+    ±EQUIV_MARGIN with both methods off the floor, and a verdict whose gate fails is inconclusive."""
     mix, spec, sk, cp = res['mixture'], res['spectra']['per_method'], res['skills'], res['compression']
     R = res['settings']['R']
     lora, multi = f'lora_r{R}', f'multilora_3x{R // 3}'
+    base = mixture_baseline(res)
+    G = res['gates'] = gates(res)
+    tasks = [t for t in base if t != 'avg']
+    for m, rows in mix.items():
+        if [r['seed'] for r in by_seed(rows)] != [r['seed'] for r in by_seed(mix['full'])]:
+            raise ValueError(f'mixture runs of {m} and full have different seeds: the differences would not be paired')
     avg = lambda m: [r['acc']['avg'] for r in mix[m]]
-    word = {1: 'higher', 0: 'no difference', -1: 'lower'}
+    over = lambda m: mean(avg(m)) - base['avg']
+    ci_tasks = lambda a, b: paired_diff_ci(task_rows(mix[a], tasks), task_rows(mix[b], tasks))
+    mixture_gates = gate_failures(G, ('full_ft', 'best_adapter'))
+    adapter_gates = gate_failures(G, ('best_adapter',))
+    vs = lambda a, b, what: f'{what}: {pm(a)} vs {pm(b)}'
 
-    def better(a, b, what):   # claim: a > b
-        sign, diff, spread = compare(a, b)
-        return sign, f'{what}: {pm(a)} vs {pm(b)} (diff {diff:+.3f}, spread {spread:.3f}: {word[sign]})'
+    def gated(verdict, failed, parts):
+        """The verdict, or 'inconclusive (gates)' with what this budget measured."""
+        if not failed:
+            return verdict
+        return 'inconclusive (' + '; '.join(failed) + ')' + (f'; at this budget: {parts}' if parts else '')
 
     out = []
-    s, txt = better(avg(lora), avg('full'), f'avg exact match, LoRA r={R} vs full fine-tuning')
-    out.append({'paper': 'LoRA', 'claim': CLAIMS['LoRA'], 'finding': txt, 'agrees': s >= 0,
-                'verdict': 'agrees' if s >= 0 else 'disagrees (LoRA is worse than full fine-tuning here)'})
+    ci = ci_tasks(lora, 'full')
+    status, text = equivalence(ci, {lora: over(lora), 'full': over('full')}, failed_gates=mixture_gates)
+    finding = (f'{vs(avg(lora), avg("full"), f"avg exact match, LoRA r={R} vs full fine-tuning")} ({fmt_ci(ci)}); '
+               f'minus the baseline {base["avg"]:.3f}: LoRA {over(lora):+.3f}, full {over("full"):+.3f}')
+    out.append({'paper': 'LoRA', 'claim': CLAIMS['LoRA'], 'finding': finding, 'ci': ci, 'agrees': status == 'matches',
+                'verdict': 'agrees' if status == 'matches' else text if status == 'inconclusive' else
+                f'disagrees (LoRA r={R} is {"above" if ci[0] > 0 else "below"} full fine-tuning beyond ±{EQUIV_MARGIN})'})
 
-    e_m, e_l, e_f = (spec[m]['effective_rank_mean'] for m in (multi, lora, 'full'))
-    s1, t1 = better(e_m, e_l, f'effective rank of ΔW, MultiLoRA vs LoRA r={R}')
-    s2, t2 = better(avg(multi), avg(lora), f'avg exact match, MultiLoRA 3x{R // 3} vs LoRA r={R}')
-    closer = abs(mean(e_m) - mean(e_f)) < abs(mean(e_l) - mean(e_f))
-    t3 = f'|eff. rank - full FT\'s {mean(e_f):.2f}|: MultiLoRA {abs(mean(e_m) - mean(e_f)):.2f}, LoRA {abs(mean(e_l) - mean(e_f)):.2f}'
-    parts = [('flatter spectrum', s1 > 0), ('closer to full fine-tuning', closer), ('better accuracy', s2 > 0)]
-    held = [p for p, ok in parts if ok]
-    out.append({'paper': 'MultiLoRA', 'claim': CLAIMS['MultiLoRA'], 'finding': '; '.join([t1, t3, t2]),
-                'agrees': len(held) == len(parts),
-                'verdict': ('agrees' if len(held) == len(parts) else
-                            'partly: ' + ', '.join(f'{p} {"yes" if ok else "no"}' for p, ok in parts) if held else
-                            'does not reproduce: ' + ', '.join(f'{p} no' for p, _ in parts))})
+    e_m, e_l, e_f = (spec[m]['effective_rank_mean'] for m in (multi, lora, 'full'))  # per seed, in seed order
+    ci1 = paired_diff_ci(e_m, e_l)
+    ci2 = paired_diff_ci([abs(x - f) for x, f in zip(e_l, e_f)], [abs(x - f) for x, f in zip(e_m, e_f)])
+    ci3 = ci_tasks(multi, lora)
+    t1 = f'{vs(e_m, e_l, f"effective rank of ΔW, MultiLoRA vs LoRA r={R}")} ({fmt_ci(ci1)}: {direction(ci1)})'
+    t2 = (f'|eff. rank - full FT\'s {mean(e_f):.2f}|, LoRA minus MultiLoRA: {fmt_ci(ci2)} '
+          f'({"MultiLoRA closer" if direction(ci2) == "higher" else "LoRA closer" if direction(ci2) == "lower" else "no difference"})')
+    t3 = f'{vs(avg(multi), avg(lora), f"avg exact match, MultiLoRA 3x{R // 3} vs LoRA r={R}")} ({fmt_ci(ci3)}: {direction(ci3)})'
+    parts = [('flatter spectrum', direction(ci1) == 'higher'), ('closer to full fine-tuning', direction(ci2) == 'higher'),
+             ('better accuracy', direction(ci3) == 'higher')]
+    measured = ', '.join(f'{p} {"yes" if ok else "no"}' for p, ok in parts)
+    held = all(ok for _, ok in parts)
+    verdict = ('agrees' if held else 'partly: ' + measured if any(ok for _, ok in parts) else
+               'does not reproduce: ' + measured)
+    out.append({'paper': 'MultiLoRA', 'claim': CLAIMS['MultiLoRA'], 'finding': '; '.join([t1, t2, t3]),
+                'ci': ci3, 'agrees': held and not adapter_gates, 'verdict': gated(verdict, adapter_gates, measured)})
 
-    nola, r1 = cp['nola_fp32'], cp['lora_r1']
-    s1, t1 = better(nola['acc'], r1['acc'], f'avg exact match, NOLA ({nola["trainable_params"]:,} trainable) vs '
-                                           f'LoRA r=1 ({r1["trainable_params"]:,})')
-    s2, t2 = better(cp['nola_4bit']['acc'], nola['acc'], 'NOLA 4-bit vs full precision')
-    t3 = (f'adapter payload {mean(cp["nola_4bit"]["payload_bytes"]):,.0f} B (4-bit) / {mean(nola["payload_bytes"]):,.0f} B '
+    nola, r1, q4 = cp['nola_fp32'], cp['lora_r1'], cp['nola_4bit']
+    ci1 = ci_tasks('nola', 'lora_r1')
+    st1, tx1 = equivalence(ci1, {'nola': over('nola'), 'lora_r1': over('lora_r1')}, failed_gates=adapter_gates)
+    if q4.get('acc_tasks'):   # per task when the study recorded it, else per seed
+        ci2 = paired_diff_ci([{t: a[t] for t in tasks} for a in q4['acc_tasks']], task_rows(mix['nola'], tasks))
+    else:
+        ci2 = paired_diff_ci(q4['acc'], [r['acc']['avg'] for r in mix['nola']])
+    st2, tx2 = equivalence(ci2, {'nola_4bit': mean(q4['acc']) - base['avg'], 'nola': over('nola')},
+                           failed_gates=adapter_gates)
+    what = f'avg exact match, NOLA ({nola["trainable_params"]:,} trainable) vs LoRA r=1 ({r1["trainable_params"]:,})'
+    t1 = (f'{vs(nola["acc"], r1["acc"], what)} '
+          f'({fmt_ci(ci1)}: {tx1.split(" (")[0]}); minus the baseline: NOLA {over("nola"):+.3f}, LoRA r=1 {over("lora_r1"):+.3f}')
+    t2 = f'{vs(q4["acc"], nola["acc"], "NOLA 4-bit vs full precision")} ({fmt_ci(ci2)}: {tx2.split(" (")[0]})'
+    t3 = (f'adapter payload {mean(q4["payload_bytes"]):,.0f} B (4-bit) / {mean(nola["payload_bytes"]):,.0f} B '
           f'(fp32) vs LoRA r=1 {mean(r1["payload_bytes"]):,.0f} B')
     fewer = nola['trainable_params'] < r1['trainable_params']   # the premise of the comparison
-    ok = fewer and s1 >= 0 and s2 >= 0
-    out.append({'paper': 'NOLA', 'claim': CLAIMS['NOLA'], 'finding': '; '.join([t1, t2, t3]), 'agrees': ok,
-                'verdict': 'agrees' if ok else 'disagrees: ' + ', '.join(
-                    x for x, bad in (('NOLA has no fewer trainable numbers', not fewer), ('NOLA below LoRA r=1', s1 < 0),
-                                     ('4-bit loses accuracy', s2 < 0)) if bad)})
+    # more quality than LoRA r=1, or 4-bit above full precision, beyond the margin still supports the claim
+    below1, below2 = st1 == 'differs' and ci1[2] < 0, st2 == 'differs' and ci2[2] < 0
+    bad = [x for x, b in (('NOLA has no fewer trainable numbers', not fewer),
+                          (f'NOLA below LoRA r=1 beyond ±{EQUIV_MARGIN}', below1),
+                          (f'4-bit loses more than {EQUIV_MARGIN}', below2)) if b]
+    unsure = [tx for st, tx in ((st1, tx1), (st2, tx2)) if st == 'inconclusive']
+    verdict = ('disagrees: ' + ', '.join(bad) if bad else
+               'inconclusive (' + '; '.join(dict.fromkeys(p for u in unsure for p in u[len('inconclusive ('):-1].split('; ')))
+               + ')' if unsure else
+               'agrees')
+    out.append({'paper': 'NOLA', 'claim': CLAIMS['NOLA'], 'finding': '; '.join([t1, t2, t3]), 'ci': ci1,
+                'agrees': verdict == 'agrees', 'verdict': verdict})
 
     comp = lambda m: sk['acc'][m][data.COMPOSITE]
     best_merge = max(('ΔW averaging', 'TIES'), key=lambda m: mean(comp(m)))
-    s1, t1 = better(comp('CAT'), comp(best_merge), f'composite exact match, CAT vs {best_merge} (the better merge)')
-    s2, t2 = better(comp('CAT'), comp('data mixing'), 'CAT vs data mixing')
-    ok = s1 > 0 and s2 > 0
+    ci1, ci2 = paired_diff_ci(comp('CAT'), comp(best_merge)), paired_diff_ci(comp('CAT'), comp('data mixing'))
+    t1 = f'{vs(comp("CAT"), comp(best_merge), f"composite exact match, CAT vs {best_merge} (the better merge)")} ({fmt_ci(ci1)}: {direction(ci1)})'
+    t2 = f'{vs(comp("CAT"), comp("data mixing"), "CAT vs data mixing")} ({fmt_ci(ci2)}: {direction(ci2)})'
     own = {t: mean(sk['acc'][f'skill{i} alone'][t]) for i, t in ((1, data.SKILL1), (2, data.SKILL2))}
     t3 = 'each skill LoRA on its own skill: ' + ', '.join(f'{t} {v:.3f}' for t, v in own.items())
-    floor = all(mean(comp(m)) == 0 for m in sk['acc'])   # nothing to compare: every method scores 0
-    out.append({'paper': 'CAT', 'claim': CLAIMS['CAT'], 'finding': '; '.join([t1, t2, t3]), 'agrees': ok,
-                'verdict': 'agrees' if ok else ('partly: beats merging, not data mixing' if s1 > 0 else
-                                                'partly: beats data mixing, not merging' if s2 > 0 else
-                                                'inconclusive: every method scores 0 on the composite' if floor else
-                                                'does not reproduce')})
+    s1, s2 = direction(ci1) == 'higher', direction(ci2) == 'higher'
+    measured = f'beats merging {"yes" if s1 else "no"}, beats data mixing {"yes" if s2 else "no"}'
+    verdict = ('agrees' if s1 and s2 else 'partly: ' + measured if s1 or s2 else 'does not reproduce: ' + measured)
+    comp_gates = gate_failures(G, ('skill1_own', 'skill2_own', 'skill1_composite', 'skill2_composite', 'upper_bound'))
+    out.append({'paper': 'CAT', 'claim': CLAIMS['CAT'], 'finding': '; '.join([t1, t2, t3]), 'ci': ci1,
+                'agrees': s1 and s2 and not comp_gates, 'verdict': gated(verdict, comp_gates, measured)})
     return out
 
 
@@ -382,26 +576,49 @@ def write_report(res, path):
     for t in tasks:
         fams.setdefault(data.TASK_FAMILY.get(t, '-'), []).append(t)
     famacc = lambda rows, ts: [mean([r['acc'][t] for t in ts]) for r in rows]
+    base = mixture_baseline(res)
+    G = res.get('gates') or gates(res)
     b = res['base']
     L = ['# Study results (generated by `python study.py`; do not edit by hand)', '',
          f"Base: {b['model_args']}, fingerprint {b['fingerprint']}, {'reused' if b.get('reused') else 'pretrained'} "
          f"({b.get('iters')} iterations, val loss {b['val_loss']:.3f}). Seeds {S['seeds']} (init and batch order; the "
          f"world is fixed). Exact match on up to {S['eval_items']} test items per task. Mixture runs "
-         f"{S['mix_iters']} iterations, skill LoRAs {S['skill_iters']}, CAT {S['cat_iters']}. mean ± sd over seeds; "
-         f"a difference within sqrt(sd_a² + sd_b²) counts as no difference.", '',
+         f"{S['mix_iters']} iterations, skill LoRAs {S['skill_iters']}, CAT {S['cat_iters']}. mean ± sd over seeds.", '',
+         f"Baseline: answering every test item with its task's most common training answer (exact match "
+         f"{base['avg']:.3f} on average); 'minus baseline' is a method's exact match minus it. A verdict compares two "
+         f"methods by their paired difference (same seeds, same test items) with a {CI_LEVEL:.0%} bootstrap CI "
+         f"({N_BOOT:,} resamples, RNG seed {BOOT_SEED}) that resamples seeds x tasks: study.json holds exact match per "
+         f"seed and task, not per item, so items are not resampled. 'higher' / 'lower' when the CI excludes 0, else "
+         f"no difference. A 'matches' claim needs the CI inside ±{EQUIV_MARGIN} and both methods at least "
+         f"+{FLOOR_GATE:.2f} over the baseline, else it is inconclusive (at the floor, or CI too wide). A verdict "
+         f"whose gate (below) fails or was not measured is inconclusive and names the gate.", '',
          'Wall time per stage (s): ' + ', '.join(f'{k} {v:.0f}' for k, v in res['seconds'].items()) +
          f" ({res['torch_threads']} torch threads).", '',
-         '## 1. Multi-task mixture (12 tasks, 3 families)', '',
-         '| method | trainable | adapter bytes | avg exact match | ' + ' | '.join(fams) + ' | val loss | train s |',
-         '|---|---:|---:|---:|' + '---:|' * len(fams) + '---:|---:|']
+         '## Gates', '', 'What the verdicts rest on: runs that have learned (checked on the numbers below).', '',
+         '| gate | threshold | measured | pass |', '|---|---|---:|---|']
+    for g in G:
+        L.append(f"| {g['gate']} | {g['threshold']} | {'-' if g['measured'] is None else format(g['measured'], '.3f')} | "
+                 f"{'not measured' if g['pass'] is None else 'pass' if g['pass'] else '**fail**'} |")
+    L += ['', '## 1. Multi-task mixture (12 tasks, 3 families)', '',
+          '| method | trainable | adapter bytes | avg exact match | minus baseline | ' + ' | '.join(fams) +
+          ' | val loss | train s |', '|---|---:|---:|---:|---:|' + '---:|' * len(fams) + '---:|---:|',
+          '| most common answer (baseline) | 0 | 0 | ' + f"{base['avg']:.3f} | +0.000 | " +
+          ' | '.join(f"{mean([base[t] for t in ts]):.3f}" for ts in fams.values()) + ' | - | - |']
     for m, rows in mix.items():
         L.append(f"| {m} | {rows[0]['trainable_params']:,} | {rows[0]['payload_bytes']:,} | "
-                 f"{pm([r['acc']['avg'] for r in rows])} | " + ' | '.join(pm(famacc(rows, ts)) for ts in fams.values()) +
+                 f"{pm([r['acc']['avg'] for r in rows])} | {mean([r['acc']['avg'] for r in rows]) - base['avg']:+.3f} | " +
+                 ' | '.join(pm(famacc(rows, ts)) for ts in fams.values()) +
                  f" | {pm([r['val_loss'] for r in rows])} | {pm([r['train_time_s'] for r in rows], '{:.1f}')} |")
+    L += ['', 'Exact match minus the baseline, per family (mean over seeds):', '',
+          '| method | average | ' + ' | '.join(fams) + ' |', '|---|---:|' + '---:|' * len(fams)]
+    for m, rows in mix.items():
+        L.append(f"| {m} | {mean([r['acc']['avg'] for r in rows]) - base['avg']:+.3f} | " + ' | '.join(
+            f"{mean(famacc(rows, ts)) - mean([base[t] for t in ts]):+.3f}" for ts in fams.values()) + ' |')
     L += ['', 'adapter bytes: the tensors of the adapter state (full fine-tuning: the whole model).', '',
-          'Per task (mean over seeds):', '', '| task | family | ' + ' | '.join(mix) + ' |', '|---|---|' + '---:|' * len(mix)]
+          'Per task (mean over seeds):', '', '| task | family | baseline | ' + ' | '.join(mix) + ' |',
+          '|---|---|---:|' + '---:|' * len(mix)]
     for t in tasks:
-        L.append(f"| {t} | {data.TASK_FAMILY.get(t, '-')} | " + ' | '.join(f"{mean([r['acc'][t] for r in rows]):.3f}"
+        L.append(f"| {t} | {data.TASK_FAMILY.get(t, '-')} | {base[t]:.3f} | " + ' | '.join(f"{mean([r['acc'][t] for r in rows]):.3f}"
                                                                         for rows in mix.values()) + ' |')
     L += ['', '## 2. Spectra of ΔW (W_q, W_v; analyze.py)', '', f"![spectra]({os.path.basename(spec['figure'])})", '',
           '| method | effective rank exp(H) | top σ² share | rank for 90% energy | ‖ΔW‖/‖W0‖ | intruders/matrix (ε=0.5) |',
@@ -446,7 +663,7 @@ def check(res):
                 yield from walk(v, f'{where}[{i}]')
         elif isinstance(x, float) and not math.isfinite(x):
             yield where
-    for stage in ('base', 'mixture', 'spectra', 'skills', 'compression', 'verdicts'):
+    for stage in ('base', 'mixture', 'spectra', 'skills', 'compression', 'baseline', 'gates', 'verdicts'):
         if not res.get(stage):
             raise RuntimeError(f'stage {stage} produced no numbers')
         bad = list(walk(res[stage], stage))
@@ -468,11 +685,13 @@ def main(argv=None):
             raise FileNotFoundError(f'{path} not found: run python study.py first')
         with open(path) as f:
             res = json.load(f)
-        res['verdicts'] = verdicts(res)
-        with open(path, 'w') as f:
+        res['verdicts'] = verdicts(res)  # and res['gates'], res['baseline'] when study.json has none
+        with open(path + '.tmp', 'w') as f:
             json.dump(res, f, indent=1)
+        os.replace(path + '.tmp', path)
         write_report(res, os.path.join(os.path.dirname(path), 'STUDY.md'))
         print(f'rewrote {os.path.dirname(path)}/STUDY.md from {path}')
+        print_outcome(res)
         return res
     S = dict(QUICK if a.quick else FULL)
     if a.out:
@@ -490,9 +709,15 @@ def main(argv=None):
     write_report(res, os.path.join(S['results'], 'STUDY.md'))
     print(f"wrote {S['results']}/STUDY.md, study.json, {os.path.basename(res['spectra']['figure'])} "
           f"in {res['seconds']['total']:.0f}s")
+    print_outcome(res)
+    return res
+
+
+def print_outcome(res):
+    for line in format_gates(res['gates']):
+        print(line)
     for v in res['verdicts']:
         print(f"{v['paper']:<10} {v['verdict']}")
-    return res
 
 
 if __name__ == '__main__':
