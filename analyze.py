@@ -23,6 +23,7 @@ import json
 import math
 import os
 import re
+import statistics
 import sys
 import time
 
@@ -63,9 +64,7 @@ def singular_values(u, dtype=torch.float32, name="ΔW"):
 
 def spectrum_metrics(s, energy=ENERGY):
     """Everything we report about one spectrum s (descending σ's). Sums in float64."""
-    s = s.detach().to(torch.float64).cpu()
-    if s.numel() == 0 or not torch.isfinite(s).all() or s[0] <= 0:
-        raise ValueError("spectrum is empty, non-finite or zero: nothing to analyse")
+    s = s.detach().to(torch.float64).cpu()   # singular_values() refused empty, non-finite and zero spectra
     e = s ** 2
     cum = e.cumsum(0) / e.sum()
     p = s / s.sum()
@@ -113,35 +112,31 @@ def analyze(base, runs, matrices=None, k=TOP_K, eps=EPS, float64=False):
     Returns a json-able dict: per run, per matrix metrics and the per-method aggregate."""
     dtype = torch.float64 if float64 else torch.float32
     names = matrices or sorted({n for r in runs for n in r["updates"]}, key=_natural)
-    clock, now, svd0, out = dict.fromkeys(("W0 svd", "spectra", "intruders"), 0.0), time.perf_counter, {}, []
+    svd0, out = {}, []
     for r in runs:
         per = {}
         for name in (n for n in names if n in r["updates"]):   # a matrix a run did not adapt has ΔW = 0
             if name not in base:
                 raise ValueError(f"no matrix {name!r} in the base model")
-            t0 = now()
+            W0, u, what = base[name].to(dtype), r["updates"][name], f"ΔW of {name} in {r['label']}"
             if name not in svd0:   # W0's SVD, once per matrix, shared by every run
-                svd0[name] = torch.linalg.svd(base[name].to(dtype), full_matrices=False)[:2]
-            (U0, S0), W0, u, what = svd0[name], base[name].to(dtype), r["updates"][name], f"ΔW of {name} in {r['label']}"
-            t1 = now()
+                svd0[name] = torch.linalg.svd(W0, full_matrices=False)[:2]
+            U0, S0 = svd0[name]
             s = singular_values(u, dtype, name=what)
             dW = u[0].to(dtype) @ u[1].to(dtype) if isinstance(u, (tuple, list)) else u.to(dtype)
             if dW.shape != W0.shape:
                 raise ValueError(f"{what} has shape {tuple(dW.shape)} but W0 has {tuple(W0.shape)}")
             m = spectrum_metrics(s)
             m["rel_norm"] = (s.double().norm() / S0.double().norm()).item()   # ||ΔW||_F / ||W0||_F
-            t2 = now()
             max_cos, counts = intruder_dimensions(U0, W0 + dW, k, eps)
             m["intruder_max_cos"], m["intruders"] = max_cos.tolist(), {str(e): c for e, c in counts.items()}
-            for stage, dt in zip(clock, (t1 - t0, t2 - t1, now() - t2)):
-                clock[stage] += dt
             per[name] = m
         if not per:
             raise ValueError(f"{r['label']}: none of the matrices {', '.join(names)} was adapted by this run")
         info = {key: v for key, v in r.items() if key != "updates"}
         out.append(info | {"matrices": per, "aggregate": aggregate(per, eps)})
     return {"settings": {"top_k": k, "eps": list(eps), "energy": ENERGY, "float64": float64,
-                         "intruder_vectors": "left (U)", "matrices": names, "stage_seconds": clock}, "runs": out}
+                         "intruder_vectors": "left (U)", "matrices": names}, "runs": out}
 
 
 def aggregate(per, eps=EPS):
@@ -149,21 +144,19 @@ def aggregate(per, eps=EPS):
     a matrix's rank), intruders per matrix, effective rank per layer and matrix kind, and per layer."""
     ms = list(per.values())
     mean = lambda key: sum(m[key] for m in ms) / len(ms)
-    er = torch.tensor([m["effective_rank"] for m in ms], dtype=torch.float64)
-    curve = torch.zeros(max(len(m["normalized"]) for m in ms), dtype=torch.float64)
-    for m in ms:
-        curve[:len(m["normalized"])] += torch.tensor(m["normalized"], dtype=torch.float64) / len(ms)
+    curve = [sum(m["normalized"][i] for m in ms if i < len(m["normalized"])) / len(ms)
+             for i in range(max(len(m["normalized"]) for m in ms))]
     by_layer, layers = {}, {}
     for name, m in per.items():
         hit = re.search(r"\.h\.(\d+)\.(.+)$", name)
         kind, layer = (hit.group(2), int(hit.group(1))) if hit else (name, 0)
         by_layer.setdefault(kind, {})[str(layer)] = m["effective_rank"]
         layers.setdefault(layer, []).append(m["effective_rank"])
-    return {"n_matrices": len(ms), "effective_rank_mean": er.mean().item(),
-            "effective_rank_std": er.std(unbiased=False).item(), "energy_rank_mean": mean("energy_rank"),
-            "top_share_mean": mean("top_share"), "rel_norm_mean": mean("rel_norm"),
+    return {"n_matrices": len(ms), "effective_rank_mean": mean("effective_rank"),
+            "effective_rank_std": statistics.pstdev(m["effective_rank"] for m in ms),
+            "energy_rank_mean": mean("energy_rank"), "top_share_mean": mean("top_share"), "rel_norm_mean": mean("rel_norm"),
             "intruders_per_matrix": {str(e): sum(m["intruders"][str(e)] for m in ms) / len(ms) for e in eps},
-            "normalized_mean": curve.tolist(), "effective_rank_by_layer": by_layer,
+            "normalized_mean": curve, "effective_rank_by_layer": by_layer,
             "effective_rank_layer_mean": {str(i): sum(v) / len(v) for i, v in sorted(layers.items())}}
 
 
@@ -204,17 +197,15 @@ def legend_label(r):
 
 
 def text_chart(result, width=32):
-    """The figure without matplotlib: σ_k/σ_1 for k = 1..width as a bar row per method (log scale,
-    ten characters from 1e-3 to 1, a step per factor 10^(1/3)), then effective rank per layer."""
-    bars, runs = " .:-=+*#%@", result["runs"]
+    """The left panel of the figure without matplotlib: σ_k/σ_1 for k = 1..width as a bar row per method
+    (log scale, ten characters from 1e-3 to 1, a step per factor 10^(1/3)). The right panel, effective
+    rank per layer, is in the table."""
+    bars = " .:-=+*#%@"
     lines = [f"σ_k/σ_1 for k = 1..{width} (log scale: ' ' <= 1e-3 ... '@' = 1)"]
-    for r in runs:
+    for r in result["runs"]:
         c = r["aggregate"]["normalized_mean"][:width]
         row = "".join(bars[max(0, min(9, round(9 + 9 * math.log10(max(v, 1e-12)) / 3)))] for v in c)
         lines.append(f"  {legend_label(r):<56}|{row:<{width}}|")
-    lines.append("mean effective rank per layer (over the matrices of each layer)")
-    lines += [f"  {legend_label(r):<56}" + " ".join(f"{v:.1f}" for v in r["aggregate"]["effective_rank_layer_mean"].values())
-              for r in runs]
     return "\n".join(lines)
 
 
@@ -381,8 +372,7 @@ def bench(n_layer=12, d=768, rel=0.05, seed=0, float64=False):
     print(format_table(result))
     print(f"\nbench: {len(base)} matrices ({n_layer} layers x q,v, {d}x{d}) x {len(runs)} methods, |ΔW|/|W0| = {rel}, "
           f"intruders included: {dt:.2f} s wall, {cpu:.2f} s CPU, {torch.get_num_threads()} threads "
-          f"({'float64' if float64 else 'float32'}); stages: "
-          + ", ".join(f"{k} {v:.2f} s" for k, v in result["settings"]["stage_seconds"].items()))
+          f"({'float64' if float64 else 'float32'})")
     return result
 
 
@@ -396,13 +386,12 @@ def main(argv=None):
     p.add_argument("--top_k", type=int, default=TOP_K, help="top singular vectors of W0+ΔW checked for intruders")
     p.add_argument("--eps", default=",".join(map(str, EPS)), help="intruder thresholds ε on max |cosine|")
     p.add_argument("--bench", action="store_true", help="time the analysis on synthetic GPT-2-small-shaped updates")
-    p.add_argument("--bench_rel", type=float, default=0.05, help="--bench: size of each ΔW relative to W0 (Frobenius)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default; 1 on a shared CPU)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.bench:
-        return bench(rel=a.bench_rel, float64=a.float64)
+        return bench(float64=a.float64)
     if not a.base or not a.results:
         p.error("give --base=<the base's out_dir, checkpoint or GPT-2 directory> and at least one result")
     try:
