@@ -15,9 +15,11 @@ Five stages, each feeding the next (methods: docs/methods.md; data: data.py's do
                 baselines data mixing, ΔW averaging, TIES, each skill LoRA alone
  5. compression NOLA with 4-bit coefficients vs full precision, bytes vs LoRA rank 1
 Every training run goes through train.main with a config from config/, and is repeated over seeds
-(init and batch order; the world itself stays the same). A difference of means smaller than the
-spread sqrt(sd_a² + sd_b²) over seeds is reported as no difference. results/STUDY.md is written
-from the numbers in results/study.json, verdicts included: nothing in it is typed by hand.
+(init and batch order; the world itself stays the same). Verdicts compare paired differences (same
+seeds, same test items) through a bootstrap CI, against an equivalence margin, above the floor of
+always answering a task's most common training answer, and only where the gates (runs that have
+learned) hold; otherwise they say "inconclusive" and why. results/STUDY.md is written from the
+numbers in results/study.json, verdicts included: nothing in it is typed by hand.
 """
 import argparse
 import collections
@@ -511,7 +513,7 @@ def verdicts(res):
     ci2 = paired_diff_ci([abs(x - f) for x, f in zip(e_l, e_f)], [abs(x - f) for x, f in zip(e_m, e_f)])
     ci3 = ci_tasks(multi, lora)
     t1 = f'{vs(e_m, e_l, f"effective rank of ΔW, MultiLoRA vs LoRA r={R}")} ({fmt_ci(ci1)}: {direction(ci1)})'
-    t2 = (f'|eff. rank - full FT\'s {mean(e_f):.2f}|, LoRA minus MultiLoRA: {fmt_ci(ci2)} '
+    t2 = (f'distance from full FT\'s effective rank {mean(e_f):.2f}, LoRA\'s minus MultiLoRA\'s: {fmt_ci(ci2)} '
           f'({"MultiLoRA closer" if direction(ci2) == "higher" else "LoRA closer" if direction(ci2) == "lower" else "no difference"})')
     t3 = f'{vs(avg(multi), avg(lora), f"avg exact match, MultiLoRA 3x{R // 3} vs LoRA r={R}")} ({fmt_ci(ci3)}: {direction(ci3)})'
     parts = [('flatter spectrum', direction(ci1) == 'higher'), ('closer to full fine-tuning', direction(ci2) == 'higher'),
