@@ -590,7 +590,8 @@ def write_report(res, path):
          f"{base['avg']:.3f} on average); 'minus baseline' is a method's exact match minus it. A verdict compares two "
          f"methods by their paired difference (same seeds, same test items) with a {CI_LEVEL:.0%} bootstrap CI "
          f"({N_BOOT:,} resamples, RNG seed {BOOT_SEED}) that resamples seeds x tasks: study.json holds exact match per "
-         f"seed and task, not per item, so items are not resampled. 'higher' / 'lower' when the CI excludes 0, else "
+         f"seed and task, not per item, so items are not resampled (spectra and the composite: seeds only). With 3 "
+         f"seeds these CIs are rough. 'higher' / 'lower' when the CI excludes 0, else "
          f"no difference. A 'matches' claim needs the CI inside ±{EQUIV_MARGIN} and both methods at least "
          f"+{FLOOR_GATE:.2f} over the baseline, else it is inconclusive (at the floor, or CI too wide). A verdict "
          f"whose gate (below) fails or was not measured is inconclusive and names the gate.", '',
