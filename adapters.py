@@ -315,13 +315,12 @@ def target_names(model, targets):
 def refuse_tied(model, names):
     # GPT-2 ties lm_head to wte: merging ΔW would change the embedding too, and a merged state dict
     # would be silently re-tied on load. So tied weights are never adapted.
-    owners = {}
-    for n, p in model.named_parameters(remove_duplicate=False):
-        owners.setdefault(id(p), []).append(n.rpartition(".")[0])
+    params = list(model.named_parameters(remove_duplicate=False))
     for name in names:
-        others = [o for o in owners[id(model.get_submodule(name).weight)] if o != name]
+        weight = model.get_submodule(name).weight
+        others = [n for n, p in params if p is weight and n != name + ".weight"]
         if others:
-            raise ValueError(f"{name}.weight is tied to {others[0]}.weight (GPT-2 ties lm_head and wte): "
+            raise ValueError(f"{name}.weight is tied to {others[0]} (GPT-2 ties lm_head and wte): "
                              f"adapting it would change both; target other layers")
 
 
