@@ -110,7 +110,7 @@ def analyze(base, runs, matrices=None, k=TOP_K, eps=EPS, float64=False):
     """The whole analysis, no files. base: {name: W0 (d_out, d_in)}. runs: list of dicts with
     'label', 'method', 'trainable_params', 'updates': {name: dense ΔW or (B, A) factors}.
     Returns a json-able dict: per run, per matrix metrics and the per-method aggregate."""
-    dtype = torch.float64 if float64 else torch.float32
+    t0, cpu0, dtype = time.perf_counter(), time.process_time(), torch.float64 if float64 else torch.float32
     names = matrices or sorted({n for r in runs for n in r["updates"]}, key=_natural)
     svd0, out = {}, []
     for r in runs:
@@ -136,7 +136,8 @@ def analyze(base, runs, matrices=None, k=TOP_K, eps=EPS, float64=False):
         info = {key: v for key, v in r.items() if key != "updates"}
         out.append(info | {"matrices": per, "aggregate": aggregate(per, eps)})
     return {"settings": {"top_k": k, "eps": list(eps), "energy": ENERGY, "float64": float64,
-                         "intruder_vectors": "left (U)", "matrices": names}, "runs": out}
+                         "intruder_vectors": "left (U)", "matrices": names,
+                         "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0}, "runs": out}
 
 
 def aggregate(per, eps=EPS):
@@ -331,9 +332,7 @@ def run(base_path, paths, matrices=None, out=OUT, float64=False, k=TOP_K, eps=EP
     for r in runs:
         if r["method"] == "full":   # ΔW = W_ft - W0
             r["updates"] = {n: r["updates"][n].float() - base[n].float() for n in names}
-    t0 = time.perf_counter()
     result = analyze(base, runs, names, k=k, eps=eps, float64=float64)
-    result["settings"]["seconds"] = time.perf_counter() - t0
     result["base"] = {"path": base_file, "fingerprint": fingerprint, "loaded": loaded}
     return result, format_table(result), write_outputs(result, out)
 
@@ -365,13 +364,11 @@ def bench_inputs(n_layer=12, d=768, rel=0.05, seed=0):
 def bench(n_layer=12, d=768, rel=0.05, seed=0, float64=False):
     """Times analyze() on bench_inputs(); prints the table and the timing, returns the result."""
     base, runs = bench_inputs(n_layer, d, rel, seed)
-    t0, c0 = time.perf_counter(), time.process_time()
     result = analyze(base, runs, float64=float64)
-    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-    result["settings"]["seconds"] = dt
+    t = result["settings"]
     print(format_table(result))
     print(f"\nbench: {len(base)} matrices ({n_layer} layers x q,v, {d}x{d}) x {len(runs)} methods, |ΔW|/|W0| = {rel}, "
-          f"intruders included: {dt:.2f} s wall, {cpu:.2f} s CPU, {torch.get_num_threads()} threads "
+          f"intruders included: {t['seconds']:.2f} s wall, {t['cpu_seconds']:.2f} s CPU, {torch.get_num_threads()} threads "
           f"({'float64' if float64 else 'float32'})")
     return result
 
