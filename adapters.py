@@ -30,7 +30,7 @@ from model import read_checkpoint, write_checkpoint
 
 class AdapterLinear(nn.Module):
     """base(x) + update(x), update(x) = ΔW x without forming ΔW. A subclass gives low_rank() -> (B, A) with
-    ΔW = scale · B A (LoRA, NOLA), or its own update() and factors() (gates between A and B)."""
+    ΔW = scale · B A (LoRA, MultiLoRA, NOLA), or its own update() and factors() (CAT)."""
 
     def __init__(self, base: nn.Linear):
         super().__init__()
@@ -113,8 +113,8 @@ class LoRALinear(AdapterLinear):
 # -----------------------------------------------------------------------------
 # MultiLoRA: Wang, Lin, Zeng, Zhang 2023, arXiv 2311.11501, Sec. 3:
 #   ΔW x = Σ_i g_i · s · B_i A_i x,  A_i and B_i kaiming, g_i = 0 at init (so ΔW = 0 at step 0).
-# The n modules are one rank-(n·r) LoRA with a block-diagonal gate between A and B:
-# stacked A (n·r, d_in), stacked B (d_out, n·r), gate repeated r times. Same FLOPs as LoRA n·r.
+# The n modules are one rank-(n·r) LoRA whose B carries the gates: stacked A (n·r, d_in), stacked
+# B (d_out, n·r), g_i on B_i's r columns. Same FLOPs as LoRA n·r, and LoRA's forward (AdapterLinear).
 
 class MultiLoRALinear(AdapterLinear):
     HELP = dict(n="number of parallel LoRA modules", r="rank of each module", alpha="scale s = alpha / r",
@@ -135,17 +135,8 @@ class MultiLoRALinear(AdapterLinear):
                 nn.init.kaiming_uniform_(self.lora_B[:, i * r:(i + 1) * r], a=math.sqrt(5))
         self.gate = nn.Parameter(self._zeros(n) if gate == "scalar" else self._zeros(n, self.d_out))
 
-    def update(self, x):
-        h = F.linear(self.dropout(x), self.lora_A) * self.scale  # (.., n·r)
-        if self.gate.dim() == 1:                                  # gates between A and B
-            return F.linear(h * self.column_gates(), self.lora_B)
-        return F.linear(h, self.lora_B * self.column_gates())     # gates folded into B
-
-    def column_gates(self):  # the gate of each of B's n·r columns: (n·r,), or one per output (d_out, n·r)
-        return self.gate.t().repeat_interleave(self.r, dim=-1)
-
-    def factors(self):
-        return self.lora_B.float() * self.column_gates().float(), self.lora_A.float() * self.scale
+    def low_rank(self):  # 'scalar': g_i (n,) on B_i's columns; 'channel': g_i (n, d_out) on B_i's entries
+        return self.lora_B * self.gate.t().repeat_interleave(self.r, dim=-1), self.lora_A
 
 # -----------------------------------------------------------------------------
 # NOLA: Koohpayegani et al., ICLR 2024, arXiv 2310.02556, Eq. (2):
@@ -213,7 +204,7 @@ class NOLALinear(AdapterLinear):
                 self.register_buffer(name, basis, persistent=False)
 
     def low_rank(self):
-        """(B, A) of Eq. (2), outside autocast: k·r·d work whatever the number of tokens (merged(): once)."""
+        """(B, A) of Eq. (2), outside autocast: k·r·d work per forward, whatever the number of tokens."""
         with torch.autocast(self.coef_A.device.type, enabled=False):
             if self.stored_basis:
                 A = torch.einsum("k,krd->rd", self.coef_A, self.basis_A)
