@@ -29,8 +29,8 @@ from model import read_checkpoint, write_checkpoint
 # shared mechanics
 
 class AdapterLinear(nn.Module):
-    """base(x) + update(x), update(x) = ΔW x without forming ΔW. A subclass gives low_rank() -> (B, A) with
-    ΔW = scale · B A (LoRA, MultiLoRA, NOLA), or its own update() and factors() (CAT)."""
+    """base(x) + update(x), update(x) = ΔW x without forming ΔW. Each method gives low_rank() -> (B, A)
+    with ΔW = scale · B A, its B carrying the gates (MultiLoRA) or weights (CAT)."""
 
     def __init__(self, base: nn.Linear):
         super().__init__()
@@ -217,7 +217,7 @@ class NOLALinear(AdapterLinear):
 # -----------------------------------------------------------------------------
 # CAT: Prabhakar et al. 2024, "LoRA Soups", arXiv 2410.13025, Eq. (2):
 #   ΔW = Σ_i w_i · s_i · B_i A_i  over N frozen skill LoRAs; one trainable w_i per adapter per module.
-# Stored as one rank-Σr_i LoRA (A = concat(s_i A_i), B = concat(B_i)) with w between A and B, so the
+# One rank-Σr_i LoRA: buffers concat(s_i A_i) and concat(B_i), B = concat(w_i B_i) per forward. The
 # checkpoint is self-contained (no need for the skill files) and the algebra has no cross terms.
 
 class CATLinear(AdapterLinear):
@@ -233,6 +233,7 @@ class CATLinear(AdapterLinear):
         self.register_buffer("cat_B", self._zeros(self.d_out, sum(self.ranks)))  # cols: B_i
         which = torch.repeat_interleave(torch.arange(len(ranks)), torch.tensor(self.ranks))  # rank row -> skill
         self.register_buffer("which", which.to(self.base.weight.device), persistent=False)
+        self.scale, self.dropout = 1.0, nn.Identity()  # for LoRA's forward: s_i sit in cat_A, no dropout
         self.softmax = weights == "softmax"
         if self.softmax:  # LoRA Soups code: convex weights, logits start from N(0, 1)
             logits = torch.randn(len(ranks), generator=torch.Generator().manual_seed(seed))
@@ -249,11 +250,8 @@ class CATLinear(AdapterLinear):
     def weights(self):
         return self.cat_w.softmax(0) if self.softmax else self.cat_w
 
-    def update(self, x):
-        return F.linear(F.linear(x, self.cat_A) * self.weights()[self.which], self.cat_B)
-
-    def factors(self):
-        return self.cat_B.float(), self.cat_A.float() * self.weights().float()[self.which][:, None]
+    def low_rank(self):  # w_i on B_i's columns; the skills' own scales s_i are already in cat_A
+        return self.cat_B * self.weights()[self.which], self.cat_A
 
 # -----------------------------------------------------------------------------
 # the options: a class's keyword defaults, named <method>_<option> in train.py and its --help
