@@ -65,7 +65,7 @@ def env(tmp_path_factory):
 
 
 def expected_trainable(c, d=N_EMBD, n_layer=N_LAYER, total=None):
-    """The issue's formulas, per adapted matrix (d_in + d_out summed over the targets of every layer)."""
+    """Trainable counts from docs/methods.md's formulas, per adapted matrix (d_in + d_out over the targets of every layer)."""
     io = {'attn.q': 2 * d, 'attn.k': 2 * d, 'attn.v': 2 * d, 'attn.c_proj': 2 * d, 'mlp.c_fc': 5 * d, 'mlp.c_proj': 5 * d}
     targets = c['adapter_targets'].split(',')
     m, dio = n_layer * len(targets), n_layer * sum(io[t] for t in targets)
