@@ -3,7 +3,6 @@ What did fine-tuning change? Singular-value spectra of the weight updates ΔW, a
 dimensions, for full fine-tuning and every adapter method (README: "Looking at the updates").
 
     python analyze.py --base=out/base out/lora_mixture out/finetune_mixture --out=out/spectra
-    python analyze.py --bench        # timing on synthetic GPT-2-small-shaped updates
 
 --base is a train.py out_dir (or its ckpt.pt) or a GPT-2 directory or name; each result is a train.py
 out_dir or ckpt.pt that records that base's fingerprint, so no update is measured against the wrong
@@ -336,42 +335,6 @@ def run(base_path, paths, matrices=None, out=OUT, float64=False, k=TOP_K, eps=EP
     result["base"] = {"path": base_file, "fingerprint": fingerprint, "loaded": loaded}
     return result, format_table(result), write_outputs(result, out)
 
-# ----------------------------------------------------------------------------------------------
-# benchmark: the speed target on synthetic GPT-2-small-shaped updates
-
-
-def bench_inputs(n_layer=12, d=768, rel=0.05, seed=0):
-    """All q and v matrices of a GPT-2-small-shaped model; W0 with a power-law spectrum σ_j ∝ j^-0.6,
-    like trained weights'. Four factored methods (random factors of ranks 8-24) and full fine-tuning
-    (dense: noise plus four strong directions), each ΔW scaled to ||ΔW||_F = rel·||W0||_F.
-    Returns (base, runs) as analyze() takes them."""
-    g = torch.Generator().manual_seed(seed)
-    rnd = lambda *s: torch.randn(*s, generator=g)
-    orth = lambda: torch.linalg.qr(rnd(d, d)).Q
-    base = {f"transformer.h.{i}.{kind}": (orth() * torch.arange(1, d + 1).float() ** -0.6) @ orth().T
-            for i in range(n_layer) for kind in ("attn.q", "attn.v")}
-    fit = lambda W0, B, A: (B * (rel * W0.norm() / (B @ A).norm()), A)
-    ranks = {"lora": 8, "multilora": 24, "nola": 8, "cat": 16}   # multilora: 3 modules of rank 8; cat: 2 LoRAs
-    params = {"lora": 8 * 2 * d, "multilora": 24 * 2 * d + 3, "nola": 64 + 64, "cat": 2}   # per matrix
-    runs = [{"label": m, "method": m, "trainable_params": len(base) * params[m],
-             "updates": {n: fit(W0, rnd(d, r), rnd(r, d)) for n, W0 in base.items()}} for m, r in ranks.items()]
-    dense = {n: rnd(d, d) + rnd(d, 4) @ rnd(4, d) for n in base}
-    runs.append({"label": "full", "method": "full", "trainable_params": 124_439_808,   # GPT-2 small
-                 "updates": {n: dW * (rel * base[n].norm() / dW.norm()) for n, dW in dense.items()}})
-    return base, runs
-
-
-def bench(n_layer=12, d=768, rel=0.05, seed=0, float64=False):
-    """Times analyze() on bench_inputs(); prints the table and the timing, returns the result."""
-    base, runs = bench_inputs(n_layer, d, rel, seed)
-    result = analyze(base, runs, float64=float64)
-    t = result["settings"]
-    print(format_table(result))
-    print(f"\nbench: {len(base)} matrices ({n_layer} layers x q,v, {d}x{d}) x {len(runs)} methods, |ΔW|/|W0| = {rel}, "
-          f"intruders included: {t['seconds']:.2f} s wall, {t['cpu_seconds']:.2f} s CPU, {torch.get_num_threads()} threads "
-          f"({'float64' if float64 else 'float32'})")
-    return result
-
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Singular-value spectra and intruder dimensions of weight updates.")
@@ -382,13 +345,10 @@ def main(argv=None):
     p.add_argument("--float64", action="store_true", help="do the decompositions in float64")
     p.add_argument("--top_k", type=int, default=TOP_K, help="top singular vectors of W0+ΔW checked for intruders")
     p.add_argument("--eps", default=",".join(map(str, EPS)), help="intruder thresholds ε on max |cosine|")
-    p.add_argument("--bench", action="store_true", help="time the analysis on synthetic GPT-2-small-shaped updates")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default; 1 on a shared CPU)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    if a.bench:
-        return bench(float64=a.float64)
     if not a.base or not a.results:
         p.error("give --base=<the base's out_dir, checkpoint or GPT-2 directory> and at least one result")
     try:

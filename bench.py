@@ -7,6 +7,7 @@ LoRA and a merged one. Printed as ratios, with the targets each ratio should mee
     python bench.py                  # default small model and GPT-2-small shape (~3 min on a shared CPU)
     python bench.py --models=small --steps=5
     python bench.py --peer           # this project's LoRA vs Hugging Face transformers + PEFT (test-only deps)
+    python bench.py --spectra        # analyze.py on all q, v updates of a GPT-2-small shape (target <= 10 s)
 
 Timing: by default the process CPU time of one thread (--threads=1 --clock=cpu), which other
 processes on a shared machine disturb far less than wall-clock time; ratios between methods are what
@@ -25,6 +26,9 @@ and instruction tuning (the first ~70% of each row is prompt, without a loss). T
 adapts attn.q and attn.v with rank r; PEFT adapts GPT-2's fused c_attn (q, k and v together, one A
 and one B of 3C rows) with rank r, the closest PEFT allows (it cannot adapt slices of c_attn). Both
 train 4·r·C parameters per layer.
+
+--spectra: analyze.analyze() (SVD spectra and intruder dimensions) on synthetic updates of every q and
+v matrix of a GPT-2-small shape, for four adapter methods and full fine-tuning; wall and CPU seconds.
 """
 import argparse
 import contextlib
@@ -41,6 +45,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import adapters
+import analyze
 from model import GPT, GPTConfig, convert_hf_gpt2
 
 
@@ -356,6 +361,40 @@ def bench_peer(args):
                 print(f"| {kind} {what} <= {limit:.2f} | {name} | {dtype} | {v:.2f} | {'met' if v <= limit else 'MISSED'} |")
 
 
+# --- analyze.py's speed: spectra and intruders of synthetic GPT-2-small-shaped updates (target <= 10 s)
+def spectra_inputs(n_layer=12, d=768, rel=0.05, seed=0):
+    """All q and v matrices of a GPT-2-small-shaped model; W0 with a power-law spectrum σ_j ∝ j^-0.6,
+    like trained weights'. Four factored methods (random factors of ranks 8-24) and full fine-tuning
+    (dense: noise plus four strong directions), each ΔW scaled to ||ΔW||_F = rel·||W0||_F.
+    Returns (base, runs) as analyze.analyze() takes them."""
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, generator=g)
+    orth = lambda: torch.linalg.qr(rnd(d, d)).Q
+    base = {f"transformer.h.{i}.{kind}": (orth() * torch.arange(1, d + 1).float() ** -0.6) @ orth().T
+            for i in range(n_layer) for kind in ("attn.q", "attn.v")}
+    fit = lambda W0, B, A: (B * (rel * W0.norm() / (B @ A).norm()), A)
+    ranks = {"lora": 8, "multilora": 24, "nola": 8, "cat": 16}   # multilora: 3 modules of rank 8; cat: 2 LoRAs
+    params = {"lora": 8 * 2 * d, "multilora": 24 * 2 * d + 3, "nola": 64 + 64, "cat": 2}   # per matrix
+    runs = [{"label": m, "method": m, "trainable_params": len(base) * params[m],
+             "updates": {n: fit(W0, rnd(d, r), rnd(r, d)) for n, W0 in base.items()}} for m, r in ranks.items()]
+    dense = {n: rnd(d, d) + rnd(d, 4) @ rnd(4, d) for n in base}
+    runs.append({"label": "full", "method": "full", "trainable_params": 124_439_808,   # GPT-2 small
+                 "updates": {n: dW * (rel * base[n].norm() / dW.norm()) for n, dW in dense.items()}})
+    return base, runs
+
+
+def bench_spectra(n_layer=12, d=768, rel=0.05, seed=0, float64=False):
+    """Times analyze.analyze() on spectra_inputs(); prints its table and the timing, returns its result."""
+    base, runs = spectra_inputs(n_layer, d, rel, seed)
+    result = analyze.analyze(base, runs, float64=float64)
+    t = result["settings"]
+    print(analyze.format_table(result))
+    print(f"\nspectra: {len(base)} matrices ({n_layer} layers x q,v, {d}x{d}) x {len(runs)} methods, "
+          f"|ΔW|/|W0| = {rel}, intruders included: {t['seconds']:.2f} s wall, {t['cpu_seconds']:.2f} s CPU, "
+          f"{torch.get_num_threads()} thread(s) ({'float64' if float64 else 'float32'}; target <= 10 s)")
+    return result
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -375,11 +414,17 @@ def main(argv=None):
     p.add_argument("--peer_dtypes", default="float32,bfloat16", help="--peer: comma list (bfloat16 = autocast)")
     p.add_argument("--prompt_share", type=float, default=0.7, help="--peer: share of prompt tokens (no loss)")
     p.add_argument("--peer_full", type=int, default=1, help="--peer: 1 adds full fine-tuning before/after rows")
+    p.add_argument("--spectra", action="store_true",
+                   help="time analyze.py's spectra and intruders on GPT-2-small-shaped updates instead (target 10 s)")
+    p.add_argument("--spectra_float64", action="store_true", help="--spectra: decompositions in float64")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.r % 3:
         raise SystemExit(f"--r must be divisible by 3 (MultiLoRA n=3 r=R/3), got {args.r}")
     t0 = time.time()
+    if args.spectra:
+        bench_spectra(float64=args.spectra_float64)
+        return
     if args.peer:
         bench_peer(args)
         print(f"\n(total {time.time() - t0:.0f} s; CPU timings are noisy when other processes share the cores)")

@@ -15,6 +15,7 @@ import torch
 
 import adapters as ad
 import analyze as an
+import bench
 from model import GPT, GPTConfig
 
 torch.set_num_threads(1)
@@ -334,14 +335,14 @@ def test_command_line_error_is_one_line_without_traceback(ckpts, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_bench_metrics_match_an_independent_svd(capsys):
-    """The bench's numbers for planted updates of known rank, recomputed here from scratch in float64:
-    singular values, effective rank, energy rank, top share, norm ratio and intruders."""
-    result = an.bench(n_layer=2, d=64)
+def test_bench_spectra_metrics_match_an_independent_svd(capsys):
+    """bench.py --spectra's numbers for planted updates of known rank, recomputed here from scratch in
+    float64: singular values, effective rank, energy rank, top share, norm ratio and intruders."""
+    result = bench.bench_spectra(n_layer=2, d=64)
     out = capsys.readouterr().out
-    assert "bench: 4 matrices (2 layers x q,v, 64x64) x 5 methods" in out
+    assert "spectra: 4 matrices (2 layers x q,v, 64x64) x 5 methods" in out
     assert re.search(r"^lora\s+4,096\s+4\s+7\.\d\d", out, re.M)   # rank-8 random factors: effective rank just under 8
-    base, runs = an.bench_inputs(n_layer=2, d=64)
+    base, runs = bench.spectra_inputs(n_layer=2, d=64)
     rank = {"lora": 8, "multilora": 24, "nola": 8, "cat": 16, "full": 64}
     assert [r["label"] for r in result["runs"]] == list(rank)
     for r, got in zip(runs, result["runs"]):
