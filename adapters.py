@@ -17,13 +17,12 @@ import hashlib
 import inspect
 import math
 import os
-from fnmatch import fnmatchcase
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import read_checkpoint, write_checkpoint
+from model import linear_names, read_checkpoint, write_checkpoint
 
 # -----------------------------------------------------------------------------
 # shared mechanics
@@ -279,28 +278,6 @@ def _split(targets):
     return [t.strip() for t in (targets.split(",") if isinstance(targets, str) else targets) if t.strip()]
 
 
-def _matches(name, target):
-    """'attn.q' matches any module whose name ends with it; '*'/'?'/'[' make it a glob on the full name."""
-    if any(c in target for c in "*?["):
-        return fnmatchcase(name, target)
-    return name == target or name.endswith("." + target)
-
-
-def target_names(model, targets):
-    """Names of the nn.Linear modules that `targets` ('attn.q,attn.v', or globs such as 'h.*.mlp.c_fc')
-    select. Each target must match at least one Linear: a typo is refused, never silently skipped."""
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)
-               and not n.endswith(".base")]  # an adapter's frozen inner Linear is not a target of its own
-    targets = _split(targets)
-    if not targets:
-        raise ValueError("adapter targets are empty: give module names like 'attn.q,attn.v'")
-    for t in targets:
-        if not any(_matches(n, t) for n in linears):
-            raise ValueError(f"adapter target {t!r} matches no nn.Linear in the model (names look like "
-                             f"{linears[0]!r}; give module names like 'attn.q,attn.v' or globs like 'h.*.mlp.c_fc')")
-    return [n for n in linears if any(_matches(n, t) for t in targets)]
-
-
 def refuse_tied(model, names):
     # GPT-2 ties lm_head to wte: merging ΔW would change the embedding too, and a merged state dict
     # would be silently re-tied on load. So tied weights are never adapted.
@@ -328,7 +305,7 @@ def add_adapters(model, method, targets="attn.q,attn.v", skills=None, **options)
         raise ValueError(f"unknown {method} option(s) {sorted(set(options) - set(known))}: known are {known}")
     if adapted_modules(model):
         raise ValueError("model already has adapters: merge_and_unload(model) or start from a fresh base")
-    names = target_names(model, targets)
+    names = linear_names(model, targets)
     if skills is not None:
         if set(names) != set(skills):
             raise ValueError(f"the CAT skill adapters adapt {len(skills)} modules, this model has {len(names)} "
@@ -461,11 +438,7 @@ def load_adapter_checkpoint(path, model=None):
     ck = read_checkpoint(path)
     if not isinstance(ck.get("adapter"), dict) or not {"config", "state"} <= set(ck["adapter"]):
         raise ValueError(f"{path} holds no adapter (a full-model checkpoint? load it with model.load_model)")
-    config = dict(ck["adapter"]["config"])
-    if config["method"] == "cat" and "cat_ranks" in config:  # written before CAT's options took its class's names
-        config = dict(method="cat", targets=config["targets"], ranks=config["cat_ranks"],
-                      weights=config["cat_weights"], seed=config["seed"])
-    out = {"config": config, "state": ck["adapter"]["state"], "base": ck.get("base") or {},
+    out = {"config": dict(ck["adapter"]["config"]), "state": ck["adapter"]["state"], "base": ck.get("base") or {},
            "model_args": ck.get("model_args")}
     if model is not None:
         if adapted_modules(model):

@@ -447,20 +447,6 @@ def test_adapter_checkpoint_format_roundtrip(tmp_path):
     torch.testing.assert_close(again(idx)[0], m(idx)[0], rtol=0, atol=0)
 
 
-def test_cat_checkpoint_of_the_older_format_still_loads(cat_model, tmp_path):
-    m, base, _ = cat_model
-    randomize(m)
-    cfg = ad.adapter_config(m)
-    old = {"method": "cat", "targets": cfg["targets"], "cat_adapters": ["gone1.pt", "gone2.pt"],
-           "cat_weights": "plain", "cat_ranks": cfg["ranks"], "seed": 0}  # as written before the options' rename
-    torch.save({"base": {"path": "tiny", "fingerprint": base.fingerprint()},
-                "adapter": {"config": old, "state": ad.adapter_state_dict(m)}}, tmp_path / "old.pt")
-    again = copy.deepcopy(base)
-    assert ad.load_adapter_checkpoint(str(tmp_path / "old.pt"), again)["config"]["ranks"] == [2, 4]
-    idx = torch.randint(0, 50, (2, 16))
-    torch.testing.assert_close(again(idx)[0], m(idx)[0], rtol=0, atol=0)
-
-
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04 cut short", os.urandom(64), "hostile"])
 def test_damaged_or_hostile_adapter_files_are_one_line_errors(tmp_path, content):
     path = tmp_path / "skill.pt"

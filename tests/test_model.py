@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import GPT, GPTConfig, convert_hf_gpt2, load_model, read_safetensors, write_safetensors, hf_download
+from model import GPT, GPTConfig, convert_hf_gpt2, hf_download, linear_names, load_model, read_safetensors, write_safetensors
 from helpers import hf_state_dict
 
 TINY = dict(block_size=32, vocab_size=61, n_layer=2, n_head=2, n_embd=16)
@@ -250,3 +250,14 @@ def test_generation_and_evaluation_read_full_logits(tmp_path):
     want = F.cross_entropy(reference_gpt2(sd, x, 2, 2).reshape(-1, enc.n_vocab), y.reshape(-1), ignore_index=-1)
     got = ds.evaluate(model, split="test")["t"]["loss"]
     assert got == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_linear_names_select_by_suffix_or_glob_and_refuse_each_unmatched_pattern():
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=32))
+    assert linear_names(model, " attn.v, attn.q") == [f"transformer.h.{i}.attn.{k}" for i in range(2) for k in "qv"]
+    assert linear_names(model, ["h.1.mlp.*"]) == ["transformer.h.1.mlp.c_fc", "transformer.h.1.mlp.c_proj"]
+    assert len(linear_names(model, "*")) == 2 * 6 + 1   # q, k, v, c_proj, c_fc, mlp c_proj per layer; lm_head
+    with pytest.raises(ValueError, match=r"^target 'attn.z' matches no nn.Linear in the model \(names look like "):
+        linear_names(model, "attn.q,attn.z")   # one bad pattern among good ones is still refused
+    with pytest.raises(ValueError, match="targets are empty"):
+        linear_names(model, " , ")
