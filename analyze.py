@@ -110,7 +110,8 @@ def analyze(base, runs, matrices=None, k=TOP_K, eps=EPS, float64=False):
     'label', 'method', 'trainable_params', 'updates': {name: dense ΔW or (B, A) factors}.
     Returns a json-able dict: per run, per matrix metrics and the per-method aggregate."""
     t0, cpu0, dtype = time.perf_counter(), time.process_time(), torch.float64 if float64 else torch.float32
-    names = matrices or sorted({n for r in runs for n in r["updates"]}, key=_natural)
+    natural = lambda name: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]   # h.10 after h.9
+    names = matrices or sorted({n for r in runs for n in r["updates"]}, key=natural)
     svd0, out = {}, []
     for r in runs:
         per = {}
@@ -159,10 +160,6 @@ def aggregate(per, eps=EPS):
             "normalized_mean": curve, "effective_rank_by_layer": by_layer,
             "effective_rank_layer_mean": {str(i): sum(v) / len(v) for i, v in sorted(layers.items())}}
 
-
-def _natural(name):
-    """Sort transformer.h.10 after transformer.h.9."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 # ----------------------------------------------------------------------------------------------
 # reporting: everything below reads the dict analyze() returns, so the table, the JSON and the
@@ -298,7 +295,7 @@ def load_run(path, base_model, fingerprint):
             if w is None or w.shape != w0.shape:
                 raise ValueError(f"{path}: no {tuple(w0.shape)} weight for {n}: a different architecture than --base")
             updates[n] = w
-    label = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    label = os.path.basename(os.path.dirname(os.path.abspath(path)))   # the run's folder name
     return {"label": label, "path": path, "method": method, "trainable_params": trainable, "updates": updates}
 
 
@@ -338,8 +335,8 @@ def run(base_path, paths, matrices=None, out=OUT, float64=False, k=TOP_K, eps=EP
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Singular-value spectra and intruder dimensions of weight updates.")
-    p.add_argument("results", nargs="*", help="train.py out_dirs or their ckpt.pt (full fine-tuning or adapter runs)")
-    p.add_argument("--base", help="the results' base: a train.py out_dir or ckpt.pt, a GPT-2 directory or name")
+    p.add_argument("results", nargs="+", help="train.py out_dirs or their ckpt.pt (full fine-tuning or adapter runs)")
+    p.add_argument("--base", required=True, help="the results' base: a train.py out_dir or ckpt.pt, a GPT-2 directory or name")
     p.add_argument("--matrices", default="", help="names, suffixes (attn.q,attn.v) or globs; default: what adapters adapted")
     p.add_argument("--out", default=OUT, help="output prefix: writes OUT.json and OUT.png (OUT.txt without matplotlib)")
     p.add_argument("--float64", action="store_true", help="do the decompositions in float64")
@@ -349,8 +346,6 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    if not a.base or not a.results:
-        p.error("give --base=<the base's out_dir, checkpoint or GPT-2 directory> and at least one result")
     try:
         eps = tuple(float(e) for e in a.eps.split(","))
     except ValueError:
