@@ -62,7 +62,8 @@ class AdapterLinear(nn.Module):
         """W0 += ΔW, summed in fp32 and cast once (bf16-safe); sign=-1 takes it out again (unmerge)."""
         if self.merged != (sign > 0):
             w = self.base.weight
-            w.copy_((w.float() + sign * self.delta_weight()).to(w.dtype))
+            with torch.autocast(w.device.type, enabled=False):  # inside autocast B @ A would run in bf16
+                w.copy_((w.float() + sign * self.delta_weight()).to(w.dtype))
             self.merged = sign > 0
 
     def unmerge(self):
@@ -366,6 +367,8 @@ def merge_and_unload(model):
 def to_lora(model):
     """Replace every adapter by the plain LoRA with the same ΔW = B A (rank R = rank of factors(),
     scale 1): CAT becomes one LoRA of rank Σ r_i, MultiLoRA one of rank n·r, NOLA one of rank r."""
+    if not adapted_modules(model):
+        raise ValueError("model has no adapters: nothing to rewrite as LoRA")
     for name, m in adapted_modules(model).items():
         B, A = (t.detach() for t in m.factors())
         m.unmerge()

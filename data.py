@@ -36,6 +36,7 @@ EOT = '<|endoftext|>'
 # GPT-2's split pattern, except that digits come one at a time so that arithmetic sees digits
 PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
+FILE_DATASETS = ('text', 'shakespeare', 'alpaca', 'e2e')  # read from a file: get_dataset's path= (train.py's data_path)
 DATASETS = {  # name -> what get_dataset(name, ...) gives; python data.py prints this list
     'world': "the world's pretraining corpus, a plain token stream (nanoGPT .bin)",
     'mixture': 'the 12 instruction tasks of 3 families (MultiLoRA-style heterogeneous mixture)',
@@ -186,8 +187,10 @@ class StreamDataset:
         g = torch.Generator().manual_seed(0)
         was_training = model.training
         model.eval()
+        dev = model_device(model)  # batches are built on the CPU; the model may sit on a GPU
         with torch.no_grad():
-            losses = [model(*self.get_batch(split, batch_size, g))[1].item() for _ in range(max_items or 50)]
+            losses = [model(*(t.to(dev) for t in self.get_batch(split, batch_size, g)))[1].item()
+                      for _ in range(max_items or 50)]
         model.train(was_training)
         loss = sum(losses) / len(losses)
         return {'avg': {'acc': float('nan'), 'loss': loss, 'n': len(losses) * batch_size}}
@@ -253,15 +256,16 @@ class InstructDataset:
         """Exact match by greedy generation (batched by prompt length) and answer-token loss, per task."""
         was_training = model.training
         model.eval()
+        dev = model_device(model)  # batches are built on the CPU; the model may sit on a GPU
         out = {}
         for t in tasks or self.tasks:
             items = self.data[t][split][:max_items]
             nll = n_tok = 0.0
             for i in range(0, len(items), batch_size):
                 x, y = self.collate(items[i:i + batch_size])
-                logits, _ = model(x)  # full (B, T, V) logits: model(x, y) returns them only where y counts
-                nll += torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
-                                                         ignore_index=-1, reduction='sum').item()
+                logits, _ = model(x.to(dev))  # full (B, T, V) logits: model(x, y) returns them only where y counts
+                nll += torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)),
+                                                         y.to(dev).reshape(-1), ignore_index=-1, reduction='sum').item()
                 n_tok += (y != -1).sum().item()
             max_new = min(max(len(a) for _, a in items), self.block_size // 2)
             preds = self.generate(model, [p for p, _ in items], max_new, batch_size)
@@ -283,6 +287,7 @@ class InstructDataset:
             for j in range(0, len(idx), batch_size):
                 rows = idx[j:j + batch_size]
                 x = torch.tensor([prompts[i][n - keep:] for i in rows], dtype=torch.long)
+                x = x.to(model_device(model))
                 y = model.generate(x, max_new, temperature=0.0, stop_token=self.stop_token)
                 for i, row in zip(rows, y[:, keep:].tolist()):
                     preds[i] = row
@@ -290,6 +295,11 @@ class InstructDataset:
 
     def decode(self, ids):
         return self.tokenizer.decode(cut_at(ids, self.stop_token))
+
+
+def model_device(model):
+    """Where the model's weights sit (the CPU for a stand-in model without any)."""
+    return next((p.device for p in model.parameters()), torch.device('cpu'))
 
 
 def cut_at(ids, stop):
@@ -355,7 +365,7 @@ def get_dataset(name, block_size, tokenizer=None, data_dir='data', seed=1337, **
     tok_name = tokenizer or ('gpt2' if name in ('shakespeare',) else 'world')
     enc = get_tokenizer(tok_name)
     mix = opts.pop('mix', 'uniform')
-    if name in ('text', 'shakespeare', 'alpaca', 'e2e'):
+    if name in FILE_DATASETS:
         return get_real_dataset(name, block_size, enc, tok_name, data_dir, seed, mix=mix, **opts)
     folder = build_world(data_dir, seed, tok_name, **opts)
     if name == 'world':

@@ -91,7 +91,6 @@ seed = 1337              # weight init, dropout and batch order
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (bool, int, float, str))}
 
 
-FILE_DATASETS = ('text', 'shakespeare', 'alpaca', 'e2e')  # the datasets data.get_dataset reads from a file (data_path)
 # what may differ on resume: the schedule, evaluation, bookkeeping and where it runs. Any other key
 # (model shape, data, tokenizer, adapter, dtype, batch, seeds, ...) shapes what was trained, so a
 # resumed run keeps the checkpoint's value and refuses a different one.
@@ -156,13 +155,13 @@ def run_config_file(path):
 
 def check_options(cfg):
     """The checks that involve a key's value, not only its type."""
-    if cfg['adapter'] not in ('', 'lora', 'multilora', 'nola', 'cat'):
-        raise ValueError(f"unknown adapter {cfg['adapter']!r}: choose '', lora, multilora, nola or cat")
+    if cfg['adapter'] not in ('', *adapters.METHODS):
+        raise ValueError(f"unknown adapter {cfg['adapter']!r}: choose '' (full training) or {', '.join(adapters.METHODS)}")
     for k in ('batch_size', 'block_size', 'max_iters', 'gradient_accumulation_steps', 'eval_iters', 'log_interval', 'eval_interval'):
         if cfg[k] <= 0:
             raise ValueError(f"option {k} must be positive, got {cfg[k]}")
-    if cfg['data_path'] and cfg['dataset'] not in FILE_DATASETS:
-        raise ValueError(f"data_path is read by the {', '.join(FILE_DATASETS)} datasets only, not by "
+    if cfg['data_path'] and cfg['dataset'] not in data.FILE_DATASETS:
+        raise ValueError(f"data_path is read by the {', '.join(data.FILE_DATASETS)} datasets only, not by "
                          f"dataset={cfg['dataset']!r}")
     return cfg
 
@@ -175,8 +174,7 @@ def parse_args(argv):
 def help_text():
     """The module docstring, then every key with its default and the comment beside it above (the
     adapter keys, made in a loop, are described by adapters.OPTION_HELP)."""
-    import adapters
-    notes, sections = dict(getattr(adapters, 'OPTION_HELP', {})), {}
+    notes, sections = dict(adapters.OPTION_HELP), {}
     with open(__file__, encoding='utf-8') as f:
         source = f.read()
     block = source[source.index('# I/O'):source.index('DEFAULTS = ')]
@@ -336,7 +334,7 @@ def main(argv=()):
             if c.adapter == 'cat':
                 spec['targets'], spec['skills'] = adapters.load_cat_skills(c.cat_adapters, model)
         else:  # resume: the checkpoint's own adapter config (a CAT run needs no skill files then)
-            spec = adapters.load_adapter_checkpoint(ckpt_path)['config']
+            spec = ckpt['adapter']['config']
         print(adapters.add_adapters(model, **spec))
         if ckpt is not None:
             adapters.load_adapter_state_dict(model, ckpt['adapter']['state'])
@@ -459,7 +457,7 @@ def main(argv=()):
         print(f"unigram entropy of the data {summary['unigram_entropy']:.4f} nats/token vs val loss {val_loss:.4f}")
     elif c.final_eval:
         model.eval()
-        with autocast, adapters.merged(model):  # in the training precision, at the base model's cost
+        with adapters.merged(model), autocast:  # merged in fp32 first; then evaluated in the training precision
             summary['eval'] = ds.evaluate(model, split=c.eval_split, max_items=c.eval_max_items or None)
         print(data.format_results(summary['eval']))
         with open(os.path.join(c.out_dir, 'eval.json'), 'w') as f:
