@@ -269,8 +269,9 @@ class InstructDataset:
                 n_tok += (y != -1).sum().item()
             max_new = min(max(len(a) for _, a in items), self.block_size // 2)
             preds = self.generate(model, [p for p, _ in items], max_new, batch_size)
-            out[t] = {'acc': accuracy(preds, [a for _, a in items], self.stop_token),
-                      'loss': nll / max(n_tok, 1), 'n': len(items)}
+            correct = exact_matches(preds, [a for _, a in items], self.stop_token)  # per item, in item order
+            out[t] = {'acc': sum(correct) / max(len(correct), 1), 'loss': nll / max(n_tok, 1), 'n': len(items),
+                      'correct': correct}
         model.train(was_training)
         out['avg'] = {k: sum(r[k] for r in out.values()) / len(out) for k in ('acc', 'loss')}
         out['avg']['n'] = sum(r['n'] for r in out.values() if 'n' in r)
@@ -306,12 +307,16 @@ def cut_at(ids, stop):
     return ids[:ids.index(stop)] if stop in ids else ids
 
 
-def accuracy(preds, answers, stop):
-    """Exact match: the tokens before the first stop token must equal the answer's (a prediction
-    that never stops is wrong)."""
+def exact_matches(preds, answers, stop):
+    """1 per item whose tokens before the first stop token equal the answer's, else 0 (a prediction
+    that never stops is wrong). Kept per item so that comparisons can be paired item by item."""
     if len(preds) != len(answers):
         raise ValueError(f'{len(preds)} predictions for {len(answers)} answers')
-    ok = [stop in p and cut_at(list(p), stop) == cut_at(list(a), stop) for p, a in zip(preds, answers)]
+    return [int(stop in p and cut_at(list(p), stop) == cut_at(list(a), stop)) for p, a in zip(preds, answers)]
+
+
+def accuracy(preds, answers, stop):
+    ok = exact_matches(preds, answers, stop)
     return sum(ok) / max(len(ok), 1)
 
 

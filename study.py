@@ -357,6 +357,7 @@ class Study:
                 ck = read_checkpoint(self.ckpt(name))
                 state = ck['adapter']['state'] if 'adapter' in ck else ck['model']
                 rows.append({'seed': s, 'name': name, 'acc': {t: r['acc'] for t, r in summ['eval'].items()},
+                             'correct': {t: r['correct'] for t, r in summ['eval'].items() if 'correct' in r},
                              'val_loss': summ['val_loss'], 'train_time_s': summ['train_time_s'],
                              'trainable_params': summ['trainable_params'], 'file_bytes': nbytes(state),
                              'payload_bytes': payload(state)})

@@ -195,6 +195,7 @@ def test_evaluate_scores_exactly_the_planted_answers_on_the_mixture(mixture):
     assert ds.tasks == data.MIXTURE and set(res) == set(data.MIXTURE) | {'avg'}
     for j, t in enumerate(data.MIXTURE):
         assert res[t]['n'] == n and res[t]['acc'] == pytest.approx((j + 1) / n), t
+        assert res[t]['correct'] == [1] * (j + 1) + [0] * (n - j - 1), t  # per item, in item order
         assert res[t]['loss'] == pytest.approx(math.log(ds.vocab_size), rel=1e-5)
     assert res['avg']['acc'] == pytest.approx(sum(range(1, 13)) / 12 / n) and res['avg']['n'] == 12 * n
     perfect = ds.evaluate(PlantedModel(ds, lambda p, a: a + [stop, 7]), max_items=n, batch_size=5)
