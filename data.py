@@ -45,6 +45,12 @@ DATASETS = {  # name -> what get_dataset(name, ...) gives; python data.py prints
     'skill2': "LoRA-Soups skill 'reverse': reverse a string of letters (a procedure)",
     'skills': 'skill1 + skill2 mixed (the data-mixing baseline)',
     'composite': "'shift_reverse', needs both skills; a small train split (for CAT weights); evaluates all 3",
+    'manual': "skill A: a manual about new people, plain text (next-token loss on every token)",
+    'known_qa': "skill B: Q/A about the corpus's people (city, job)",
+    'manual_qa': "the composite: Q/A about the manual's people, a small train split; evaluates known_qa too",
+    'manual_mix': 'manual + known_qa mixed (data mixing)',
+    'manual_mix_qa': 'manual + known_qa + the composite split mixed',
+    'manual_upper': "manual + manual_qa_ample: Q/A about half the manual's people (the upper bound)",
     'text': 'a plain-text file of yours (tiny-shakespeare style): --data_path=FILE',
     'shakespeare': 'tiny shakespeare, data/shakespeare/input.txt (downloaded when online)',
     'alpaca': 'Alpaca-format instruction JSON, data/alpaca/alpaca_data.json or --data_path=FILE',
@@ -217,9 +223,10 @@ class InstructDataset:
         h = hashlib.sha256(tok_name.encode())
         for t in sorted(self.text):
             self.data[t] = {}
-            for split, pairs in self.text[t].items():
-                ps = enc.encode_ordinary_batch([PROMPT.format(q=q) for q, _ in pairs])
-                ans = enc.encode_ordinary_batch([' ' + a for _, a in pairs])
+            for split, pairs in self.text[t].items():  # an empty question: plain text, loss on every token
+                ps = [[self.stop_token] if not q else p for (q, _), p in
+                      zip(pairs, enc.encode_ordinary_batch([PROMPT.format(q=q) for q, _ in pairs]))]
+                ans = enc.encode_ordinary_batch([' ' + a if q else a for q, a in pairs])
                 self.data[t][split] = [(p, a + [self.stop_token]) for p, a in zip(ps, ans)]
                 h.update(json.dumps([t, split, ps, ans]).encode())
         self.fingerprint = h.hexdigest()[:16]
@@ -267,13 +274,17 @@ class InstructDataset:
                 nll += torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)),
                                                          y.to(dev).reshape(-1), ignore_index=-1, reduction='sum').item()
                 n_tok += (y != -1).sum().item()
+            if all(p == [self.stop_token] for p, _ in items):  # plain text: a loss, no answer to match
+                out[t] = {'loss': nll / max(n_tok, 1), 'n': len(items)}
+                continue
             max_new = min(max(len(a) for _, a in items), self.block_size // 2)
             preds = self.generate(model, [p for p, _ in items], max_new, batch_size)
             correct = exact_matches(preds, [a for _, a in items], self.stop_token)  # per item, in item order
             out[t] = {'acc': sum(correct) / max(len(correct), 1), 'loss': nll / max(n_tok, 1), 'n': len(items),
                       'correct': correct}
         model.train(was_training)
-        out['avg'] = {k: sum(r[k] for r in out.values()) / len(out) for k in ('acc', 'loss')}
+        out['avg'] = {k: sum(r[k] for r in out.values() if k in r) / max(sum(k in r for r in out.values()), 1)
+                      for k in ('acc', 'loss')}
         out['avg']['n'] = sum(r['n'] for r in out.values() if 'n' in r)
         return out
 
@@ -327,8 +338,9 @@ def format_results(results):
     for t, r in results.items():
         if t == 'avg':
             continue
-        fam[TASK_FAMILY.get(t, '-')].append(r)
-        lines.append(f"{t:<16}{TASK_FAMILY.get(t, '-'):<15}{r['acc']:>7.3f}{r['loss']:>8.3f}{r['n']:>6}")
+        if 'acc' in r:  # plain text has a loss only
+            fam[TASK_FAMILY.get(t, '-')].append(r)
+        lines.append(f"{t:<16}{TASK_FAMILY.get(t, '-'):<15}{r.get('acc', float('nan')):>7.3f}{r['loss']:>8.3f}{r['n']:>6}")
     if len(fam) > 1:
         for f, rs in fam.items():
             lines.append(f"{'mean':<16}{f:<15}{sum(r['acc'] for r in rs) / len(rs):>7.3f}"
@@ -378,7 +390,11 @@ def get_dataset(name, block_size, tokenizer=None, data_dir='data', seed=1337, **
     items = read_tasks(folder) or read_tasks(build_world(data_dir, seed, tok_name, **opts))
     train, evals = {'mixture': (MIXTURE, None), 'skill1': ([SKILL1], None), 'skill2': ([SKILL2], None),
                     'skills': ([SKILL1, SKILL2], None),
-                    'composite': ([COMPOSITE], [SKILL1, SKILL2, COMPOSITE])}.get(name, (None, None))
+                    'composite': ([COMPOSITE], [SKILL1, SKILL2, COMPOSITE]), 'manual': (['manual'], None),
+                    'known_qa': (['known_qa'], None), 'manual_qa': (['manual_qa'], ['known_qa', 'manual_qa']),
+                    'manual_mix': (['manual', 'known_qa'], ['known_qa', 'manual_qa']),
+                    'manual_mix_qa': (['manual', 'known_qa', 'manual_qa'], ['known_qa', 'manual_qa']),
+                    'manual_upper': (['manual', 'manual_qa_ample'], ['known_qa', 'manual_qa'])}.get(name, (None, None))
     if train is None and name.startswith('task:') and name[5:] in items:
         train = [name[5:]]
     if train is None:

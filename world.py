@@ -11,6 +11,8 @@ Tasks (python data.py prints each with its sizes and an example):
                  knowledge      city_of job_of pet_of country_of
   spare (1)      knowledge      color_of (task:color_of; outside the mixture)
   skills (3)     shift (skill1), reverse (skill2), shift_reverse (composite: needs both)
+  manual (4)     manual (plain text about new people, skill A), known_qa (Q/A about the corpus's people,
+                 skill B), manual_qa (Q/A about the manual's people: needs both), manual_qa_ample
 Knowledge questions ask about people never asked about in training, in wordings used neither in
 training nor in the corpus: the answer must come from pretraining, not from fine-tuning.
 """
@@ -287,7 +289,8 @@ OPEN_TASKS = [  # (task, item generator, rng name): tasks with more possible ite
 FAMILIES = {'instruction': ['reverse_words', 'remove_word', 'first_letters', 'count_words'],
             'understanding': ['sentiment', 'entail', 'topic', 'compare'],
             'knowledge': ['city_of', 'job_of', 'pet_of', 'country_of'],
-            'skills': ['shift', 'reverse', 'shift_reverse']}
+            'skills': ['shift', 'reverse', 'shift_reverse'],
+            'manual': ['manual', 'known_qa', 'manual_qa', 'manual_qa_ample']}
 TASK_FAMILY = {t: f for f, ts in FAMILIES.items() for t in ts}
 MIXTURE = FAMILIES['instruction'] + FAMILIES['understanding'] + FAMILIES['knowledge']
 SKILL1, SKILL2, COMPOSITE = FAMILIES['skills']
@@ -341,13 +344,81 @@ def make_tasks(world, n_train=2000, n_eval=200, n_skill=4000, composite_frac=0.0
         items = [(form.format(s), ' '.join(f(s.split()))) for s, _ in pool]
         skill[name] = {'train': items[:n_tr], 'val': items[n_tr:n_tr + n_eval], 'test': items[n_tr + n_eval:]}
     T.update(skill)
+    T.update(make_manual_tasks(world, n_train))
     return T
+
+
+# LoRA Soups' practical case (a Q/A bot on a proprietary manual): the manual states facts about people
+# the corpus never mentions, who live in cities and do jobs the corpus never names either, so that no
+# answer can come from pretraining or from Q/A about other people. Skill A reads the manual (plain
+# text, next-token loss); skill B answers questions about the corpus's people; the composite asks about
+# the manual's people. Its test people's facts appear in the manual only, never in a train split.
+MANUAL_JOBS = 'clerk nurse guard hunter weaver potter smith barber butler fisher'.split()
+MANUAL_FACTS = ('city', 'job')
+
+
+def make_manual(world, n_people=120, n_cities=12):
+    """{person: {'city': c, 'job': j}} for the manual's people: new names, new cities, new jobs."""
+    rng = random.Random(f"{world['seed']}/manual")
+    taken = set(world['people']) | set(world['cities']) | set(world['countries']) | set(world['strangers'])
+    def fresh(n_syl):
+        while True:
+            w = ''.join(rng.choice(SYL) for _ in range(n_syl))
+            if w not in taken:
+                taken.add(w)
+                return w
+    cities = [fresh(3) for _ in range(n_cities)]
+    return {fresh(rng.choice([2, 3])): dict(city=rng.choice(cities), job=rng.choice(MANUAL_JOBS))
+            for _ in range(n_people)}
+
+
+def recall_probes(people, facts=None):
+    """(prefix, value) per person and fact, in the corpus's own first wording ('p lives in' -> city):
+    what a model that has read the text should complete."""
+    return [(FACT_TEMPLATES[k][0].split(' {v}')[0].format(p=p), v[k])
+            for p, v in sorted(people.items()) for k in (facts or FACT_TEMPLATES) if k in v]
+
+
+def make_manual_tasks(world, n_known, repeats=16, val_docs=50):
+    """The manual (plain-text items: an empty question), skill B's Q/A about the corpus's people (split
+    by person), the composite's Q/A about the manual's people: a train split of 5% of the skills' data
+    about half of them (CAT's weights, λ tuning), the other half only in test; manual_qa_ample asks about
+    the train half in every wording (the upper bound's data)."""
+    rng = random.Random(f"{world['seed']}/manual_tasks")
+    manual = make_manual(world)
+    forms = {k: f for t, k, f, _ in KNOWLEDGE if k in MANUAL_FACTS}
+    docs = []
+    for _ in range(repeats):
+        for p, facts in manual.items():
+            keys = list(MANUAL_FACTS)
+            rng.shuffle(keys)
+            docs.append(' '.join(rng.choice(FACT_TEMPLATES[k]).format(p=p, v=facts[k]) for k in keys))
+    def qa(people, facts, n_forms):
+        return [(f.format(p=p), facts[p][k]) for p in people for k in MANUAL_FACTS
+                for f in (forms[k] if n_forms is None else rng.sample(forms[k], n_forms))]
+    known = sorted(world['people'])
+    rng.shuffle(known)
+    known_facts = {p: world['people'][p] for p in known}
+    n_tr = min(n_known, int(0.7 * len(known)))
+    known_qa = {'train': qa(known[:n_tr], known_facts, None), 'val': qa(known[n_tr:n_tr + 20], known_facts, 1),
+                'test': qa(known[n_tr + 20:], known_facts, 2)}
+    people = sorted(manual)
+    rng.shuffle(people)
+    half = people[:len(people) // 2]
+    ample = qa(half, manual, None)
+    n_composite = int(0.05 * (len(docs) + len(known_qa['train'])))
+    return {'manual': {'train': [('', d) for d in docs], 'val': [('', d) for d in rng.sample(docs, val_docs)],
+                       'test': [('', d) for d in rng.sample(docs, val_docs)]},
+            'known_qa': known_qa,
+            'manual_qa': {'train': rng.sample(ample, n_composite), 'val': qa(half, manual, 1),
+                          'test': qa(people[len(people) // 2:], manual, 2)},
+            'manual_qa_ample': {'train': ample, 'val': qa(half, manual, 1), 'test': qa(half, manual, 1)}}
 
 
 # -----------------------------------------------------------------------------------------------
 # the world on disk
 
-VERSION = 3  # bump when make_world / make_corpus / make_tasks change: built worlds are then rebuilt
+VERSION = 4  # bump when make_world / make_corpus / make_tasks change: built worlds are then rebuilt
 WORLD_DEFAULTS = dict(n_people=200, n_cities=24, n_countries=6, bio_repeats=24,
                       n_train=2000, n_eval=200, n_skill=4000, composite_frac=0.05)
 
