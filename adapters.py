@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import inspect
 import math
-import os
 
 import torch
 import torch.nn as nn
@@ -275,10 +274,6 @@ def adapted_modules(model):
     return {name: m for name, m in model.named_modules() if isinstance(m, AdapterLinear)}
 
 
-def _split(targets):
-    return [t.strip() for t in (targets.split(",") if isinstance(targets, str) else targets) if t.strip()]
-
-
 def refuse_tied(model, names):
     # GPT-2 ties lm_head to wte: merging ΔW would change the embedding too, and a merged state dict
     # would be silently re-tied on load. So tied weights are never adapted.
@@ -298,7 +293,7 @@ def _replace(model, name, new):
 
 def add_adapters(model, method, targets="attn.q,attn.v", skills=None, **options):
     """Wrap every Linear matching `targets` in METHODS[method](base, **options), in place; freeze the rest. CAT
-    composes `skills` (from load_cat_skills) or is rebuilt empty from `ranks`. Returns a one-line summary."""
+    composes `skills` (train.load_cat_skills reads them) or is rebuilt empty from `ranks`. Returns a one-line summary."""
     if method not in METHODS:
         raise ValueError(f"unknown adapter method {method!r}: choose one of {', '.join(METHODS)}")
     known = list(inspect.signature(METHODS[method]).parameters)[1:]
@@ -306,14 +301,15 @@ def add_adapters(model, method, targets="attn.q,attn.v", skills=None, **options)
         raise ValueError(f"unknown {method} option(s) {sorted(set(options) - set(known))}: known are {known}")
     if adapted_modules(model):
         raise ValueError("model already has adapters: merge_and_unload(model) or start from a fresh base")
+    targets = [t.strip() for t in (targets.split(",") if isinstance(targets, str) else targets) if t.strip()]
     names = linear_names(model, targets)
     if skills is not None:
         if set(names) != set(skills):
             raise ValueError(f"the CAT skill adapters adapt {len(skills)} modules, this model has {len(names)} "
-                             f"matching {targets!r}: were they trained on another base?")
+                             f"matching {','.join(targets)!r}: were they trained on another base?")
         options["ranks"] = [A.shape[0] for _, A, _ in skills[names[0]]]
     elif method == "cat" and "ranks" not in options:
-        raise ValueError("cat needs its skill LoRAs: add_adapters(model, 'cat', *load_cat_skills(paths, model))")
+        raise ValueError("cat needs its skill LoRAs: add_adapters(model, 'cat', *train.load_cat_skills(paths, model))")
     refuse_tied(model, names)
     model.requires_grad_(False)
     config = {**method_defaults(method), **options}
@@ -323,7 +319,7 @@ def add_adapters(model, method, targets="attn.q,attn.v", skills=None, **options)
         for i, skill in enumerate(skills[name] if skills else []):
             m.set_adapter(i, *skill)
         _replace(model, name, m)
-    model._adapter_config = {"method": method, "targets": ",".join(_split(targets)), **config}
+    model._adapter_config = {"method": method, "targets": ",".join(targets), **config}
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return (f"{method}: {len(names)} modules ({model._adapter_config['targets']}), trainable {trainable:,} "
@@ -373,9 +369,7 @@ def to_lora(model):
         B, A = (t.detach() for t in m.factors())
         m.unmerge()
         lora = LoRALinear(m.base, r=A.shape[0], alpha=float(A.shape[0]))
-        with torch.no_grad():
-            lora.lora_A.copy_(A)
-            lora.lora_B.copy_(B)
+        lora.load_state_dict({"lora_A": A, "lora_B": B}, strict=False)  # copies, in the base's dtype
         _replace(model, name, lora)
     model._adapter_config = {"method": "lora", "targets": model._adapter_config["targets"], "r": lora.r,
                              "alpha": float(lora.r), "dropout": 0.0, "rslora": False}  # one r for all modules
@@ -426,7 +420,8 @@ def save_adapter_checkpoint(path, model, base=None, **extra):
     return path
 
 
-def _check_base(model, ck, path):
+def check_base(model, ck, path):
+    """Refuse an adapter checkpoint `ck` read from `path` that names another base than the plain `model`."""
     fp = ck["base"].get("fingerprint")
     if fp and hasattr(model, "fingerprint") and not adapted_modules(model) and model.fingerprint() != fp:
         raise ValueError(f"{path} was trained on another base model (fingerprint {fp[:12]} != "
@@ -436,41 +431,14 @@ def _check_base(model, ck, path):
 def load_adapter_checkpoint(path, model=None):
     """Read a train.py checkpoint's adapter: {'config', 'state', 'base', 'model_args'}. With `model` (a plain
     base, no adapters yet): checks it is the base the adapter was trained on, adds the adapters, loads them."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"adapter checkpoint {path} not found")
-    ck = read_checkpoint(path)
+    ck = read_checkpoint(path)  # one-line errors for a missing or unreadable file
     if not isinstance(ck.get("adapter"), dict) or not {"config", "state"} <= set(ck["adapter"]):
         raise ValueError(f"{path} holds no adapter (a full-model checkpoint? load it with model.load_model)")
-    out = {"config": dict(ck["adapter"]["config"]), "state": ck["adapter"]["state"], "base": ck.get("base") or {},
-           "model_args": ck.get("model_args")}
+    out = {**ck["adapter"], "base": ck.get("base") or {}, "model_args": ck.get("model_args")}
     if model is not None:
         if adapted_modules(model):
             raise ValueError("load_adapter_checkpoint needs a plain base model (this one already has adapters)")
-        _check_base(model, out, path)
+        check_base(model, out, path)
         add_adapters(model, **out["config"])
         load_adapter_state_dict(model, out["state"])
     return out
-
-
-def load_cat_skills(paths, model):
-    """Read the LoRA checkpoints CAT composes ('a.pt,b.pt' or a list), checked against each other and the
-    base `model`. Returns (their targets, {module name: [(B, A, scale) of each skill]})."""
-    if not _split(paths):
-        raise ValueError("cat needs cat_adapters: a list of LoRA adapter checkpoints (train.py ckpt.pt files)")
-    skills, first = {}, None
-    for p in _split(paths):
-        ck = load_adapter_checkpoint(p)
-        cfg, st = ck["config"], ck["state"]
-        if cfg["method"] != "lora":
-            raise ValueError(f"cat composes LoRA adapters, but {p} holds a {cfg['method']} adapter "
-                             f"(export it with to_lora first)")
-        _check_base(model, ck, p)
-        mods = sorted(k[:-len(".lora_A")] for k in st if k.endswith(".lora_A"))
-        first = first or (p, cfg["targets"], mods)
-        if mods != first[2]:
-            raise ValueError(f"cat needs adapters with the same targets: {first[0]} adapts "
-                             f"{first[1]!r} but {p} adapts {cfg['targets']!r}")
-        for m in mods:
-            skills.setdefault(m, []).append((st[m + ".lora_B"].float(), st[m + ".lora_A"].float(),
-                                             lora_scale(cfg["alpha"], cfg["r"], cfg.get("rslora"))))
-    return first[1], skills

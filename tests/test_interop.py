@@ -13,6 +13,7 @@ from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 import adapters  # noqa: E402
 import interop  # noqa: E402
+import train  # noqa: E402
 from model import GPT, GPTConfig, read_safetensors, write_checkpoint, write_safetensors  # noqa: E402
 
 TOL = 1e-5
@@ -109,7 +110,7 @@ def test_cat_exports_to_peft(base_dir, tmp_path):
         skill = adapted(base_dir, "lora", "attn.q,attn.v", seed=10 + i, r=2 + i, alpha=4.0)
         skills.append(save(skill, tmp_path / f"skill{i}.pt", base_dir))
     model = GPT.from_pretrained(base_dir).eval()
-    adapters.add_adapters(model, "cat", *adapters.load_cat_skills(skills, model))
+    adapters.add_adapters(model, "cat", *train.load_cat_skills(skills, model))
     with torch.no_grad():
         for m in adapters.adapted_modules(model).values():
             m.cat_w.copy_(torch.tensor([0.7, -1.3]))
@@ -199,7 +200,7 @@ def test_peft_trained_lora_imports_with_same_logits(base_dir, tmp_path, config):
         assert cfg["targets"].split(",") == ["transformer.h.1.attn.q", "transformer.h.1.attn.k",
                                              "transformer.h.1.attn.v", "transformer.h.1.mlp.c_fc"]
     cat = GPT.from_pretrained(base_dir)
-    adapters.add_adapters(cat, "cat", *adapters.load_cat_skills([out, out], cat))
+    adapters.add_adapters(cat, "cat", *train.load_cat_skills([out, out], cat))
     assert adapters.adapter_config(cat)["ranks"] == [cfg["r"], cfg["r"]]
 
 
