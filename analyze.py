@@ -4,10 +4,9 @@ dimensions, for full fine-tuning and every adapter method (README: "Looking at t
 
     python analyze.py --base=out/base out/lora_mixture out/finetune_mixture --out=out/spectra
 
---base is a train.py out_dir (or its ckpt.pt) or a GPT-2 directory or name; each result is a train.py
-out_dir or ckpt.pt that records that base's fingerprint, so no update is measured against the wrong
-W0. Prints a table; writes OUT.json (every number) and OUT.png (OUT.txt, a text chart, without
-matplotlib). Two lenses on the same matrices:
+--base is a train.py out_dir or ckpt.pt, or a GPT-2 directory or name; each result is a train.py out_dir
+or ckpt.pt recording that base's fingerprint (no ΔW is measured against the wrong W0). Prints a table;
+writes OUT.json (every number), OUT.png (OUT.txt, a text chart, without matplotlib). Two lenses:
 1. MultiLoRA (Wang et al. 2023, Fig. 1): LoRA's ΔW is dominated by a few top singular vectors, full
    fine-tuning's spreads over many, MultiLoRA's is flatter. Numbers: σ_k/σ_1, cumulative energy
    Σ_{j<=k} σ_j² / Σ σ², the top share σ_1² / Σ σ², entropy effective rank exp(H(p)) with
@@ -39,7 +38,6 @@ OUT = "out/analysis/spectra"    # default output prefix: under out/, which git i
 # ----------------------------------------------------------------------------------------------
 # numerics: small pure functions on tensors
 
-
 def singular_values(u, dtype=torch.float32, name="ΔW"):
     """σ of ΔW, descending; one-line errors for updates there is nothing to say about. u is a dense
     ΔW (an O(d³) SVD) or factors (B, A) with ΔW = B @ A, never formed: with B = Q_B R_B and
@@ -51,11 +49,10 @@ def singular_values(u, dtype=torch.float32, name="ΔW"):
             raise ValueError(f"{name} is empty (shape {tuple(t.shape)}): nothing to analyse; check the checkpoint")
         if not torch.isfinite(t).all():
             raise ValueError(f"{name} has NaN/inf entries: the run diverged or the checkpoint is corrupt")
-    if factored:
+    if factored:   # the small core R_B R_Aᵀ has ΔW's singular values
         B, A = (t.to(dtype) for t in u)
-        s = torch.linalg.svdvals(torch.linalg.qr(B).R @ torch.linalg.qr(A.T).R.T)
-    else:
-        s = torch.linalg.svdvals(u.to(dtype))
+        u = torch.linalg.qr(B).R @ torch.linalg.qr(A.T).R.T
+    s = torch.linalg.svdvals(u.to(dtype))
     if not s.any():
         raise ValueError(f"{name} is all zeros: this matrix was not trained (adapter still at its init?)")
     return s
@@ -64,10 +61,8 @@ def singular_values(u, dtype=torch.float32, name="ΔW"):
 def spectrum_metrics(s, energy=ENERGY):
     """Everything we report about one spectrum s (descending σ's). Sums in float64."""
     s = s.detach().to(torch.float64).cpu()   # singular_values() refused empty, non-finite and zero spectra
-    e = s ** 2
-    cum = e.cumsum(0) / e.sum()
-    p = s / s.sum()
-    p = p[p > 0]                                   # 0·log 0 = 0
+    cum = (s ** 2).cumsum(0) / (s ** 2).sum()
+    p = s[s > 0] / s.sum()                         # 0·log 0 = 0
     return {
         "sigma": s.tolist(),
         "normalized": (s / s[0]).tolist(),         # σ_k / σ_1
@@ -89,9 +84,8 @@ def top_singular_vectors(M, k, niter=8, tol=1e-3):
         with torch.random.fork_rng(devices=[]):   # the fixed start leaves the caller's RNG alone
             torch.manual_seed(0)
             U, S, V = torch.svd_lowrank(M, q=k + 10, niter=niter)
-        U, S, V = U[:, :k], S[:k], V[:, :k]
-        if ((M @ V - U * S).norm(dim=0) <= tol * S[0]).all():
-            return U, S
+        if ((M @ V[:, :k] - U[:, :k] * S[:k]).norm(dim=0) <= tol * S[0]).all():
+            return U[:, :k], S[:k]
     U, S, _ = torch.linalg.svd(M, full_matrices=False)
     return U[:, :k], S[:k]
 
@@ -112,25 +106,23 @@ def analyze(base, runs, matrices=None, k=TOP_K, eps=EPS, float64=False):
     t0, cpu0, dtype = time.perf_counter(), time.process_time(), torch.float64 if float64 else torch.float32
     natural = lambda name: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]   # h.10 after h.9
     names = matrices or sorted({n for r in runs for n in r["updates"]}, key=natural)
-    svd0, out = {}, []
+    U0, out = {}, []
     for r in runs:
         per = {}
         for name in (n for n in names if n in r["updates"]):   # a matrix a run did not adapt has ΔW = 0
             if name not in base:
                 raise ValueError(f"no matrix {name!r} in the base model")
             W0, u, what = base[name].to(dtype), r["updates"][name], f"ΔW of {name} in {r['label']}"
-            if name not in svd0:   # W0's SVD, once per matrix, shared by every run
-                svd0[name] = torch.linalg.svd(W0, full_matrices=False)[:2]
-            U0, S0 = svd0[name]
+            if name not in U0:   # W0's left singular vectors, once per matrix, shared by every run
+                U0[name] = torch.linalg.svd(W0, full_matrices=False)[0]
             s = singular_values(u, dtype, name=what)
             dW = u[0].to(dtype) @ u[1].to(dtype) if isinstance(u, (tuple, list)) else u.to(dtype)
             if dW.shape != W0.shape:
                 raise ValueError(f"{what} has shape {tuple(dW.shape)} but W0 has {tuple(W0.shape)}")
-            m = spectrum_metrics(s)
-            m["rel_norm"] = (s.double().norm() / S0.double().norm()).item()   # ||ΔW||_F / ||W0||_F
-            max_cos, counts = intruder_dimensions(U0, W0 + dW, k, eps)
-            m["intruder_max_cos"], m["intruders"] = max_cos.tolist(), {str(e): c for e, c in counts.items()}
-            per[name] = m
+            max_cos, counts = intruder_dimensions(U0[name], W0 + dW, k, eps)
+            per[name] = spectrum_metrics(s) | {
+                "rel_norm": (s.double().norm() / W0.double().norm()).item(),   # ||ΔW||_F / ||W0||_F
+                "intruder_max_cos": max_cos.tolist(), "intruders": {str(e): c for e, c in counts.items()}}
         if not per:
             raise ValueError(f"{r['label']}: none of the matrices {', '.join(names)} was adapted by this run")
         info = {key: v for key, v in r.items() if key != "updates"}
@@ -160,11 +152,9 @@ def aggregate(per, eps=EPS):
             "normalized_mean": curve, "effective_rank_by_layer": by_layer,
             "effective_rank_layer_mean": {str(i): sum(v) / len(v) for i, v in sorted(layers.items())}}
 
-
 # ----------------------------------------------------------------------------------------------
 # reporting: everything below reads the dict analyze() returns, so the table, the JSON and the
 # figure always show the same numbers
-
 
 def format_table(result):
     """The per-method summary, then effective rank per layer."""
@@ -194,9 +184,8 @@ def legend_label(r):
 
 
 def text_chart(result, width=32):
-    """The left panel of the figure without matplotlib: σ_k/σ_1 for k = 1..width as a bar row per method
-    (log scale, ten characters from 1e-3 to 1, a step per factor 10^(1/3)). The right panel, effective
-    rank per layer, is in the table."""
+    """The figure's left panel without matplotlib: σ_k/σ_1, k = 1..width, a bar row per method (log scale,
+    ten characters from 1e-3 to 1, a step per factor 10^(1/3)); the right panel is in the table."""
     bars = " .:-=+*#%@"
     lines = [f"σ_k/σ_1 for k = 1..{width} (log scale: ' ' <= 1e-3 ... '@' = 1)"]
     for r in result["runs"]:
@@ -209,13 +198,12 @@ def text_chart(result, width=32):
 def save_figure(result, path):
     """Left: each method's mean normalised spectrum on one log-log axis. Right: mean effective
     rank per layer. Returns the path written, or None without matplotlib."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:   # the Figure API, not pyplot: no backend or global figure state is changed
+        from matplotlib import figure, ticker
     except ImportError:
         return None
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig = figure.Figure(figsize=(11, 4.2), layout="tight")
+    ax1, ax2 = fig.subplots(1, 2)
     for i, r in enumerate(result["runs"]):   # a marker and dash per method: equal-rank curves overlap
         c = [v for v in r["aggregate"]["normalized_mean"] if v > 0]
         style = dict(marker="os^Dv*PX"[i % 8], ls=["-", "--", "-.", ":"][i % 4], ms=4, alpha=0.85)
@@ -226,13 +214,11 @@ def save_figure(result, path):
             ylabel=r"$\sigma_k / \sigma_1$ of $\Delta W$ (mean over matrices)", title="Spectrum of the weight update")
     ax2.set(yscale="log", xlabel="layer", ylabel=r"effective rank $\exp H(p)$, $p_k = \sigma_k / \Sigma \sigma$",
             title="Effective rank per layer (mean over its matrices)")
-    ax2.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax2.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     ax1.legend(fontsize=8)
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
     fig.savefig(path + ".tmp.png", dpi=150)
-    plt.close(fig)
     os.replace(path + ".tmp.png", path)
     return path
 
@@ -252,7 +238,6 @@ def write_outputs(result, out):
 
 # ----------------------------------------------------------------------------------------------
 # loading train.py results: full fine-tuning gives ΔW = W_ft - W0, adapter runs give factors
-
 
 def checkpoint_file(path, what="result"):
     """A train.py out_dir stands for the ckpt.pt in it. For --base, a directory with config.json holds
@@ -285,8 +270,7 @@ def load_run(path, base_model, fingerprint):
     if "adapter" in ckpt:   # rebuild the adapters on a copy of the base, then read their factors
         model = copy.deepcopy(base_model)
         method = adapters.load_adapter_checkpoint(path, model)["config"]["method"]
-        with torch.no_grad():
-            updates = {n: tuple(t.detach() for t in m.factors()) for n, m in adapters.adapted_modules(model).items()}
+        updates = {n: tuple(t.detach() for t in m.factors()) for n, m in adapters.adapted_modules(model).items()}
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     else:                   # full fine-tuning: every weight moved
         updates, method, trainable = {}, "full", sum(p.numel() for p in base_model.parameters())
