@@ -5,9 +5,9 @@ tokenizers; exact-match evaluation.
 
     python data.py            # builds data/world/ offline (seconds), lists the datasets and the tasks
 
-Every instruction item is one prompt/answer pair in one format:
-    "Q: <question>\nA:" + " <answer>" + <|endoftext|>
-and the loss covers only the answer and the stop token (targets are -1 on the prompt and padding).
+Every instruction item is one prompt/answer pair, "Q: <question>\nA:" + " <answer>" + <|endoftext|>,
+with the loss on the answer and the stop token only (targets are -1 on the prompt and padding); an
+item whose question is '' is plain text, <|endoftext|> + "<text>" + <|endoftext|>, a loss on all but the first.
 Tokenizers: 'world' (a small BPE that world.py trains on the world's own corpus, committed as
 data/world.tiktoken; 1024 ids), 'world-bytes' (plain bytes; 257 ids), 'gpt2' (tiktoken's own).
 All three end answers with <|endoftext|>, the only special token.
@@ -26,8 +26,7 @@ import torch
 import tiktoken
 
 import world
-from real_data import (DEFAULT_PATHS, PATH_HINT, URLS, fetch, read_alpaca, read_e2e, read_text,
-                       split_by_question)
+from real_data import read_alpaca, read_e2e, read_source  # noqa: F401 (the readers stay data.read_*)
 from world import COMPOSITE, FAMILIES, MIXTURE, SKILL1, SKILL2, TASK_FAMILY
 
 # GPT-2's one special token ends every world document in pretraining and every answer in the tasks,
@@ -67,11 +66,7 @@ def get_tokenizer(name='world'):
     """'world' (BPE on the world's corpus, 1024 ids), 'world-bytes' (256 bytes + the stop token), 'gpt2'."""
     if name in _TOKENIZERS:
         return _TOKENIZERS[name]
-    if name == 'world':
-        ranks = world.tokenizer_ranks()
-    elif name == 'world-bytes':
-        ranks = {bytes([i]): i for i in range(256)}
-    elif name == 'gpt2':
+    if name == 'gpt2':
         try:
             enc = tiktoken.get_encoding('gpt2')
         except Exception as e:
@@ -80,11 +75,11 @@ def get_tokenizer(name='world'):
             raise ValueError(f"tiktoken could not load 'gpt2' ({type(e).__name__}; offline?): run "
                              f"tiktoken.get_encoding('gpt2') once with network, then copy its cache folder to "
                              f"{cache} (or point TIKTOKEN_CACHE_DIR at it)") from None
-        _TOKENIZERS[name] = enc
-        return enc
+    elif name in ('world', 'world-bytes'):
+        ranks = world.tokenizer_ranks() if name == 'world' else {bytes([i]): i for i in range(256)}
+        enc = tiktoken.Encoding(name, pat_str=PAT, mergeable_ranks=ranks, special_tokens={EOT: len(ranks)})
     else:
         raise ValueError(f"unknown tokenizer {name!r}: use 'world', 'world-bytes' or 'gpt2'")
-    enc = tiktoken.Encoding(name, pat_str=PAT, mergeable_ranks=ranks, special_tokens={EOT: len(ranks)})
     _TOKENIZERS[name] = enc
     return enc
 
@@ -383,7 +378,12 @@ def get_dataset(name, block_size, tokenizer=None, data_dir='data', seed=1337, **
     enc = get_tokenizer(tok_name)
     mix = opts.pop('mix', 'uniform')
     if name in FILE_DATASETS:
-        return get_real_dataset(name, block_size, enc, tok_name, data_dir, seed, mix=mix, **opts)
+        src = read_source(name, data_dir, seed, **opts)
+        if isinstance(src, dict):
+            return InstructDataset({name: src}, block_size, enc, tok_name, [name], None, mix)
+        folder = os.path.join(data_dir, f'{name}-{hashlib.sha256(src.encode()).hexdigest()[:16]}', tok_name)
+        write_stream_once(folder, lambda: src, enc, tok_name, val_frac=0.1)  # one cache per file content
+        return StreamDataset(folder, block_size, enc, tok_name)
     folder = build_world(data_dir, seed, tok_name, **opts)
     if name == 'world':
         return StreamDataset(os.path.join(folder, tok_name), block_size, enc, tok_name)
@@ -403,39 +403,6 @@ def get_dataset(name, block_size, tokenizer=None, data_dir='data', seed=1337, **
     return InstructDataset(items, block_size, enc, tok_name, train, evals, mix)
 
 
-def get_real_dataset(name, block_size, enc, tok_name, data_dir, seed, mix='uniform', path=None):
-    path = path or os.path.join(data_dir, DEFAULT_PATHS.get(name, ''))
-    if name == 'text' and os.path.isdir(path):
-        raise ValueError(f"dataset 'text' needs a plain-text file: {PATH_HINT}")
-    if name in ('text', 'shakespeare'):
-        text = read_text(fetch(path, URLS.get(name))).replace('\r\n', '\n').replace('\r', '\n')  # as open() reads
-        src = hashlib.sha256(text.encode()).hexdigest()[:16]
-        folder = os.path.join(data_dir, f'{name}-{src}', tok_name)
-        write_stream_once(folder, lambda: text, enc, tok_name, val_frac=0.1)
-        return StreamDataset(folder, block_size, enc, tok_name)
-    if name == 'alpaca':
-        splits = split_by_question(read_alpaca(fetch(path, URLS['alpaca'])), seed)
-    else:  # e2e: a folder with the official splits, or one CSV that we split ourselves
-        if os.path.isdir(path):
-            files = {s: [os.path.join(path, f) for f in fs if os.path.exists(os.path.join(path, f))] for s, fs in
-                     (('train', ['trainset.csv']), ('val', ['devset.csv']),
-                      ('test', ['testset_w_refs.csv', 'testset.csv']))}
-            missing = [s for s, fs in files.items() if not fs]
-            if missing:
-                raise FileNotFoundError(f'{path} lacks the E2E {"/".join(missing)} CSV (trainset.csv, devset.csv, '
-                                        f'testset_w_refs.csv from github.com/tuetschek/e2e-dataset): put them there')
-            splits = {s: read_e2e(fs[0]) for s, fs in files.items()}
-        elif os.path.exists(path):
-            splits = split_by_question(read_e2e(path), seed)
-        else:
-            raise FileNotFoundError(f'{path} not found: put the E2E CSVs (trainset.csv, devset.csv, testset_w_refs.csv '
-                                    f'from github.com/tuetschek/e2e-dataset) in a folder there, or {PATH_HINT}')
-    for s, items in splits.items():
-        if not items:
-            raise ValueError(f'{path}: too few items for a {s} split')
-    return InstructDataset({name: splits}, block_size, enc, tok_name, [name], None, mix)
-
-
 USAGE = 'usage: python data.py   (builds data/world/ offline in seconds, then lists the datasets and the tasks)'
 
 
@@ -449,20 +416,18 @@ def main(argv):
     enc = get_tokenizer('world')
     folder = build_world()
     ds = get_dataset('mixture', 256)
-    with open(os.path.join(folder, 'world', 'meta.json')) as f:
-        meta = json.load(f)
+    meta = read_meta(os.path.join(folder, 'world'), 'world')
     corpus = os.path.getsize(os.path.join(folder, 'corpus.txt'))
     print(f"{folder} ready in {time.time() - t0:.1f}s: corpus {corpus / 1e6:.2f} MB, "
           f"{meta['tokens']['train']:,} train + {meta['tokens']['val']:,} val tokens "
           f"({corpus / sum(meta['tokens'].values()):.2f} bytes/token), tokenizer 'world' with {enc.n_vocab} ids")
     print(f'\ndatasets ({len(DATASETS)}; train.py --dataset=NAME, data.get_dataset(NAME, ...)):')
     for name, what in DATASETS.items():
-        print(f'  {name:<13}{what}')
-    with open(os.path.join(folder, 'tasks.json')) as f:
-        items = json.load(f)
-    spare = [t for t in items if t not in MIXTURE + FAMILIES['skills']]
-    print(f"\ntasks ({len(items)}: the mixture's {len(MIXTURE)}, the spare {', '.join(spare)} (*), "
-          f"the {len(FAMILIES['skills'])} skill tasks; --dataset=task:NAME picks one)")
+        print(f'  {name:<15}{what}')
+    items = read_tasks(folder)
+    spare = [t for t in items if TASK_FAMILY[t] == 'knowledge' and t not in MIXTURE]
+    print(f"\ntasks ({len(items)}: the mixture's {len(MIXTURE)}, the spare {', '.join(spare)} (*), the "
+          f"{len(FAMILIES['skills'])} skill and {len(FAMILIES['manual'])} manual tasks; --dataset=task:NAME picks one)")
     print(f"{'task':<16}{'family':<15}{'train':>6}{'val':>6}{'test':>6}  example")
     for t, sp in items.items():
         q, a = sp['test'][0]

@@ -1,7 +1,8 @@
 """
 Readers of real data files, each bad file a one-line error naming it and what to do: plain text,
 Alpaca instruction JSON, E2E NLG CSV; a download when a known file is missing and there is network.
-data.get_dataset turns what they return into datasets ('text', 'shakespeare', 'alpaca', 'e2e').
+read_source gives what each file dataset is made of ('text', 'shakespeare', 'alpaca', 'e2e'), which
+data.get_dataset tokenises (this module needs neither torch nor data.py).
 """
 import csv
 import io
@@ -103,3 +104,33 @@ def split_by_question(pairs, seed, frac=0.05, cap=500):
     for q, a in pairs:
         out[where[q]].append((q, a))
     return out
+
+
+def read_source(name, data_dir, seed, path=None):
+    """What file dataset name is made of: the text of 'text' / 'shakespeare' (newlines as open() reads
+    them), or the {'train', 'val', 'test'} lists of (question, answer) of 'alpaca' / 'e2e'."""
+    path = path or os.path.join(data_dir, DEFAULT_PATHS.get(name, ''))
+    if name == 'text' and os.path.isdir(path):
+        raise ValueError(f"dataset 'text' needs a plain-text file: {PATH_HINT}")
+    if name in ('text', 'shakespeare'):
+        return read_text(fetch(path, URLS.get(name))).replace('\r\n', '\n').replace('\r', '\n')
+    if name == 'alpaca':
+        splits = split_by_question(read_alpaca(fetch(path, URLS['alpaca'])), seed)
+    elif os.path.isdir(path):  # e2e: a folder with the official splits
+        files = {s: [os.path.join(path, f) for f in fs if os.path.exists(os.path.join(path, f))] for s, fs in
+                 (('train', ['trainset.csv']), ('val', ['devset.csv']),
+                  ('test', ['testset_w_refs.csv', 'testset.csv']))}
+        missing = [s for s, fs in files.items() if not fs]
+        if missing:
+            raise FileNotFoundError(f'{path} lacks the E2E {"/".join(missing)} CSV (trainset.csv, devset.csv, '
+                                    f'testset_w_refs.csv from github.com/tuetschek/e2e-dataset): put them there')
+        splits = {s: read_e2e(fs[0]) for s, fs in files.items()}
+    elif os.path.exists(path):  # e2e: one CSV that we split ourselves
+        splits = split_by_question(read_e2e(path), seed)
+    else:
+        raise FileNotFoundError(f'{path} not found: put the E2E CSVs (trainset.csv, devset.csv, testset_w_refs.csv '
+                                f'from github.com/tuetschek/e2e-dataset) in a folder there, or {PATH_HINT}')
+    for s, items in splits.items():
+        if not items:
+            raise ValueError(f'{path}: too few items for a {s} split')
+    return splits

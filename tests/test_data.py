@@ -183,6 +183,30 @@ def test_evaluate_on_planted_predictions(world_dir):
     assert 'shift_reverse' in table and '0.333' in table and table.splitlines()[-1].startswith('avg')
 
 
+def test_plain_text_items_have_a_target_on_every_token_and_a_loss_only(world_dir):
+    """An item whose question is '' (the manual) is plain text: its prompt is the stop token alone and
+    every token of the text and the closing stop token is a target; evaluate() gives it a loss but no
+    'acc', and the average accuracy is over the Q/A tasks only."""
+    ds = data.get_dataset('manual_mix', 64, data_dir=os.path.dirname(world_dir))
+    assert ds.train_tasks == ['manual', 'known_qa'] and ds.tasks == ['known_qa', 'manual_qa']
+    stop, enc = ds.stop_token, ds.tokenizer
+    (q, doc), (p, a) = ds.text['manual']['train'][0], ds.data['manual']['train'][0]
+    assert q == '' and p == [stop] and a == enc.encode_ordinary(doc) + [stop]
+    (qq, ans), qa_item = ds.text['known_qa']['train'][0], ds.data['known_qa']['train'][0]
+    x, y = ds.collate([(p, a), qa_item])
+    assert (y[0] != -1).sum().item() == len(enc.encode_ordinary(doc)) + 1 and x[0, 0].item() == stop
+    assert y[0, :len(a)].tolist() == a and enc.decode(x[0, 1:len(a)].tolist()) == doc
+    assert (y[1] != -1).sum().item() == len(enc.encode_ordinary(' ' + ans)) + 1  # a Q/A item: its answer only
+    right = {tuple(p) for p, _ in ds.data['known_qa']['test']}  # every known_qa item right, no manual_qa item
+    model = PlantedModel(ds, lambda p, a: a if p in right else [0, stop])
+    res = ds.evaluate(model, max_items=10, batch_size=4, tasks=['manual', 'known_qa', 'manual_qa'])
+    assert res['manual'] == {'loss': pytest.approx(math.log(ds.vocab_size), rel=1e-5), 'n': 10}
+    assert res['known_qa']['acc'] == 1.0 and res['manual_qa']['acc'] == 0.0
+    assert res['avg']['acc'] == 0.5 and res['avg']['n'] == 30
+    assert res['avg']['loss'] == pytest.approx(math.log(ds.vocab_size), rel=1e-5)
+    assert data.format_results(res).splitlines()[-1].split()[1:] == ['0.500', f'{math.log(ds.vocab_size):.3f}', '30']
+
+
 def test_evaluate_scores_exactly_the_planted_answers_on_the_mixture(mixture):
     """Task j of the mixture gets exactly j+1 of its first 12 test items right, each followed by
     junk after its stop token (which must be cut off); every other item repeats the answer but never
@@ -384,7 +408,8 @@ def test_cli_lists_every_dataset_and_task_and_answers_help(world_dir, monkeypatc
     data.main([])
     out = capsys.readouterr().out
     listed = [line.split()[0] for line in out.splitlines() if line.startswith('  ')]
-    assert listed == list(data.DATASETS) and len(listed) == 11
-    assert "tasks (16: the mixture's 12, the spare color_of (*), the 3 skill tasks" in out
-    rows = [line.split()[0] for line in out.splitlines() if line.split() and line.split()[0] in data.TASK_FAMILY]
-    assert sorted(rows) == sorted(data.TASK_FAMILY) and len(rows) == 16
+    assert listed == list(data.DATASETS) and len(listed) == 17
+    assert "tasks (20: the mixture's 12, the spare color_of (*), the 3 skill and 4 manual tasks" in out
+    table = out.split('  example\n')[1].splitlines()  # the task table (some datasets are named like tasks)
+    rows = [line.split()[0] for line in table if line.split() and line.split()[0] in data.TASK_FAMILY]
+    assert sorted(rows) == sorted(data.TASK_FAMILY) and len(rows) == 20

@@ -2,6 +2,7 @@ import hashlib
 import json
 import os
 import random
+import re
 
 import pytest
 
@@ -12,7 +13,7 @@ import world
 # bytes. A change here is a new world: bump world.VERSION (and say so), never edit these silently.
 DEFAULT_WORLD_SHA256 = {
     'corpus.txt': '17f0d39e9bbd2bf663f17fe3f85813ca05dabb17d95264fa15ce7aa0aa487c88',
-    'tasks.json': '109ca481b7277147f38a50e96005de96e872dbb2862ca49d1efeeb9d1482feab',
+    'tasks.json': 'a6b9a86fe71be7d20ce28b3d48dc6bd97c4e37bb861f4030b1909d629f0e7b9f',
     'world.json': '063a34bde876d233d0d316f2c14aefb7feef3c98e4b68e18d7364b89a7840f0b',
 }
 
@@ -97,9 +98,11 @@ def test_a_changed_world_names_the_tokenizer_hash_to_update(tmp_path, monkeypatc
 
 
 def test_splits_are_disjoint(tasks):
-    assert len(world.MIXTURE) == 12 and len(tasks) == 16 and set(world.MIXTURE) < set(tasks)
+    assert len(world.MIXTURE) == 12 and len(tasks) == 20 and set(world.MIXTURE) < set(tasks)
     assert {world.TASK_FAMILY[t] for t in world.MIXTURE} == {'instruction', 'understanding', 'knowledge'}
     for t, sp in tasks.items():
+        if t in world.FAMILIES['manual']:  # split by person, not by question: test_manual_*
+            continue
         qs = {s: {q for q, _ in sp[s]} for s in ('train', 'val', 'test')}
         assert all(qs.values()), t
         assert not (qs['train'] & qs['val']) and not (qs['train'] & qs['test']) and not (qs['val'] & qs['test']), t
@@ -128,6 +131,54 @@ def test_knowledge_questions_are_new_entities_and_wordings(tasks, world_dir):
             assert form(q) not in train_forms
             assert all(chunk.strip() not in corpus for chunk in form(q).split('{p}') if len(chunk.strip()) > 8), q
             assert a in corpus  # the answer is stated in pretraining text only
+
+
+@pytest.fixture(scope='module')
+def manual(world_dir):
+    with open(os.path.join(world_dir, 'world.json')) as f:
+        return world.make_manual(json.load(f))
+
+
+def asked_about(items, people):
+    return {w for q, _ in items for w in q.rstrip('.?').split() if w in people}
+
+
+def test_manual_test_facts_are_in_the_manual_only(tasks, manual):
+    test = asked_about(tasks['manual_qa']['test'], manual)
+    assert len(test) == len(manual) // 2 == 60
+    for t in ('manual_qa', 'manual_qa_ample', 'known_qa'):
+        assert not test & asked_about(tasks[t]['train'] + tasks[t]['val'], manual), t
+    assert asked_about(tasks['manual_qa_ample']['train'], manual) == set(manual) - test
+    docs = [d for q, d in tasks['manual']['train']]
+    assert all(q == '' for q, _ in tasks['manual']['train'])
+    for q, a in tasks['manual_qa']['test']:
+        (p,) = asked_about([(q, a)], manual)
+        assert a in manual[p].values()
+        stated = [d for d in docs if re.search(rf'\b{p} (lives in|has a home in|works as a|is a) {a}\b', d) or
+                  re.search(rf'the (home|job) of {p} is (in )?{a}\b', d)]
+        assert len(stated) >= 4, (q, a)  # the manual states it, in its repeated documents
+
+
+def test_manual_composite_train_split_is_5_percent_of_the_skills(tasks):
+    n_comp = len(tasks['manual_qa']['train'])
+    n_skills = len(tasks['manual']['train']) + len(tasks['known_qa']['train'])
+    assert 0 < n_comp <= 0.05 * n_skills and n_comp == int(0.05 * n_skills)
+    assert set(map(tuple, tasks['manual_qa']['train'])) <= set(map(tuple, tasks['manual_qa_ample']['train']))
+
+
+def test_manual_people_cities_and_jobs_are_new_to_the_corpus(world_dir, manual):
+    with open(os.path.join(world_dir, 'corpus.txt')) as f:
+        words = set(re.findall(r'[a-z]+', f.read()))
+    new = set(manual) | {v[k] for v in manual.values() for k in world.MANUAL_FACTS}
+    assert len({v['city'] for v in manual.values()}) >= 10 and len({v['job'] for v in manual.values()}) >= 8
+    assert not new & words, sorted(new & words)
+
+
+def test_recall_probes_are_the_corpus_first_wording():
+    people = {'bob': {'city': 'rome', 'job': 'nurse'}, 'al': {'pet': 'cat'}}
+    assert world.recall_probes(people) == [('al owns a', 'cat'), ('bob lives in', 'rome'),
+                                           ('bob works as a', 'nurse')]
+    assert world.recall_probes(people, ['city']) == [('bob lives in', 'rome')]
 
 
 def test_unknown_world_option():
