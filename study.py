@@ -1,28 +1,27 @@
 """
 The small-scale study: do the seed papers' claims hold on the offline world, on a CPU?
 
-    python study.py             # the whole study, about 30 min on 2 CPU cores -> results/
-    python study.py --quick     # every stage on tiny budgets (about 2 min): the CI smoke test
-    python study.py --fresh     # retrain everything instead of reusing finished runs
+    python study.py                  # the whole study (about 2 h on 2 CPU cores) -> results/
+    python study.py --stage=mixture  # one stage (and the finished runs it builds on)
+    python study.py --quick          # every stage on tiny budgets: the CI smoke test
+    python study.py --report         # re-render results/STUDY.md from results/study.json, no training
 
-Five stages, each feeding the next (methods: docs/methods.md; data: data.py's docstring):
- 1. base        pretrain the default base (python train.py), or reuse out/base/ckpt.pt when its
-                config and data fingerprint are those of today's defaults
- 2. mixture     the 12-task mixture (MultiLoRA's setting): full fine-tuning, LoRA rank R, MultiLoRA
-                3 x rank R/3, LoRA rank 1, NOLA with fewer trainable numbers than LoRA rank 1
- 3. spectra     analyze.py on the stage-2 updates: effective rank, top-σ share, intruders, figure
- 4. skills      LoRA Soups' setting: one LoRA per skill, CAT on the small composite split, and the
-                baselines data mixing, ΔW averaging, TIES, each skill LoRA alone
- 5. compression NOLA with 4-bit coefficients vs full precision, bytes vs LoRA rank 1
-Every training run goes through train.main with a config from config/, and is repeated over seeds
-(init and batch order; the world itself stays the same). Verdicts compare paired differences (same
-seeds, same test items) through a bootstrap CI, against an equivalence margin, above the floor of
-always answering a task's most common training answer, and only where the gates (runs that have
-learned) hold; otherwise they say "inconclusive" and why. results/STUDY.md is written from the
-numbers in results/study.json, verdicts included: nothing in it is typed by hand.
+Stages (methods: docs/methods.md; data: world.py's docstring):
+ base         pretrain a base that knows its world (fact recall in the corpus's own wording, gated)
+ mixture      the 12-task mixture: full fine-tuning, LoRA on W_q,W_v and on all Linears, MultiLoRA,
+              LoRA rank 1, NOLA; a learning rate per method from a sweep on the validation split
+              (seed 0), then every seed at that rate, exact match on every test item
+ spectra      analyze.py on the mixture's updates at the tuned rates
+ compression  NOLA with 4-bit coefficients vs full precision, bytes vs LoRA rank 1
+ composition  LoRA Soups' Q/A bot on a manual: skill A reads the manual, skill B answers questions about
+              known people; CAT, task arithmetic, ΔW averaging, TIES and data mixing on the composite
+ control      shift-then-reverse, a two-hop composition: the skills, CAT and ΔW averaging (one seed)
+Every training run goes through train.main. Each finished run's numbers go to results/runs/<run>.json
+(small, committed), keyed by its arguments and the base's fingerprint: an interrupted study continues
+where it stopped, and a run whose checkpoint is gone is retrained only where a later step needs the
+checkpoint. Verdicts, gates and the write-up: study_verdicts.py.
 """
 import argparse
-import collections
 import contextlib
 import io
 import json
@@ -31,7 +30,6 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
 
 import adapters
@@ -39,198 +37,41 @@ import analyze
 import baselines
 import data
 import train
+import world
 from model import load_model, read_checkpoint
+from study_verdicts import (CI_LEVEL, CLAIMS, EQUIV_MARGIN, FLOOR_GATE, GATES, UPPER_BOUND, direction,  # noqa: F401
+                            equivalence, format_gates, gate_failures, gates, mean, most_common_answer_baseline,
+                            paired_diff_ci, pm, sd, verdicts, write_report)
 
 WORLD_SEED = 1337  # the synthetic world every run trains and is evaluated on (data.get_dataset's seed)
+ALL = 'attn.q,attn.k,attn.v,attn.c_proj,mlp.c_fc,mlp.c_proj'  # every Linear of a block
 
-# budgets: FULL fits 30 min on 2 CPU cores from a fresh clone (measured, see results/STUDY.md)
-FULL = dict(seeds=[0, 1, 2], base_dir='out/base', base_args=[], mix_iters=150, skill_iters=300, cat_iters=60,
-            eval_items=100, eval_iters=10, out='out/study', results='results', R=12)
+# budgets, chosen by measurement (results/STUDY.md): an 800-iteration base recalls ~0.9 of its facts
+FULL = dict(seeds=[0, 1, 2], base_dir='out/study/base', base_args=['--max_iters=800', '--eval_interval=200'],
+            R=12, mix_iters=1500, sweep_iters=1500, skill_iters=600, upper_iters=1000, cat_iters=300,
+            control_iters=300, control_cat_iters=60, eval_iters=10, eval_items=0,
+            lr_grid={'full': [1e-4, 3e-4, 1e-3], 'lora': [1e-3, 3e-3, 1e-2]},  # adapters: 'lora'
+            out='out/study', results='results')
 QUICK = dict(seeds=[0], base_dir='out/study-quick/base',
              base_args=['--n_layer=2', '--n_head=2', '--n_embd=64', '--max_iters=40', '--eval_interval=40',
                         '--eval_iters=2', '--batch_size=16', '--warmup_iters=4'],
-             mix_iters=8, skill_iters=8, cat_iters=4, eval_items=4, eval_iters=2,
-             out='out/study-quick', results='out/study-quick/results', R=12)
-
-# stage 2: (name, config, extra options); R is LoRA's rank, MultiLoRA gets n = 3 modules of rank R/3
-MIXTURE = lambda R: [
-    ('full', 'config/finetune_mixture.py', []),
-    (f'lora_r{R}', 'config/lora_mixture.py', [f'--lora_r={R}', f'--lora_alpha={2.0 * R}']),
-    (f'multilora_3x{R // 3}', 'config/multilora_mixture.py', ['--multilora_n=3', f'--multilora_r={R // 3}',
-                                                             f'--multilora_alpha={2.0 * (R // 3)}']),
-    ('lora_r1', 'config/lora_mixture.py', ['--lora_r=1', '--lora_alpha=2.0']),
-    ('nola', 'config/nola_mixture.py', []),
-]
-
-# what each seed paper claims, with its published numbers (methods.md); the verdicts are computed
-CLAIMS = {
-    'LoRA': ("Hu et al. 2021: low-rank updates of W_q, W_v match full fine-tuning "
-             "(GPT-2 M, E2E: BLEU 70.4 with 0.35M trainable parameters vs 68.2 for full fine-tuning)"),
-    'MultiLoRA': ("Wang et al. 2023: at an equal A/B budget, n parallel gated LoRAs give a flatter "
-                  "('more democratic') ΔW spectrum than LoRA, closer to full fine-tuning, and better "
-                  "multi-task accuracy (mixture of instruction, understanding and knowledge sets)"),
-    'NOLA': ("Koohpayegani et al. 2024: fewer trainable numbers than LoRA rank 1 for the same quality "
-             "(GPT-2 L, E2E: NOLA 36,864 parameters BLEU 70.1 vs LoRA r=1 184,320 parameters BLEU 69.9); "
-             "4-bit coefficients lose little"),
-    'CAT': ("Prabhakar et al. 2024 (LoRA Soups): learnable concatenation of skill LoRAs beats model "
-            "merging and data mixing on the composite task (math word problems with code: +43% over "
-            "merging, +12% over data mixing on average)"),
-}
+             R=12, mix_iters=6, sweep_iters=6, skill_iters=6, upper_iters=6, cat_iters=4, control_iters=4,
+             control_cat_iters=2, eval_iters=2, eval_items=4, lr_grid={'full': [1e-3], 'lora': [3e-3, 1e-2]},
+             out='out/study-quick', results='out/study-quick/results')
+COMPOSITION_LR, CAT_LR = 3e-3, 1e-2
+LAMBDAS = {'task arithmetic': [0.5, 0.75, 1.0, 1.25, 1.5], 'TIES': [0.5, 1.0, 1.5, 2.0, 3.0]}  # tuned on the composite split
 
 
-# ----------------------------------------------------------------------------------------------
-# small helpers
-
-def mean(xs):
-    return sum(xs) / len(xs)
-
-
-def sd(xs):
-    """Sample standard deviation over seeds (0 for one seed)."""
-    if len(xs) < 2:
-        return 0.0
-    m = mean(xs)
-    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-
-
-def pm(xs, fmt='{:.3f}'):
-    return (fmt + ' ± ' + fmt).format(mean(xs), sd(xs))
-
-
-# ----------------------------------------------------------------------------------------------
-# statistics and gates: what a verdict may claim from a handful of seeds
-
-EQUIV_MARGIN = 0.03   # a "matches" claim needs the whole CI of the paired difference within ±this (exact match)
-# A "matches" claim also needs both methods this far above answering every item with the task's most common
-# training answer: two methods that both learned nothing agree perfectly, and that agreement says nothing about
-# the methods. 0.10 is 10 test items in 100 per task beyond the constant answer, several times the seed-to-seed
-# sd of a run that has learned something (0.01-0.02 in results/study.json).
-FLOOR_GATE = 0.10
-N_BOOT, CI_LEVEL, BOOT_SEED = 2000, 0.95, 0  # paired bootstrap: resamples, coverage, its own fixed RNG seed
-# The gates every headline verdict rests on (what "the runs have learned" means here): (key, what, op, threshold)
-GATES = [('full_ft', 'mixture: full fine-tuning, avg exact match', '>=', 0.55),
-         ('best_adapter', 'mixture: best adapter, avg exact match', '>=', 0.45),
-         ('skill1_own', f'composition: skill 1 LoRA on its own task ({data.SKILL1})', '>=', 0.8),
-         ('skill2_own', f'composition: skill 2 LoRA on its own task ({data.SKILL2})', '>=', 0.8),
-         ('skill1_composite', f'composition: skill 1 LoRA alone on the composite ({data.COMPOSITE})', '<=', 0.05),
-         ('skill2_composite', f'composition: skill 2 LoRA alone on the composite ({data.COMPOSITE})', '<=', 0.05),
-         ('upper_bound', f'composition: upper-bound LoRA trained on the composite ({data.COMPOSITE})', '>=', 0.8)]
-UPPER_BOUND = 'upper bound'  # the key of the upper-bound run in skills.acc, when the study has one
-
-
-def most_common_answer_baseline(ds_or_items, max_items=None):
-    """Exact match of answering every test item with the task's most common train answer (ties: the
-    alphabetically first), on the first max_items test items, the ones the study evaluates. ds_or_items:
-    an InstructDataset or {task: {'train': [(prompt, answer)], 'test': [...]}}. {task: acc, 'avg': mean}."""
-    items = getattr(ds_or_items, 'text', ds_or_items)
-    tasks = getattr(ds_or_items, 'tasks', list(items))
-    out = {}
-    for t in tasks:
-        counts = collections.Counter(a for _, a in items[t]['train'])
-        if not counts:
-            raise ValueError(f'task {t!r} has no train items: no most common answer')
-        answer = min(counts, key=lambda a: (-counts[a], a))
-        test = items[t]['test'][:max_items]
-        out[t] = sum(a == answer for _, a in test) / max(len(test), 1)
-    out['avg'] = mean([out[t] for t in tasks])
-    return out
-
-
-def paired_diff_ci(a_rows, b_rows, n_boot=N_BOOT, level=CI_LEVEL, seed=BOOT_SEED):
-    """(diff, lo, hi): the mean paired difference a - b and its percentile bootstrap CI.
-    a_rows[i] and b_rows[i] are the same seed's numbers: one number, or {unit: number} (units such as
-    tasks, the same keys in every row), or {unit: [number per item]} (the same items, in the same order).
-    Each resample draws seeds, units and items within a unit independently with replacement (seed and task
-    are crossed: both vary), from its own RNG seeded with `seed`: the same numbers always give the same CI."""
-    if len(a_rows) != len(b_rows) or not a_rows:
-        raise ValueError(f'paired_diff_ci: {len(a_rows)} rows vs {len(b_rows)}: pass one row per seed for each method')
-    as_units = lambda r: r if isinstance(r, dict) else {'all': r}
-    A, B = [as_units(r) for r in a_rows], [as_units(r) for r in b_rows]
-    units = list(A[0])
-    if any(set(r) != set(units) for r in A + B):
-        raise ValueError('paired_diff_ci: rows name different units (tasks): pair the same tasks in every row')
-    d = []  # per unit: (seeds, items) paired differences
-    for u in units:
-        a = np.array([np.atleast_1d(np.asarray(r[u], dtype=float)) for r in A])
-        b = np.array([np.atleast_1d(np.asarray(r[u], dtype=float)) for r in B])
-        if a.shape != b.shape:
-            raise ValueError(f'paired_diff_ci: unit {u!r} has {a.shape[1]} items in a, {b.shape[1]} in b: pair the same items')
-        d.append(a - b)
-    diff = float(np.mean([x.mean() for x in d]))
-    rng = np.random.default_rng(seed)
-    S, U, stats = len(A), len(d), np.empty(n_boot)
-    for k in range(n_boot):
-        seeds, picked = rng.integers(S, size=S), rng.integers(U, size=U)
-        total = 0.0
-        for j in picked:
-            x = d[j][seeds]
-            if x.shape[1] > 1:
-                x = x[:, rng.integers(x.shape[1], size=x.shape[1])]
-            total += x.mean()
-        stats[k] = total / U
-    lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
-    return diff, float(lo), float(hi)
-
-
-def fmt_ci(ci):
-    diff, lo, hi = ci
-    return f'paired diff {diff:+.3f}, {CI_LEVEL:.0%} CI [{lo:+.3f}, {hi:+.3f}]'
-
-
-def direction(ci):
-    """'higher' iff the CI of a - b lies above 0, 'lower' iff below, else 'no difference'."""
-    _, lo, hi = ci
-    return 'higher' if lo > 0 else 'lower' if hi < 0 else 'no difference'
-
-
-def equivalence(ci, over_baseline, margin=EQUIV_MARGIN, floor=FLOOR_GATE, failed_gates=()):
-    """A "matches" claim on a paired CI of a - b: (status, text), status 'matches' (CI inside ±margin),
-    'differs' (CI wholly outside it) or 'inconclusive'. over_baseline: {method: mean exact match minus the
-    most-common-answer baseline}; below `floor` for either method, or any failed gate, makes it inconclusive."""
-    low = [f'{m} only {v:+.3f}' for m, v in over_baseline.items() if v < floor]
-    why = ([f'at the floor: {", ".join(low)} over the most-common-answer baseline (needs ≥ +{floor:.2f})'] if low else [])
-    why += list(failed_gates)
-    if why:
-        return 'inconclusive', 'inconclusive (' + '; '.join(why) + ')'
-    _, lo, hi = ci
-    if -margin < lo and hi < margin:
-        return 'matches', f'matches (CI [{lo:+.3f}, {hi:+.3f}] inside ±{margin:.2f})'
-    if lo > margin or hi < -margin:
-        return 'differs', f'differs (CI [{lo:+.3f}, {hi:+.3f}] outside ±{margin:.2f})'
-    return 'inconclusive', f'inconclusive (CI [{lo:+.3f}, {hi:+.3f}] wider than ±{margin:.2f})'
-
-
-def gates(res):
-    """Each gate of GATES with its measured value (None: the study has no such run) and pass (None: not measured)."""
-    mix, sk = res['mixture'], res['skills']['acc']
-    avg = {m: mean([r['acc']['avg'] for r in rows]) for m, rows in mix.items()}
-    best = max((m for m in avg if m != 'full'), key=avg.get, default=None)
-    comp = lambda m, t: mean(sk[m][t]) if m in sk and t in sk[m] else None
-    measured = {'full_ft': (avg.get('full'), 'full'), 'best_adapter': (avg.get(best), best),
-                'skill1_own': (comp('skill1 alone', data.SKILL1), None), 'skill2_own': (comp('skill2 alone', data.SKILL2), None),
-                'skill1_composite': (comp('skill1 alone', data.COMPOSITE), None),
-                'skill2_composite': (comp('skill2 alone', data.COMPOSITE), None),
-                'upper_bound': (comp(UPPER_BOUND, data.COMPOSITE), None)}
-    out = []
-    for key, what, op, thr in GATES:
-        v, who = measured[key]
-        ok = None if v is None else (v >= thr if op == '>=' else v <= thr)
-        out.append({'key': key, 'gate': what + (f' ({who})' if who and key == 'best_adapter' else ''),
-                    'threshold': f'{"≥" if op == ">=" else "≤"} {thr:g}', 'measured': v, 'pass': ok})
-    return out
-
-
-def gate_failures(gate_rows, keys):
-    """One line per gate in keys that failed or was not measured (what an inconclusive verdict names)."""
-    return [f'gate not measured: {g["gate"]}' if g['pass'] is None else
-            f'gate failed: {g["gate"]} {g["measured"]:.3f}, needs {g["threshold"]}'
-            for g in gate_rows if g['key'] in keys and not g['pass']]
-
-
-def format_gates(gate_rows):
-    return [f'gate {"not measured" if g["pass"] is None else "pass" if g["pass"] else "FAIL"}: {g["gate"]} '
-            f'{g["threshold"]}, measured ' + ('-' if g['measured'] is None else f'{g["measured"]:.3f}')
-            for g in gate_rows]
+def mixture_methods(R, n_embd):
+    """name -> (config, extra options). All adapters but lora_qv adapt every Linear (lora_qv: the papers' GPT-2 setting)."""
+    half = n_embd // 2  # NOLA: k + l = d per matrix, fewer trainable numbers than LoRA rank 1 at any width
+    return {'full': ('config/finetune_mixture.py', []),
+            f'lora_qv_r{R}': ('config/lora_mixture.py', [f'--lora_r={R}', f'--lora_alpha={2.0 * R}']),
+            f'lora_r{R}': ('config/lora_mixture.py', [f'--adapter_targets={ALL}', f'--lora_r={R}', f'--lora_alpha={2.0 * R}']),
+            f'multilora_3x{R // 3}': ('config/multilora_mixture.py', [f'--adapter_targets={ALL}', '--multilora_n=3',
+                                                                    f'--multilora_r={R // 3}', f'--multilora_alpha={2.0 * (R // 3)}']),
+            'lora_r1': ('config/lora_mixture.py', [f'--adapter_targets={ALL}', '--lora_r=1', '--lora_alpha=2.0']),
+            'nola': ('config/nola_mixture.py', [f'--adapter_targets={ALL}', f'--nola_k={half}', f'--nola_l={half}'])}
 
 
 def nbytes(obj):
@@ -252,49 +93,93 @@ def world_dataset(name):
     return data.get_dataset(name, c['block_size'], tokenizer=c['tokenizer'], data_dir=c['data_dir'], seed=WORLD_SEED)
 
 
+@torch.no_grad()
+def recall(model, enc, probes, max_new=6, batch_size=128):
+    """Share of (prefix, value) probes whose greedy continuation of '<eot>prefix' starts with the value word."""
+    model.eval()
+    hits = []
+    for i in range(0, len(probes), batch_size):
+        chunk = probes[i:i + batch_size]
+        ids = [[enc.eot_token] + enc.encode_ordinary(p) for p, _ in chunk]
+        outs = [None] * len(chunk)
+        for n in sorted({len(x) for x in ids}):  # generate takes no padding: one batch per prompt length
+            rows = [j for j, x in enumerate(ids) if len(x) == n]
+            y = model.generate(torch.tensor([ids[j] for j in rows]), max_new, temperature=0.0)
+            for j, row in zip(rows, y[:, n:].tolist()):
+                outs[j] = enc.decode(row)
+        hits += [o.strip().replace('.', ' ').split(' ')[0] == v for o, (_, v) in zip(outs, chunk)]
+    return sum(hits) / max(len(hits), 1)
+
+
+def answer_rates(model, ds, task, split='test', max_items=None):
+    """Per item of a Q/A task: exact match, format-correct (the answer is one value of the asked kind,
+    whichever) and content-correct (the right value appears anywhere in what the model wrote)."""
+    items = ds.data[task][split][:max_items]
+    text = ds.text[task][split][:len(items)]
+    max_new = min(max(len(a) for _, a in items) + 4, ds.block_size // 2)
+    preds = [ds.decode(p).strip() for p in ds.generate(model, [p for p, _ in items], max_new)]
+    valid = set(a for s in ds.text[task].values() for _, a in s) | set(world.MANUAL_JOBS + world.JOBS)
+    valid |= set(a for t in ('known_qa',) if t in ds.text for s in ds.text[t].values() for _, a in s)
+    em = [int(p == a) for p, (_, a) in zip(preds, text)]
+    return {'em': em, 'format': mean([p in valid for p in preds]),
+            'content': mean([a in p.replace('.', ' ').split() for p, (_, a) in zip(preds, text)]), 'examples': preds[:3]}
+
+
 class Study:
     def __init__(self, S, fresh=False, log=print):
         self.S, self.fresh, self.log = argparse.Namespace(**S), fresh, log
         self.base_path = os.path.join(self.S.base_dir, 'ckpt.pt')
-        self.seconds = {}
-        os.makedirs(self.S.out, exist_ok=True)
+        self.runs_dir = os.path.join(self.S.results, 'runs')
+        os.makedirs(self.runs_dir, exist_ok=True)
 
-    # ---- running train.py ---------------------------------------------------------------------
-    def train(self, name, argv):
-        """train.main(argv) with its output in <out>/<name>/train.log; reuses a finished run with the
-        same arguments over the same base (unless --fresh). Returns train.main's summary."""
+    # ---- running train.py, one small JSON per finished run --------------------------------------
+    def train(self, name, argv, need_ckpt=False):
+        """train.main(argv) with its log in <out>/<name>/train.log and its numbers in results/runs/<name>.json;
+        a finished run with the same arguments over the same base is reused (unless --fresh)."""
         out_dir = os.path.join(self.S.out, name)
         argv = list(argv) + [f'--out_dir={out_dir}', f'--data_seed={WORLD_SEED}']
         key = {'argv': argv, 'base': self.base_fp}
-        done = os.path.join(out_dir, 'study_run.json')
-        if not self.fresh and os.path.exists(done):
-            with open(done) as f:
-                rec = json.load(f)
-            if rec['key'] == key and os.path.exists(os.path.join(out_dir, 'ckpt.pt')):
-                self.log(f'  {name:<22} reused ({rec["summary"]["train_time_s"]:.1f}s when trained)')
-                return rec['summary']
+        rec = self.record(name)
+        if rec and rec['key'] == key and (not need_ckpt or os.path.exists(self.ckpt(name))):
+            return rec
         os.makedirs(out_dir, exist_ok=True)
-        t0 = time.time()
         with open(os.path.join(out_dir, 'train.log'), 'w') as f, contextlib.redirect_stdout(f):
             summary = train.main(argv + ['--overwrite=True'])  # a stale or --fresh run of the study's own
         summary.pop('losses', None)
-        with open(done, 'w') as f:
-            json.dump({'key': key, 'summary': summary}, f)
+        rec = {'key': key, 'summary': summary}
+        self.save_record(name, rec)
         acc = summary.get('eval', {}).get('avg', {}).get('acc', float('nan'))
-        self.log(f'  {name:<22} {time.time() - t0:6.1f}s  val loss {summary["val_loss"]:.3f}  avg acc {acc:.3f}')
-        return summary
+        self.log(f'  {name:<34} {summary["train_time_s"]:6.1f}s  val loss {summary["val_loss"]:.3f}  '
+                 f'{self.S_split(argv)} acc {acc:.3f}')
+        return rec
 
-    def run_config(self, name, config, seed, iters, extra=()):
+    @staticmethod
+    def S_split(argv):
+        return 'val' if '--eval_split=val' in argv else 'test'
+
+    def record(self, name):
+        path = os.path.join(self.runs_dir, name + '.json')
+        if self.fresh or not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    def save_record(self, name, rec):
+        path = os.path.join(self.runs_dir, name + '.json')
+        with open(path + '.tmp', 'w') as f:
+            json.dump(rec, f)
+        os.replace(path + '.tmp', path)
+
+    def run(self, name, config, seed, iters, extra=(), need_ckpt=False):
         S = self.S
         return self.train(name, [config, f'--init_from={self.base_path}', f'--seed={seed}', f'--max_iters={iters}',
                                  f'--warmup_iters={max(1, iters // 10)}', f'--eval_interval={iters}',
                                  f'--eval_iters={S.eval_iters}', f'--log_interval={max(1, iters // 5)}',
-                                 f'--eval_max_items={S.eval_items}', *extra])
+                                 f'--eval_max_items={S.eval_items}', *extra], need_ckpt)
 
     def ckpt(self, name):
         return os.path.join(self.S.out, name, 'ckpt.pt')
 
-    # ---- models and evaluation ----------------------------------------------------------------
     def base_model(self):
         return load_model(self.base_path)[0]
 
@@ -303,20 +188,17 @@ class Study:
         adapters.load_adapter_checkpoint(self.ckpt(name), model)
         return model
 
-    def evaluate(self, model, ds):
-        with adapters.merged(model):  # generation at the base model's cost
-            return ds.evaluate(model.eval(), split='test', max_items=self.S.eval_items)
+    def finetuned(self, name):
+        """The model a mixture run trained: base + adapter, or the fully fine-tuned weights."""
+        return self.adapted(name) if 'adapter' in read_checkpoint(self.ckpt(name)) else load_model(self.ckpt(name))[0]
 
-    def dataset(self, name):
-        return world_dataset(name)
-
-    # ---- stage 1 --------------------------------------------------------------------------------
+    # ---- base -------------------------------------------------------------------------------------
     def stage_base(self):
         want = train.parse_args(self.S.base_args + [f'--out_dir={self.S.base_dir}', f'--data_seed={WORLD_SEED}'])
         ds = data.get_dataset(want['dataset'], want['block_size'], tokenizer=want['tokenizer'],
                               data_dir=want['data_dir'], seed=want['data_seed'])
-        ignore = {'out_dir', 'device', 'compile', 'log_interval', 'final_eval', 'eval_max_items', 'eval_split'}
-        reuse = None
+        ignore = {'out_dir', 'device', 'compile', 'log_interval', 'final_eval', 'eval_max_items', 'eval_split', 'overwrite'}
+        reuse = False
         if os.path.exists(self.base_path) and not self.fresh:
             ck = read_checkpoint(self.base_path)
             old = {**train.DEFAULTS, **ck.get('config', {})}  # keys newer than the checkpoint: their defaults
@@ -329,331 +211,241 @@ class Study:
                      f'{"same" if same_data else "differs"} -> {"reused" if reuse else "retrained"}')
         if not reuse:
             os.makedirs(self.S.base_dir, exist_ok=True)
-            t0 = time.time()
             with open(os.path.join(self.S.base_dir, 'train.log'), 'w') as f, contextlib.redirect_stdout(f):
                 summary = train.main(self.S.base_args + [f'--out_dir={self.S.base_dir}', f'--data_seed={WORLD_SEED}',
-                                                         '--overwrite=True'])  # logged above: 'retrained'
+                                                         '--overwrite=True'])
             summary.pop('losses', None)
             summary['reused'] = False
-            self.log(f'  base pretrained in {time.time() - t0:.1f}s, val loss {summary["val_loss"]:.3f}')
+            self.log(f'  base pretrained in {summary["train_time_s"]:.1f}s, val loss {summary["val_loss"]:.3f}')
         base = self.base_model()
         self.base_fp = base.fingerprint()
         self.base_shape = {k: getattr(base.config, k) for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'vocab_size')}
+        people = self.world()['people']
+        enc = data.get_tokenizer(want['tokenizer'])
+        rec = {k: recall(base, enc, world.recall_probes(people, [k])) for k in world.FACT_TEMPLATES}
+        rec['all'] = mean(list(rec.values()))
+        rec['manual'] = recall(base, enc, world.recall_probes(world.make_manual(self.world())))  # never read: ~0
+        self.log(f'  base fact recall {rec["all"]:.3f} (' + ', '.join(f'{k} {v:.2f}' for k, v in rec.items()) + ')')
         return {'path': self.base_path, 'fingerprint': self.base_fp, 'data_fingerprint': ds.fingerprint,
-                'model_args': self.base_shape, 'params': sum(p.numel() for p in base.parameters()), **summary}
+                'model_args': self.base_shape, 'params': sum(p.numel() for p in base.parameters()), 'recall': rec,
+                **summary}
 
-    # ---- stage 2 --------------------------------------------------------------------------------
+    def world(self):
+        if not hasattr(self, '_world'):
+            with open(os.path.join(data.build_world(seed=WORLD_SEED), 'world.json')) as f:
+                self._world = json.load(f)
+        return self._world
+
+    # ---- mixture: a learning rate per method on the validation split, then every seed -----------
+    def mixture_run(self, method, lr, seed, iters, need_ckpt=False):
+        config, extra = mixture_methods(self.S.R, self.base_shape['n_embd'])[method]
+        extra = extra + [f'--learning_rate={lr}', f'--min_lr={lr / 10}', '--eval_split=val']
+        if method == 'nola':
+            extra.append(f'--nola_seed={seed}')
+        return f'mix_{method}_lr{lr:g}_it{iters}_s{seed}', self.run(
+            f'mix_{method}_lr{lr:g}_it{iters}_s{seed}', config, seed, iters, extra, need_ckpt)
+
+    def test_eval(self, name, ds):
+        """Exact match on every test item (per item kept), stored beside the run's numbers."""
+        rec = self.record(name)
+        if 'test' not in rec:
+            with adapters.merged(model := self.finetuned(name)):
+                rec['test'] = ds.evaluate(model.eval(), split='test', max_items=self.S.eval_items or None)
+            self.save_record(name, rec)
+        return rec['test']
+
     def stage_mixture(self):
-        out = {}
-        for method, config, extra in MIXTURE(self.S.R):
+        S, ds = self.S, self.dataset('mixture')
+        out, sweep = {}, {}
+        for method in mixture_methods(S.R, self.base_shape['n_embd']):
+            grid = S.lr_grid['full' if method == 'full' else 'lora']
+            scores = [self.mixture_run(method, lr, S.seeds[0], S.sweep_iters)[1]['summary'] for lr in grid]
+            best = max(range(len(grid)), key=lambda i: (scores[i]['eval']['avg']['acc'], -scores[i]['val_loss']))
+            sweep[method] = {'grid': grid, 'iters': S.sweep_iters, 'seed': S.seeds[0], 'chosen': grid[best],
+                             'val_acc': [s['eval']['avg']['acc'] for s in scores], 'val_loss': [s['val_loss'] for s in scores]}
+            self.log(f'  {method}: lr {grid[best]:g} (val exact match ' +
+                     ', '.join(f'{lr:g}: {a:.3f}' for lr, a in zip(grid, sweep[method]['val_acc'])) + ')')
             rows = []
-            for s in self.S.seeds:
-                name = f'mix_{method}_s{s}'
-                extra_s = list(extra)
-                if method == 'nola':  # k + l = d per matrix: half of LoRA rank 1's d_in + d_out, at any width
-                    half = self.base_shape['n_embd'] // 2
-                    extra_s += [f'--nola_seed={s}', f'--nola_k={half}', f'--nola_l={half}']
-                summ = self.run_config(name, config, s, self.S.mix_iters, extra_s)
-                ck = read_checkpoint(self.ckpt(name))
-                state = ck['adapter']['state'] if 'adapter' in ck else ck['model']
-                rows.append({'seed': s, 'name': name, 'acc': {t: r['acc'] for t, r in summ['eval'].items()},
-                             'correct': {t: r['correct'] for t, r in summ['eval'].items() if 'correct' in r},
+            for s in S.seeds:
+                name, rec = self.mixture_run(method, grid[best], s, S.mix_iters, need_ckpt=True)
+                ev, summ = self.test_eval(name, ds), rec['summary']
+                state = read_checkpoint(self.ckpt(name))
+                state = state['adapter']['state'] if 'adapter' in state else state['model']
+                rows.append({'seed': s, 'name': name, 'lr': grid[best],
+                             'acc': {t: r['acc'] for t, r in ev.items()},
+                             'correct': {t: r['correct'] for t, r in ev.items() if 'correct' in r},
                              'val_loss': summ['val_loss'], 'train_time_s': summ['train_time_s'],
                              'trainable_params': summ['trainable_params'], 'file_bytes': nbytes(state),
                              'payload_bytes': payload(state)})
+            self.log(f'  {method}: test exact match {pm([r["acc"]["avg"] for r in rows])}')
             out[method] = rows
-        return out
+        return out, sweep
 
-    # ---- stage 3 --------------------------------------------------------------------------------
+    # ---- spectra and compression, on the mixture's runs ---------------------------------------
     def stage_spectra(self, mix):
-        per_seed = []
+        per_seed, per_seed_qv, files, table = [], [], None, ''
         for i, s in enumerate(self.S.seeds):
-            methods = list(mix)
-            paths = [self.ckpt(f'mix_{m}_s{s}') for m in methods]
+            names = {m: rows[i]['name'] for m, rows in mix.items() if not m.startswith('lora_qv')}
+            paths = [self.mixture_ckpt(mix, m, i) for m in names]
             result, _, _ = analyze.run(self.base_path, paths, out=os.path.join(self.S.out, f'spectra_s{s}'))
-            for m, r in zip(methods, result['runs']):
+            qv = next(m for m in mix if m.startswith('lora_qv'))
+            result_qv, _, _ = analyze.run(self.base_path, [self.mixture_ckpt(mix, qv, i), self.mixture_ckpt(mix, 'full', i)],
+                                          matrices='attn.q,attn.v', out=os.path.join(self.S.out, f'spectra_qv_s{s}'))
+            for m, r in zip(names, result['runs']):
                 r['label'] = m
             if i == 0:  # the figure and its numbers: the first seed, labelled by this study's method names
-                os.makedirs(self.S.results, exist_ok=True)
                 files = analyze.write_outputs(result, os.path.join(self.S.results, 'spectra'))
                 table = analyze.format_table(result)
-            per_seed.append({m: r['aggregate'] for m, r in zip(methods, result['runs'])})
+            per_seed.append({m: r['aggregate'] for m, r in zip(names, result['runs'])})
+            per_seed_qv.append({m: r['aggregate'] for m, r in zip((qv, 'full'), result_qv['runs'])})
         keys = ('effective_rank_mean', 'top_share_mean', 'energy_rank_mean', 'rel_norm_mean')
-        summary = {m: {k: [p[m][k] for p in per_seed] for k in keys} for m in per_seed[0]}
-        for m in summary:
-            summary[m]['intruders_0.5'] = [p[m]['intruders_per_matrix']['0.5'] for p in per_seed]
-        return {'per_method': summary, 'figure': files[1], 'table_seed0': table}
+        def summary(ps):
+            out = {m: {k: [p[m][k] for p in ps] for k in keys} for m in ps[0]}
+            for m in out:
+                out[m]['intruders_0.5'] = [p[m]['intruders_per_matrix']['0.5'] for p in ps]
+            return out
+        return {'per_method': summary(per_seed), 'qv': summary(per_seed_qv), 'figure': files[1], 'table_seed0': table}
 
-    # ---- stage 4 --------------------------------------------------------------------------------
-    def stage_skills(self):
-        comp = self.dataset('composite')  # evaluates shift, reverse and shift_reverse
-        res = {k: [] for k in ('skill1 alone', 'skill2 alone', 'data mixing', 'ΔW averaging', 'TIES', 'CAT')}
-        trainable = {}
-        for s in self.S.seeds:
-            it = self.S.skill_iters
-            s1 = self.run_config(f'skill1_s{s}', 'config/lora_skill1.py', s, it)
-            self.run_config(f'skill2_s{s}', 'config/lora_skill2.py', s, it)
-            mixed = self.run_config(f'skills_mix_s{s}', 'config/lora_skill1.py', s, it, ['--dataset=skills'])
-            cat = self.run_config(f'cat_s{s}', 'config/cat_composite.py', s, self.S.cat_iters,
-                                  [f'--cat_adapters={self.ckpt(f"skill1_s{s}")},{self.ckpt(f"skill2_s{s}")}'])
-            trainable.update({'skill1 alone': s1['trainable_params'], 'skill2 alone': s1['trainable_params'],
-                              'data mixing': mixed['trainable_params'], 'ΔW averaging': 0, 'TIES': 0,
-                              'CAT': cat['trainable_params']})
-            res['CAT'].append(cat['eval'])
-            for label, name in (('skill1 alone', f'skill1_s{s}'), ('skill2 alone', f'skill2_s{s}'),
-                                ('data mixing', f'skills_mix_s{s}')):
-                res[label].append(self.evaluate(self.adapted(name), comp))
-            deltas = [baselines.lora_deltas(self.ckpt(f'skill{i}_s{s}')) for i in (1, 2)]
-            for label, how in (('ΔW averaging', 'mean'), ('TIES', 'ties')):
-                model = baselines.apply_deltas(self.base_model(), baselines.merge_deltas(deltas, how))
-                res[label].append(self.evaluate(model, comp))
-        base_eval = self.evaluate(self.base_model(), comp)
-        tasks = [data.SKILL1, data.SKILL2, data.COMPOSITE]
-        return {'tasks': tasks, 'base': {t: base_eval[t]['acc'] for t in tasks}, 'trainable': trainable,
-                'acc': {k: {t: [e[t]['acc'] for e in v] for t in tasks} for k, v in res.items()}}
+    def mixture_ckpt(self, mix, method, i):
+        """The checkpoint of mixture row i, retrained when it is gone (its numbers are in results/runs/)."""
+        row = mix[method][i]
+        if not os.path.exists(self.ckpt(row['name'])):
+            self.mixture_run(method, row['lr'], row['seed'], self.S.mix_iters, need_ckpt=True)
+        return self.ckpt(row['name'])
 
-    # ---- stage 5 --------------------------------------------------------------------------------
     def stage_compression(self, mix):
-        mixture = self.dataset('mixture')
-        q4 = []
-        for s in self.S.seeds:
-            model = self.adapted(f'mix_nola_s{s}')
+        ds, rows = self.dataset('mixture'), []
+        for i, s in enumerate(self.S.seeds):
+            self.mixture_ckpt(mix, 'nola', i)
+            model = self.adapted(mix['nola'][i]['name'])
             sd_q = baselines.quantize_nola_state(adapters.adapter_state_dict(model))
             fresh = self.base_model()
             adapters.add_adapters(fresh, **adapters.adapter_config(model))
             adapters.load_adapter_state_dict(fresh, baselines.dequantize_nola_state(sd_q, fresh))
-            ev = self.evaluate(fresh, mixture)
-            q4.append({'seed': s, 'acc': ev['avg']['acc'], 'file_bytes': nbytes(sd_q), 'payload_bytes': payload(sd_q),
-                       'acc_tasks': {t: r['acc'] for t, r in ev.items() if t != 'avg'}})
+            with adapters.merged(fresh):
+                ev = ds.evaluate(fresh.eval(), split='test', max_items=self.S.eval_items or None)
+            rows.append({'seed': s, 'acc': {t: r['acc'] for t, r in ev.items()},
+                         'correct': {t: r['correct'] for t, r in ev.items() if 'correct' in r},
+                         'file_bytes': nbytes(sd_q), 'payload_bytes': payload(sd_q)})
         pick = lambda m, k: [r[k] for r in mix[m]]
-        return {'nola_fp32': {'acc': [r['acc']['avg'] for r in mix['nola']], 'file_bytes': pick('nola', 'file_bytes'),
-                              'payload_bytes': pick('nola', 'payload_bytes'),
-                              'trainable_params': mix['nola'][0]['trainable_params']},
-                'nola_4bit': {'acc': [r['acc'] for r in q4], 'acc_tasks': [r['acc_tasks'] for r in q4],
-                              'file_bytes': [r['file_bytes'] for r in q4],
-                              'payload_bytes': [r['payload_bytes'] for r in q4],
-                              'trainable_params': mix['nola'][0]['trainable_params']},
-                'lora_r1': {'acc': [r['acc']['avg'] for r in mix['lora_r1']], 'file_bytes': pick('lora_r1', 'file_bytes'),
-                            'payload_bytes': pick('lora_r1', 'payload_bytes'),
-                            'trainable_params': mix['lora_r1'][0]['trainable_params']}}
+        entry = lambda m: {'acc': [r['acc']['avg'] for r in mix[m]], 'file_bytes': pick(m, 'file_bytes'),
+                           'payload_bytes': pick(m, 'payload_bytes'), 'trainable_params': mix[m][0]['trainable_params']}
+        return {'nola_fp32': entry('nola'), 'lora_r1': entry('lora_r1'),
+                'nola_4bit': {'acc': [r['acc']['avg'] for r in rows], 'rows': rows,
+                              'file_bytes': [r['file_bytes'] for r in rows], 'payload_bytes': [r['payload_bytes'] for r in rows],
+                              'trainable_params': mix['nola'][0]['trainable_params']}}
 
-    def run(self):
-        res, t_all = {'settings': vars(self.S), 'torch_threads': torch.get_num_threads()}, time.time()
-        for stage, fn in (('base', self.stage_base), ('mixture', self.stage_mixture),
-                          ('spectra', lambda: self.stage_spectra(res['mixture'])), ('skills', self.stage_skills),
-                          ('compression', lambda: self.stage_compression(res['mixture']))):
-            self.log(f'stage {stage}')
-            t0 = time.time()
-            res[stage] = fn()
-            self.seconds[stage] = time.time() - t0
-            self.log(f'stage {stage}: {self.seconds[stage]:.1f}s')
-        self.seconds['total'] = time.time() - t_all
-        res['seconds'] = self.seconds
-        res['baseline'] = most_common_answer_baseline(self.dataset('mixture'), self.S.eval_items)
-        res['verdicts'] = verdicts(res)  # and res['gates']
-        return res
+    # ---- composition: LoRA Soups' Q/A bot on a manual ------------------------------------------
+    def stage_composition(self):
+        S, ds = self.S, self.dataset('manual_upper')  # evaluates known_qa and manual_qa
+        enc, n = ds.tokenizer, S.eval_items or None
+        manual = world.recall_probes(world.make_manual(self.world()))[:n]
+        lora = [f'--adapter_targets={ALL}', '--lora_r=8', '--lora_alpha=16.0', f'--learning_rate={COMPOSITION_LR}',
+                f'--min_lr={COMPOSITION_LR / 10}', '--weight_decay=0.0']
+        cfg = 'config/lora_skill1.py'
+        def score(model, lam=None):
+            with adapters.merged(model):
+                model.eval()
+                qa = answer_rates(model, ds, 'manual_qa', max_items=n)
+                known = ds.evaluate(model, split='test', max_items=n, tasks=['known_qa'])
+                return {'manual_qa': mean(qa['em']), 'correct': qa['em'], 'format': qa['format'], 'content': qa['content'],
+                        'known_qa': known['known_qa']['acc'], 'recall': recall(model, enc, manual), 'lambda': lam,
+                        'examples': qa['examples']}
+        def tune(how, deltas, grid):
+            """λ with the best exact match on the composite's train split (what CAT learns its weights on)."""
+            best = None
+            for lam in grid:
+                model = baselines.apply_deltas(self.base_model(), baselines.merge_deltas(deltas, how, lam=lam))
+                em = mean(answer_rates(model.eval(), ds, 'manual_qa', split='train', max_items=n)['em'])
+                if best is None or em > best[1]:
+                    best = (lam, em, model)
+            return score(best[2], best[0])
+        runs = {k: [] for k in ('base', 'skill A alone', 'skill B alone', UPPER_BOUND, 'CAT', 'CAT (softmax)',
+                                'task arithmetic', 'ΔW averaging', 'TIES', 'data mixing', 'data mixing + composite split')}
+        trainable = {}
+        for s in S.seeds:
+            name = lambda what: f'comp_{what}_s{s}'
+            trained = {'skill A alone': self.run(name('manual'), cfg, s, S.skill_iters, lora + ['--dataset=manual'], True),
+                       'skill B alone': self.run(name('known_qa'), cfg, s, S.skill_iters, lora + ['--dataset=known_qa'], True),
+                       UPPER_BOUND: self.run(name('upper'), cfg, s, S.upper_iters, lora + ['--dataset=manual_upper'], True),
+                       'data mixing': self.run(name('mix'), cfg, s, S.upper_iters, lora + ['--dataset=manual_mix'], True),
+                       'data mixing + composite split': self.run(name('mix_qa'), cfg, s, S.upper_iters,
+                                                                 lora + ['--dataset=manual_mix_qa'], True)}
+            skills = f'--cat_adapters={self.ckpt(name("manual"))},{self.ckpt(name("known_qa"))}'
+            for label, w in (('CAT', 'plain'), ('CAT (softmax)', 'softmax')):
+                trained[label] = self.run(name(f'cat_{w}'), 'config/cat_composite.py', s, S.cat_iters,
+                                          ['--dataset=manual_qa', skills, f'--cat_weights={w}', f'--learning_rate={CAT_LR}',
+                                           f'--min_lr={CAT_LR / 10}'], True)
+            ckpts = {'skill A alone': 'manual', 'skill B alone': 'known_qa', UPPER_BOUND: 'upper', 'data mixing': 'mix',
+                     'data mixing + composite split': 'mix_qa', 'CAT': 'cat_plain', 'CAT (softmax)': 'cat_softmax'}
+            for label, run_name in ckpts.items():
+                runs[label].append({'seed': s, **score(self.adapted(name(run_name)))})
+                trainable[label] = trained[label]['summary']['trainable_params']
+            deltas = [baselines.lora_deltas(self.ckpt(name(k))) for k in ('manual', 'known_qa')]
+            runs['ΔW averaging'].append({'seed': s, **score(baselines.apply_deltas(self.base_model(),
+                                                                                  baselines.merge_deltas(deltas, 'mean')))})
+            # task arithmetic: W0 + λ (ΔA + ΔB), which merge_deltas' mean gives as 2λ · mean
+            ta = tune('mean', deltas, [2 * lam for lam in LAMBDAS['task arithmetic']])
+            ta['lambda'] /= 2
+            runs['task arithmetic'].append({'seed': s, **ta})
+            runs['TIES'].append({'seed': s, **tune('ties', deltas, LAMBDAS['TIES'])})
+            runs['base'].append({'seed': s, **score(self.base_model())})
+            for label in runs:
+                r = runs[label][-1]
+                self.log(f'  s{s} {label:<30} composite {r["manual_qa"]:.3f} (format {r["format"]:.2f}, content '
+                         f'{r["content"]:.2f})  known_qa {r["known_qa"]:.3f}  manual recall {r["recall"]:.3f}')
+        trainable.update({'base': 0, 'task arithmetic': 0, 'ΔW averaging': 0, 'TIES': 0})
+        return {'runs': runs, 'trainable': trainable,
+                'baseline': most_common_answer_baseline(ds.text, S.eval_items or None)['manual_qa'],
+                'sizes': {t: {k: len(v) for k, v in ds.text[t].items()} for t in ds.text}}
 
+    # ---- control: shift-then-reverse, two hops ---------------------------------------------------
+    def stage_control(self):
+        S, comp, s = self.S, self.dataset('composite'), self.S.seeds[0]
+        it = S.control_iters
+        self.run(f'ctl_skill1_s{s}', 'config/lora_skill1.py', s, it, need_ckpt=True)
+        self.run(f'ctl_skill2_s{s}', 'config/lora_skill2.py', s, it, need_ckpt=True)
+        cat = self.run(f'ctl_cat_s{s}', 'config/cat_composite.py', s, S.control_cat_iters,
+                       [f'--cat_adapters={self.ckpt(f"ctl_skill1_s{s}")},{self.ckpt(f"ctl_skill2_s{s}")}'])
+        tasks = [data.SKILL1, data.SKILL2, data.COMPOSITE]
+        def ev(model):
+            with adapters.merged(model):
+                r = comp.evaluate(model.eval(), split='test', max_items=S.eval_items or None)
+            return {t: r[t]['acc'] for t in tasks}
+        deltas = [baselines.lora_deltas(self.ckpt(f'ctl_skill{i}_s{s}')) for i in (1, 2)]
+        return {'tasks': tasks, 'seed': s, 'acc': {
+            'base': ev(self.base_model()), 'skill1 alone': ev(self.adapted(f'ctl_skill1_s{s}')),
+            'skill2 alone': ev(self.adapted(f'ctl_skill2_s{s}')),
+            'CAT': {t: cat['summary']['eval'][t]['acc'] for t in tasks},
+            'ΔW averaging': ev(baselines.apply_deltas(self.base_model(), baselines.merge_deltas(deltas, 'mean')))}}
 
-# ----------------------------------------------------------------------------------------------
-# verdicts and the write-up: computed from the numbers only
-
-def mixture_baseline(res):
-    """res['baseline'] (the most-common-answer baseline on the study's test items), computed from the world
-    when an older study.json has none."""
-    if not res.get('baseline'):
-        res['baseline'] = most_common_answer_baseline(world_dataset('mixture'), res['settings']['eval_items'])
-    return res['baseline']
-
-
-def by_seed(rows):
-    return sorted(rows, key=lambda r: r['seed'])
-
-
-def task_rows(rows, tasks):
-    """One {task: exact match} per seed, in seed order (what paired_diff_ci pairs)."""
-    return [{t: r['acc'][t] for t in tasks} for r in by_seed(rows)]
-
-
-def verdicts(res):
-    """One row per seed paper: claim, finding (numbers), verdict. Differences are paired across seeds and
-    tasks, with a bootstrap CI: 'better' claims need the CI above 0, 'matches' claims need it inside
-    ±EQUIV_MARGIN with both methods off the floor, and a verdict whose gate fails is inconclusive."""
-    mix, spec, sk, cp = res['mixture'], res['spectra']['per_method'], res['skills'], res['compression']
-    R = res['settings']['R']
-    lora, multi = f'lora_r{R}', f'multilora_3x{R // 3}'
-    base = mixture_baseline(res)
-    G = res['gates'] = gates(res)
-    tasks = [t for t in base if t != 'avg']
-    for m, rows in mix.items():
-        if [r['seed'] for r in by_seed(rows)] != [r['seed'] for r in by_seed(mix['full'])]:
-            raise ValueError(f'mixture runs of {m} and full have different seeds: the differences would not be paired')
-    avg = lambda m: [r['acc']['avg'] for r in mix[m]]
-    over = lambda m: mean(avg(m)) - base['avg']
-    ci_tasks = lambda a, b: paired_diff_ci(task_rows(mix[a], tasks), task_rows(mix[b], tasks))
-    mixture_gates = gate_failures(G, ('full_ft', 'best_adapter'))
-    adapter_gates = gate_failures(G, ('best_adapter',))
-    vs = lambda a, b, what: f'{what}: {pm(a)} vs {pm(b)}'
-
-    def gated(verdict, failed, parts):
-        """The verdict, or 'inconclusive (gates)' with what this budget measured."""
-        if not failed:
-            return verdict
-        return 'inconclusive (' + '; '.join(failed) + ')' + (f'; at this budget: {parts}' if parts else '')
-
-    out = []
-    ci = ci_tasks(lora, 'full')
-    status, text = equivalence(ci, {lora: over(lora), 'full': over('full')}, failed_gates=mixture_gates)
-    finding = (f'{vs(avg(lora), avg("full"), f"avg exact match, LoRA r={R} vs full fine-tuning")} ({fmt_ci(ci)}); '
-               f'minus the baseline {base["avg"]:.3f}: LoRA {over(lora):+.3f}, full {over("full"):+.3f}')
-    out.append({'paper': 'LoRA', 'claim': CLAIMS['LoRA'], 'finding': finding, 'ci': ci, 'agrees': status == 'matches',
-                'verdict': 'agrees' if status == 'matches' else text if status == 'inconclusive' else
-                f'disagrees (LoRA r={R} is {"above" if ci[0] > 0 else "below"} full fine-tuning beyond ±{EQUIV_MARGIN})'})
-
-    e_m, e_l, e_f = (spec[m]['effective_rank_mean'] for m in (multi, lora, 'full'))  # per seed, in seed order
-    ci1 = paired_diff_ci(e_m, e_l)
-    ci2 = paired_diff_ci([abs(x - f) for x, f in zip(e_l, e_f)], [abs(x - f) for x, f in zip(e_m, e_f)])
-    ci3 = ci_tasks(multi, lora)
-    t1 = f'{vs(e_m, e_l, f"effective rank of ΔW, MultiLoRA vs LoRA r={R}")} ({fmt_ci(ci1)}: {direction(ci1)})'
-    t2 = (f'distance from full FT\'s effective rank {mean(e_f):.2f}, LoRA\'s minus MultiLoRA\'s: {fmt_ci(ci2)} '
-          f'({"MultiLoRA closer" if direction(ci2) == "higher" else "LoRA closer" if direction(ci2) == "lower" else "no difference"})')
-    t3 = f'{vs(avg(multi), avg(lora), f"avg exact match, MultiLoRA 3x{R // 3} vs LoRA r={R}")} ({fmt_ci(ci3)}: {direction(ci3)})'
-    parts = [('flatter spectrum', direction(ci1) == 'higher'), ('closer to full fine-tuning', direction(ci2) == 'higher'),
-             ('better accuracy', direction(ci3) == 'higher')]
-    measured = ', '.join(f'{p} {"yes" if ok else "no"}' for p, ok in parts)
-    held = all(ok for _, ok in parts)
-    verdict = ('agrees' if held else 'partly: ' + measured if any(ok for _, ok in parts) else
-               'does not reproduce: ' + measured)
-    out.append({'paper': 'MultiLoRA', 'claim': CLAIMS['MultiLoRA'], 'finding': '; '.join([t1, t2, t3]),
-                'ci': ci3, 'agrees': held and not adapter_gates, 'verdict': gated(verdict, adapter_gates, measured)})
-
-    nola, r1, q4 = cp['nola_fp32'], cp['lora_r1'], cp['nola_4bit']
-    ci1 = ci_tasks('nola', 'lora_r1')
-    st1, tx1 = equivalence(ci1, {'nola': over('nola'), 'lora_r1': over('lora_r1')}, failed_gates=adapter_gates)
-    if q4.get('acc_tasks'):   # per task when the study recorded it, else per seed
-        ci2 = paired_diff_ci([{t: a[t] for t in tasks} for a in q4['acc_tasks']], task_rows(mix['nola'], tasks))
-    else:
-        ci2 = paired_diff_ci(q4['acc'], [r['acc']['avg'] for r in mix['nola']])
-    st2, tx2 = equivalence(ci2, {'nola_4bit': mean(q4['acc']) - base['avg'], 'nola': over('nola')},
-                           failed_gates=adapter_gates)
-    what = f'avg exact match, NOLA ({nola["trainable_params"]:,} trainable) vs LoRA r=1 ({r1["trainable_params"]:,})'
-    t1 = (f'{vs(nola["acc"], r1["acc"], what)} '
-          f'({fmt_ci(ci1)}: {tx1.split(" (")[0]}); minus the baseline: NOLA {over("nola"):+.3f}, LoRA r=1 {over("lora_r1"):+.3f}')
-    t2 = f'{vs(q4["acc"], nola["acc"], "NOLA 4-bit vs full precision")} ({fmt_ci(ci2)}: {tx2.split(" (")[0]})'
-    t3 = (f'adapter payload {mean(q4["payload_bytes"]):,.0f} B (4-bit) / {mean(nola["payload_bytes"]):,.0f} B '
-          f'(fp32) vs LoRA r=1 {mean(r1["payload_bytes"]):,.0f} B')
-    fewer = nola['trainable_params'] < r1['trainable_params']   # the premise of the comparison
-    # more quality than LoRA r=1, or 4-bit above full precision, beyond the margin still supports the claim
-    below1, below2 = st1 == 'differs' and ci1[2] < 0, st2 == 'differs' and ci2[2] < 0
-    bad = [x for x, b in (('NOLA has no fewer trainable numbers', not fewer),
-                          (f'NOLA below LoRA r=1 beyond ±{EQUIV_MARGIN}', below1),
-                          (f'4-bit loses more than {EQUIV_MARGIN}', below2)) if b]
-    unsure = [tx for st, tx in ((st1, tx1), (st2, tx2)) if st == 'inconclusive']
-    verdict = ('disagrees: ' + ', '.join(bad) if bad else
-               'inconclusive (' + '; '.join(dict.fromkeys(p for u in unsure for p in u[len('inconclusive ('):-1].split('; ')))
-               + ')' if unsure else
-               'agrees')
-    out.append({'paper': 'NOLA', 'claim': CLAIMS['NOLA'], 'finding': '; '.join([t1, t2, t3]), 'ci': ci1,
-                'agrees': verdict == 'agrees', 'verdict': verdict})
-
-    comp = lambda m: sk['acc'][m][data.COMPOSITE]
-    best_merge = max(('ΔW averaging', 'TIES'), key=lambda m: mean(comp(m)))
-    ci1, ci2 = paired_diff_ci(comp('CAT'), comp(best_merge)), paired_diff_ci(comp('CAT'), comp('data mixing'))
-    t1 = f'{vs(comp("CAT"), comp(best_merge), f"composite exact match, CAT vs {best_merge} (the better merge)")} ({fmt_ci(ci1)}: {direction(ci1)})'
-    t2 = f'{vs(comp("CAT"), comp("data mixing"), "CAT vs data mixing")} ({fmt_ci(ci2)}: {direction(ci2)})'
-    own = {t: mean(sk['acc'][f'skill{i} alone'][t]) for i, t in ((1, data.SKILL1), (2, data.SKILL2))}
-    t3 = 'each skill LoRA on its own skill: ' + ', '.join(f'{t} {v:.3f}' for t, v in own.items())
-    s1, s2 = direction(ci1) == 'higher', direction(ci2) == 'higher'
-    measured = f'beats merging {"yes" if s1 else "no"}, beats data mixing {"yes" if s2 else "no"}'
-    verdict = ('agrees' if s1 and s2 else 'partly: ' + measured if s1 or s2 else 'does not reproduce: ' + measured)
-    comp_gates = gate_failures(G, ('skill1_own', 'skill2_own', 'skill1_composite', 'skill2_composite', 'upper_bound'))
-    out.append({'paper': 'CAT', 'claim': CLAIMS['CAT'], 'finding': '; '.join([t1, t2, t3]), 'ci': ci1,
-                'agrees': s1 and s2 and not comp_gates, 'verdict': gated(verdict, comp_gates, measured)})
-    return out
+    def dataset(self, name):
+        return world_dataset(name)
 
 
-def write_report(res, path):
-    mix, spec, sk, cp = res['mixture'], res['spectra'], res['skills'], res['compression']
-    S = res['settings']
-    tasks = [t for t in mix[next(iter(mix))][0]['acc'] if t != 'avg']
-    fams = {}
-    for t in tasks:
-        fams.setdefault(data.TASK_FAMILY.get(t, '-'), []).append(t)
-    famacc = lambda rows, ts: [mean([r['acc'][t] for t in ts]) for r in rows]
-    base = mixture_baseline(res)
-    G = res.get('gates') or gates(res)
-    b = res['base']
-    L = ['# Study results (generated by `python study.py`; do not edit by hand)', '',
-         f"Base: {b['model_args']}, fingerprint {b['fingerprint']}, {'reused' if b.get('reused') else 'pretrained'} "
-         f"({b.get('iters')} iterations, val loss {b['val_loss']:.3f}). Seeds {S['seeds']} (init and batch order; the "
-         f"world is fixed). Exact match on up to {S['eval_items']} test items per task. Mixture runs "
-         f"{S['mix_iters']} iterations, skill LoRAs {S['skill_iters']}, CAT {S['cat_iters']}. mean ± sd over seeds.", '',
-         f"Baseline: answering every test item with its task's most common training answer (exact match "
-         f"{base['avg']:.3f} on average); 'minus baseline' is a method's exact match minus it. A verdict compares two "
-         f"methods by their paired difference (same seeds, same test items) with a {CI_LEVEL:.0%} bootstrap CI "
-         f"({N_BOOT:,} resamples, RNG seed {BOOT_SEED}) that resamples seeds x tasks: study.json holds exact match per "
-         f"seed and task, not per item, so items are not resampled (spectra and the composite: seeds only). With 3 "
-         f"seeds these CIs are rough. 'higher' / 'lower' when the CI excludes 0, else "
-         f"no difference. A 'matches' claim needs the CI inside ±{EQUIV_MARGIN} and both methods at least "
-         f"+{FLOOR_GATE:.2f} over the baseline, else it is inconclusive (at the floor, or CI too wide). A verdict "
-         f"whose gate (below) fails or was not measured is inconclusive and names the gate.", '',
-         'Wall time per stage (s): ' + ', '.join(f'{k} {v:.0f}' for k, v in res['seconds'].items()) +
-         f" ({res['torch_threads']} torch threads).", '',
-         '## Gates', '', 'What the verdicts rest on: runs that have learned (checked on the numbers below).', '',
-         '| gate | threshold | measured | pass |', '|---|---|---:|---|']
-    for g in G:
-        L.append(f"| {g['gate']} | {g['threshold']} | {'-' if g['measured'] is None else format(g['measured'], '.3f')} | "
-                 f"{'not measured' if g['pass'] is None else 'pass' if g['pass'] else '**fail**'} |")
-    L += ['', '## 1. Multi-task mixture (12 tasks, 3 families)', '',
-          '| method | trainable | adapter bytes | avg exact match | minus baseline | ' + ' | '.join(fams) +
-          ' | val loss | train s |', '|---|---:|---:|---:|---:|' + '---:|' * len(fams) + '---:|---:|',
-          '| most common answer (baseline) | 0 | 0 | ' + f"{base['avg']:.3f} | +0.000 | " +
-          ' | '.join(f"{mean([base[t] for t in ts]):.3f}" for ts in fams.values()) + ' | - | - |']
-    for m, rows in mix.items():
-        L.append(f"| {m} | {rows[0]['trainable_params']:,} | {rows[0]['payload_bytes']:,} | "
-                 f"{pm([r['acc']['avg'] for r in rows])} | {mean([r['acc']['avg'] for r in rows]) - base['avg']:+.3f} | " +
-                 ' | '.join(pm(famacc(rows, ts)) for ts in fams.values()) +
-                 f" | {pm([r['val_loss'] for r in rows])} | {pm([r['train_time_s'] for r in rows], '{:.1f}')} |")
-    L += ['', 'Exact match minus the baseline, per family (mean over seeds):', '',
-          '| method | average | ' + ' | '.join(fams) + ' |', '|---|---:|' + '---:|' * len(fams)]
-    for m, rows in mix.items():
-        L.append(f"| {m} | {mean([r['acc']['avg'] for r in rows]) - base['avg']:+.3f} | " + ' | '.join(
-            f"{mean(famacc(rows, ts)) - mean([base[t] for t in ts]):+.3f}" for ts in fams.values()) + ' |')
-    L += ['', 'adapter bytes: the tensors of the adapter state (full fine-tuning: the whole model).', '',
-          'Per task (mean over seeds):', '', '| task | family | baseline | ' + ' | '.join(mix) + ' |',
-          '|---|---|---:|' + '---:|' * len(mix)]
-    for t in tasks:
-        L.append(f"| {t} | {data.TASK_FAMILY.get(t, '-')} | {base[t]:.3f} | " + ' | '.join(f"{mean([r['acc'][t] for r in rows]):.3f}"
-                                                                        for rows in mix.values()) + ' |')
-    L += ['', '## 2. Spectra of ΔW (W_q, W_v; analyze.py)', '', f"![spectra]({os.path.basename(spec['figure'])})", '',
-          '| method | effective rank exp(H) | top σ² share | rank for 90% energy | ‖ΔW‖/‖W0‖ | intruders/matrix (ε=0.5) |',
-          '|---|---:|---:|---:|---:|---:|']
-    for m, d in spec['per_method'].items():
-        L.append(f"| {m} | {pm(d['effective_rank_mean'], '{:.2f}')} | {pm(d['top_share_mean'])} | "
-                 f"{pm(d['energy_rank_mean'], '{:.1f}')} | {pm(d['rel_norm_mean'], '{:.4f}')} | {pm(d['intruders_0.5'], '{:.2f}')} |")
-    L += ['', 'First seed, as analyze.py prints it:', '', '```', spec['table_seed0'], '```', '',
-          '## 3. Skill composition (LoRA Soups setting)', '',
-          '| method | trainable | ' + ' | '.join(f'{t} exact match' for t in sk['tasks']) + ' |',
-          '|---|---:|' + '---:|' * len(sk['tasks']),
-          '| base (no adapter) | 0 | ' + ' | '.join(f"{sk['base'][t]:.3f}" for t in sk['tasks']) + ' |']
-    for m, d in sk['acc'].items():
-        L.append(f"| {m} | {sk['trainable'][m]:,} | " + ' | '.join(pm(d[t]) for t in sk['tasks']) + ' |')
-    L += ['', f"{data.SKILL1} = skill 1, {data.SKILL2} = skill 2, {data.COMPOSITE} = the composite; ΔW averaging and "
-          'TIES merge the two skill LoRAs into W0 (baselines.merge_deltas / apply_deltas).', '',
-          '## 4. NOLA compression', '', '| adapter | trainable | payload bytes | file bytes (torch.save) | avg exact match |',
-          '|---|---:|---:|---:|---:|']
-    for m, d in cp.items():
-        L.append(f"| {m} | {d['trainable_params']:,} | {mean(d['payload_bytes']):,.0f} | {mean(d['file_bytes']):,.0f} | {pm(d['acc'])} |")
-    L += ['', '## 5. The seed papers: claim, finding, verdict', '', '| paper | claim (published numbers) | this study | verdict |',
-          '|---|---|---|---|']
-    for v in res['verdicts']:
-        L.append(f"| {v['paper']} | {v['claim']} | {v['finding']} | **{v['verdict']}** |")
-    L += ['', f"Scale: a {b['model_args']['n_layer']}-layer, {b['params'] / 1e6:.1f}M-parameter model (d = "
-          f"{b['model_args']['n_embd']}) on a synthetic world, {S['mix_iters']} iterations of CPU fine-tuning, exact match "
-          'instead of BLEU; the papers used GPT-2 M/L and LLaMA on real data. A verdict here says what happens at '
-          'this scale, not whether the paper is right.', '']
-    with open(path + '.tmp', 'w') as f:
-        f.write('\n'.join(L))
-    os.replace(path + '.tmp', path)
+STAGES = ('base', 'mixture', 'spectra', 'compression', 'composition', 'control')
+
+
+def run_stages(study, res, stages):
+    """Run the named stages (base always: the others build on it), recording wall time per stage."""
+    res.setdefault('seconds', {})
+    for stage in ['base'] + [s for s in stages if s != 'base']:
+        study.log(f'stage {stage}')
+        t0 = time.time()
+        if stage == 'base':
+            res['base'] = study.stage_base()
+        elif stage == 'mixture':
+            res['mixture'], res['lr'] = study.stage_mixture()
+            res['baseline'] = most_common_answer_baseline(study.dataset('mixture'), study.S.eval_items or None)
+        elif stage in ('spectra', 'compression'):
+            if 'mixture' not in res:
+                res['mixture'], res['lr'] = study.stage_mixture()
+            res[stage] = getattr(study, f'stage_{stage}')(res['mixture'])
+        else:
+            res[stage] = getattr(study, f'stage_{stage}')()
+        res['seconds'][stage] = time.time() - t0
+        study.log(f'stage {stage}: {res["seconds"][stage]:.1f}s')
+    return res
 
 
 def check(res):
@@ -667,7 +459,7 @@ def check(res):
                 yield from walk(v, f'{where}[{i}]')
         elif isinstance(x, float) and not math.isfinite(x):
             yield where
-    for stage in ('base', 'mixture', 'spectra', 'skills', 'compression', 'baseline', 'gates', 'verdicts'):
+    for stage in STAGES + ('baseline', 'gates', 'verdicts'):
         if not res.get(stage):
             raise RuntimeError(f'stage {stage} produced no numbers')
         bad = list(walk(res[stage], stage))
@@ -677,26 +469,13 @@ def check(res):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description='The small-scale study of LoRA, MultiLoRA, NOLA and CAT.')
-    p.add_argument('--quick', action='store_true', help='tiny budgets, every stage (CI smoke test, ~2 min)')
+    p.add_argument('--quick', action='store_true', help='tiny budgets, every stage (the CI smoke test)')
+    p.add_argument('--stage', choices=STAGES, help='run this stage only (with the finished runs it builds on)')
     p.add_argument('--fresh', action='store_true', help='retrain every run instead of reusing finished ones')
     p.add_argument('--out', help='where runs go (default out/study, or out/study-quick with --quick)')
-    p.add_argument('--results', help='where STUDY.md, study.json and the figure go (default results/)')
+    p.add_argument('--results', help='where STUDY.md, study.json, runs/ and the figure go (default results/)')
     p.add_argument('--report', action='store_true', help='only rewrite STUDY.md (verdicts recomputed) from study.json')
     a = p.parse_args(argv)
-    if a.report:
-        path = os.path.join(a.results or FULL['results'], 'study.json')
-        if not os.path.exists(path):
-            raise FileNotFoundError(f'{path} not found: run python study.py first')
-        with open(path) as f:
-            res = json.load(f)
-        res['verdicts'] = verdicts(res)  # and res['gates'], res['baseline'] when study.json has none
-        with open(path + '.tmp', 'w') as f:
-            json.dump(res, f, indent=1)
-        os.replace(path + '.tmp', path)
-        write_report(res, os.path.join(os.path.dirname(path), 'STUDY.md'))
-        print(f'rewrote {os.path.dirname(path)}/STUDY.md from {path}')
-        print_outcome(res)
-        return res
     S = dict(QUICK if a.quick else FULL)
     if a.out:
         S['out'] = a.out
@@ -704,16 +483,31 @@ def main(argv=None):
             S['base_dir'] = os.path.join(a.out, 'base')
     if a.results:
         S['results'] = a.results
-    t0 = time.time()
-    res = Study(S, fresh=a.fresh, log=lambda s: print(f'[{time.time() - t0:6.0f}s] {s}', flush=True)).run()
-    check(res)
-    os.makedirs(S['results'], exist_ok=True)
-    with open(os.path.join(S['results'], 'study.json'), 'w') as f:
+    path = os.path.join(S['results'], 'study.json')
+    res = {}
+    if os.path.exists(path) and (a.report or a.stage):
+        with open(path) as f:
+            res = json.load(f)
+    if a.report and not res:
+        raise FileNotFoundError(f'{path} not found: run python study.py first')
+    if not a.report:
+        t0 = time.time()
+        study = Study(S, fresh=a.fresh, log=lambda s: print(f'[{time.time() - t0:6.0f}s] {s}', flush=True))
+        res.update({'settings': S, 'torch_threads': torch.get_num_threads()})
+        run_stages(study, res, [a.stage] if a.stage else STAGES)
+        os.makedirs(S['results'], exist_ok=True)
+    complete = all(s in res for s in STAGES)
+    if complete:
+        res['verdicts'] = verdicts(res)  # and res['gates']
+    with open(path + '.tmp', 'w') as f:
         json.dump(res, f, indent=1)
-    write_report(res, os.path.join(S['results'], 'STUDY.md'))
-    print(f"wrote {S['results']}/STUDY.md, study.json, {os.path.basename(res['spectra']['figure'])} "
-          f"in {res['seconds']['total']:.0f}s")
-    print_outcome(res)
+    os.replace(path + '.tmp', path)
+    if complete:
+        write_report(res, os.path.join(S['results'], 'STUDY.md'))
+        print(f"wrote {S['results']}/STUDY.md and study.json")
+        print_outcome(res)
+    else:
+        print(f"wrote {path}; STUDY.md waits for the stages not yet run: {', '.join(s for s in STAGES if s not in res)}")
     return res
 
 
