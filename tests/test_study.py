@@ -1,6 +1,8 @@
 """Every config file parses and trains two iterations on a tiny stand-in model through train.main (the
-same code path as the real run, tiny sizes); study.py's statistics and verdicts on planted numbers: the paired
-bootstrap CI, the equivalence margin, the floor rule against the most-common-answer baseline, the gates."""
+same code path as the real run, tiny sizes); study_verdicts' statistics, gates, verdicts and write-up on planted
+numbers in study.json's layout (per-item correctness, 3 seeds): the paired bootstrap CI, the equivalence margin,
+the floor rule against the most-common-answer baseline, the gates and the verdicts they make inconclusive.
+`python study.py --quick` (the smoke test of the real pipeline) runs in .ci/run, not here."""
 import csv
 import glob
 import json
@@ -14,6 +16,7 @@ from helpers import hf_state_dict  # random HF-layout GPT-2 weights
 
 import data
 import study
+import study_verdicts
 import train
 from model import GPT, GPTConfig
 
@@ -194,94 +197,268 @@ def test_equivalence_margin_floor_rule_and_gates():
     status, text = study.equivalence(ci, {'lora': 0.30, 'full': 0.095})
     assert status == 'inconclusive' and 'full only +0.095' in text and 'lora' not in text  # 0.10 is the gate
     # a failed gate makes an otherwise matching pair inconclusive, naming the gate and its value
-    G = study.gates(planted(ACC, EFF, COMP, full=[0.50, 0.52, 0.48]))
-    failed = study.gate_failures(G, ('full_ft', 'best_adapter'))
+    res = planted(mix={'full': 0.50})
+    failed = study.gate_failures(study.gates(res), ('full_ft', 'best_adapter'))
     assert failed == ['gate failed: mixture: full fine-tuning, avg exact match 0.500, needs ≥ 0.55']
     assert study.equivalence(ci, off, failed_gates=failed) == ('inconclusive', f'inconclusive ({failed[0]})')
     assert study.direction((0.1, 0.01, 0.2)) == 'higher' and study.direction((-0.1, -0.2, -0.01)) == 'lower'
     assert study.direction((0.1, -0.01, 0.2)) == 'no difference'
 
 
-TASKS = {'t1': 0.02, 't2': -0.02}   # per-task offsets around each seed's average
-BASELINE = {'t1': 0.25, 't2': 0.15, 'avg': 0.20}
+
+# ---------------------------------------------------------------------------------------------------
+# verdicts and gates on planted numbers, in study.json's layout (study.py writes it, study_verdicts reads it)
+
+SEEDS, N_ITEMS, R = (0, 1, 2), 40, 12
+QV, LORA, MULTI = f'lora_qv_r{R}', f'lora_r{R}', f'multilora_3x{R // 3}'
+MIX = {'full': 0.70, QV: 0.70, LORA: 0.70, MULTI: 0.80, 'lora_r1': 0.60, 'nola': 0.60}  # exact match per task
+EFF = {'full': 30.0, LORA: 4.0, MULTI: 10.0, 'lora_r1': 1.0, 'nola': 7.0}               # effective rank of ΔW
+COMP = {'base': 0.0, 'skill A alone': 0.0, 'skill B alone': 0.0, study.UPPER_BOUND: 0.9, 'CAT': 0.8,
+        'CAT (softmax)': 0.7, 'task arithmetic': 0.3, 'ΔW averaging': 0.2, 'TIES': 0.35, 'data mixing': 0.4,
+        'data mixing + composite split': 0.45}   # composite (manual_qa) exact match
+PARAMS = {'full': 10 ** 6, QV: 3072, LORA: 6144, MULTI: 6156, 'lora_r1': 512, 'nola': 256}
 
 
-def planted(acc, eff_rank, comp, nola_params=256, q4=None, full=None, upper=(0.9, 0.9, 0.9), skill1_own=0.9):
-    """A minimal study result with planted per-seed (and per-task) numbers, in study.json's layout."""
-    acc = dict(acc, full=full or acc['full'])
-    rows = lambda xs, p: [{'seed': s, 'acc': {'avg': x, **{t: x + o for t, o in TASKS.items()}}, 'trainable_params': p,
-                           'payload_bytes': 4 * p, 'file_bytes': 4 * p + 900} for s, x in enumerate(xs)]
-    mix = {m: rows(acc[m], p) for m, p in zip(('full', 'lora_r12', 'multilora_3x4', 'lora_r1', 'nola'),
-                                              (10 ** 6, 6144, 6156, 512, nola_params))}
-    spec = {m: {'effective_rank_mean': xs} for m, xs in eff_rank.items()}
-    nola = {'acc': acc['nola'], 'payload_bytes': [4 * nola_params] * 3, 'file_bytes': [1] * 3, 'trainable_params': nola_params}
-    zero = [0.0] * 3
-    sk = {**{m: {data.COMPOSITE: xs} for m, xs in comp.items()},
-          'skill1 alone': {data.SKILL1: [skill1_own] * 3, data.COMPOSITE: zero},
-          'skill2 alone': {data.SKILL2: [0.85] * 3, data.COMPOSITE: zero}}
-    if upper:
-        sk[study.UPPER_BOUND] = {data.COMPOSITE: list(upper)}
-    return {'settings': {'R': 12}, 'mixture': mix, 'spectra': {'per_method': spec}, 'baseline': dict(BASELINE),
-            'skills': {'acc': sk},
-            'compression': {'nola_fp32': nola, 'nola_4bit': dict(nola, acc=q4 or acc['nola']),
-                            'lora_r1': {'acc': acc['lora_r1'], 'payload_bytes': [2048] * 3, 'file_bytes': [1] * 3,
-                                        'trainable_params': 512}}}
+def items(p, seed, n=N_ITEMS):
+    """Per-item exact match, a share p of them right; which items are right varies with the seed (same p: same
+    items, so two methods planted with the same p have identical per-item correctness)."""
+    k = round(p * n)
+    row = [1] * k + [0] * (n - k)
+    return row[-7 * seed % n:] + row[:-7 * seed % n]
 
 
-HI, MID, LO = [0.80, 0.82, 0.78], [0.50, 0.52, 0.48], [0.20, 0.22, 0.18]
-ACC = {'full': [0.60, 0.62, 0.58], 'lora_r12': [0.61, 0.61, 0.59], 'multilora_3x4': HI, 'lora_r1': [0.55, 0.56, 0.54],
-       'nola': [0.56, 0.55, 0.55]}
-EFF = {'full': [30.0] * 3, 'lora_r12': [4.0, 4.1, 3.9], 'multilora_3x4': [10.0, 10.2, 9.8], 'lora_r1': [1.0] * 3,
-       'nola': [7.0] * 3}
-COMP = {'CAT': HI, 'ΔW averaging': LO, 'TIES': MID, 'data mixing': MID}
+def planted(mix=None, comp=None, recall=0.9, baseline=0.2, skill_a_recall=0.9, skill_b_known=0.9, q4=None):
+    """A study result with planted numbers (3 seeds, 2 tasks of N_ITEMS items): every accuracy is computed from the
+    planted per-item correctness, as study.py stores it. mix / comp override MIX / COMP (a value None drops the run)."""
+    mix, comp = {**MIX, **(mix or {})}, {**COMP, **(comp or {})}
+    tasks = ('t1', 't2')
+    def mix_row(m, p, s):
+        correct = {t: items(p, s) for t in tasks}
+        acc = {t: mean(c) for t, c in correct.items()}
+        return {'seed': s, 'name': f'mix_{m}_s{s}', 'lr': 1e-3, 'acc': {**acc, 'avg': mean(list(acc.values()))},
+                'correct': correct, 'val_loss': 1.0 + s / 10, 'train_time_s': 60.0, 'trainable_params': PARAMS[m],
+                'file_bytes': 4 * PARAMS[m] + 900, 'payload_bytes': 4 * PARAMS[m]}
+    mixture = {m: [mix_row(m, p, s) for s in SEEDS] for m, p in mix.items()}
+    q4_rows = [mix_row('nola', MIX['nola'] if q4 is None else q4, s) for s in SEEDS]
+    def spec(ms):
+        return {m: {'effective_rank_mean': [EFF.get(m, 3.0) + 0.1 * s for s in SEEDS], 'top_share_mean': [0.3] * 3,
+                    'energy_rank_mean': [2.0] * 3, 'rel_norm_mean': [0.5] * 3, 'intruders_0.5': [0.0] * 3} for m in ms}
+    def comp_row(label, p, s):
+        c = items(p, s)
+        return {'seed': s, 'manual_qa': mean(c), 'correct': c, 'format': 0.9, 'content': mean(c),
+                'known_qa': skill_b_known if label == 'skill B alone' else 0.5,
+                'recall': skill_a_recall if label == 'skill A alone' else 0.5,
+                'lambda': 1.0 if label in ('task arithmetic', 'TIES') else None, 'examples': ['Paris']}
+    entry = lambda m: {'acc': [r['acc']['avg'] for r in mixture[m]], 'file_bytes': [4 * PARAMS[m] + 900] * 3,
+                       'payload_bytes': [4 * PARAMS[m]] * 3, 'trainable_params': PARAMS[m]}
+    return {
+        'settings': {'R': R, 'seeds': list(SEEDS), 'mix_iters': 1500, 'sweep_iters': 1500},
+        'torch_threads': 1, 'seconds': {'base': 10.0, 'mixture': 20.0},
+        'base': {'path': 'out/study/base/ckpt.pt', 'fingerprint': 'abc123', 'iters': 800, 'reused': False,
+                 'val_loss': 1.234, 'params': 2_000_000,
+                 'model_args': {'n_layer': 4, 'n_head': 4, 'n_embd': 128, 'block_size': 128, 'vocab_size': 500},
+                 'recall': {'lives_in': recall, 'works_as': recall, 'all': recall, 'manual': 0.0}},
+        'baseline': {'t1': baseline, 't2': baseline, 'avg': baseline},
+        'lr': {m: {'grid': [1e-3, 3e-3, 1e-2], 'iters': 1500, 'seed': 0, 'chosen': 3e-3, 'val_acc': [0.5, 0.61, 0.4],
+                   'val_loss': [1.1, 1.0, 1.2]} for m in mix},
+        'mixture': mixture,
+        'spectra': {'per_method': spec([m for m in mix if m != QV]), 'qv': spec([QV, 'full']),
+                    'figure': 'results/spectra/spectra.png', 'table_seed0': 'the table of seed 0'},
+        'compression': {'nola_fp32': entry('nola'), 'lora_r1': entry('lora_r1'),
+                        'nola_4bit': {'acc': [r['acc']['avg'] for r in q4_rows], 'rows': q4_rows,
+                                      'file_bytes': [300] * 3, 'payload_bytes': [200] * 3,
+                                      'trainable_params': PARAMS['nola']}},
+        'composition': {'runs': {k: [comp_row(k, p, s) for s in SEEDS] for k, p in comp.items() if p is not None},
+                        'trainable': {k: 1000 for k in comp}, 'baseline': 0.05,
+                        'sizes': {'manual': {'train': 200}, 'known_qa': {'train': 400},
+                                  'manual_qa': {'train': 30, 'test': N_ITEMS}, 'manual_qa_ample': {'train': 300}}},
+        'control': {'tasks': ['skill1', 'skill2', 'composite'], 'seed': 0,
+                    'acc': {'CAT': {'skill1': 0.9, 'skill2': 0.8, 'composite': 0.0}}}}
 
 
-def test_verdicts_are_computed_from_the_numbers():
-    res = planted(ACC, EFF, COMP)
-    v = {r['paper']: r for r in study.verdicts(res)}
-    assert all(r['agrees'] for r in v.values()), {p: r['verdict'] for p, r in v.items()}
+def mean(xs):
+    return sum(xs) / len(xs)
+
+
+def verdict_rows(res):
+    return {r['paper']: r for r in study.verdicts(res)}
+
+
+def test_planted_result_is_what_it_says():
+    """The builder itself: accuracies follow from the planted items, identical p gives identical items."""
+    res = planted()
+    full, qv = res['mixture']['full'], res['mixture'][QV]
+    assert [r['acc']['avg'] for r in full] == [0.7] * 3 and [r['correct'] for r in full] == [r['correct'] for r in qv]
+    assert full[0]['correct']['t1'] != full[1]['correct']['t1']  # the seeds differ item by item
+    assert [r['manual_qa'] for r in res['composition']['runs']['CAT']] == [0.8] * 3
+
+
+def test_study_reexports_the_statistics():
+    for name in ('EQUIV_MARGIN', 'FLOOR_GATE', 'GATES', 'UPPER_BOUND', 'paired_diff_ci', 'equivalence', 'direction',
+                 'gates', 'gate_failures', 'format_gates', 'verdicts', 'write_report', 'most_common_answer_baseline'):
+        assert getattr(study, name) is getattr(study_verdicts, name), name
+
+
+def test_lora_agrees_when_identical_items_well_above_the_baseline():
+    res = planted()
+    v = verdict_rows(res)
     assert all(g['pass'] for g in res['gates']), res['gates']
-    assert 'TIES' in v['CAT']['finding'] and '95% CI [' in v['LoRA']['finding']  # the better merge; the CI shown
-    # numbers off the floor that differ -> disagreement; equal within the CI -> "no difference"
-    acc2 = dict(ACC, lora_r12=[0.45, 0.47, 0.46], multilora_3x4=[0.45, 0.47, 0.44], nola=[0.40, 0.41, 0.39])
-    comp2 = dict(COMP, CAT=[0.51, 0.49, 0.50])
-    v2 = {r['paper']: r for r in study.verdicts(planted(acc2, dict(EFF, multilora_3x4=[4.0, 4.2, 3.8]), comp2))}
-    assert not any(r['agrees'] for r in v2.values()), {p: r['verdict'] for p, r in v2.items()}
-    assert v2['LoRA']['verdict'] == 'disagrees (LoRA r=12 is below full fine-tuning beyond ±0.03)'
-    assert 'no difference' in v2['MultiLoRA']['finding'] and v2['MultiLoRA']['verdict'].startswith('does not reproduce')
-    assert v2['CAT']['verdict'].startswith('does not reproduce') and 'NOLA below LoRA r=1' in v2['NOLA']['verdict']
-    # NOLA's premise: fewer trainable numbers than LoRA rank 1
-    v3 = {r['paper']: r for r in study.verdicts(planted(ACC, EFF, COMP, nola_params=4096))}
-    assert 'no fewer trainable' in v3['NOLA']['verdict']
+    assert v['LoRA']['verdict'] == 'agrees' and v['LoRA']['agrees']
+    assert v['LoRA']['ci'] == (0.0, 0.0, 0.0)  # identical per-item correctness: every paired difference is 0
+    assert 'paired diff +0.000, 95% CI [+0.000, +0.000]: matches' in v['LoRA']['finding']
+    assert 'minus the baseline 0.200: +0.500 vs +0.500' in v['LoRA']['finding']
+    # the other papers, planted to hold: MultiLoRA flatter, closer to full FT, more accurate; NOLA = LoRA r=1
+    assert v['MultiLoRA']['verdict'] == 'agrees' and v['NOLA']['verdict'] == 'agrees', (v['MultiLoRA'], v['NOLA'])
 
 
-def test_verdicts_at_the_floor_and_with_failed_gates_are_inconclusive():
-    at_base = [0.21, 0.20, 0.22]   # the baseline is 0.20: these methods learned nothing, and agree
-    floor = {m: at_base for m in ACC}
-    v = {r['paper']: r for r in study.verdicts(planted(floor, EFF, COMP, full=[0.60, 0.61, 0.62]))}
-    assert v['NOLA']['verdict'].startswith('inconclusive (at the floor: nola only +0.010, lora_r1 only +0.010')
-    assert not v['NOLA']['agrees'] and 'gate failed: mixture: best adapter' in v['NOLA']['verdict']
-    # a gate failure propagates: full fine-tuning below 0.55 makes the LoRA verdict inconclusive, with its value
-    v2 = {r['paper']: r for r in study.verdicts(planted(dict(ACC, lora_r12=[0.50, 0.52, 0.48]), EFF, COMP,
-                                                         full=[0.50, 0.52, 0.48]))}
-    assert v2['LoRA']['verdict'] == ('inconclusive (gate failed: mixture: full fine-tuning, avg exact match 0.500, '
-                                     'needs ≥ 0.55)') and not v2['LoRA']['agrees']
-    # composition: no upper-bound run -> "not measured", and a weak skill LoRA -> failed; CAT's win is not claimed
-    res = planted(ACC, EFF, COMP, upper=None, skill1_own=0.3)
-    v3 = {r['paper']: r for r in study.verdicts(res)}
-    assert v3['CAT']['verdict'].startswith('inconclusive (gate failed: composition: skill 1 LoRA on its own task')
-    assert 'gate not measured: composition: upper-bound LoRA' in v3['CAT']['verdict'] and not v3['CAT']['agrees']
-    assert v3['CAT']['verdict'].endswith('at this budget: beats merging yes, beats data mixing yes')
-    ub = [g for g in res['gates'] if g['key'] == 'upper_bound'][0]
-    assert ub['measured'] is None and ub['pass'] is None
-    assert 'gate not measured: composition: upper-bound' in '\n'.join(study.format_gates(res['gates']))
+def test_lora_disagrees_when_far_below_full_fine_tuning():
+    res = planted(mix={QV: 0.40})   # +0.20 over the baseline: off the floor, and 0.30 below full FT
+    v = verdict_rows(res)
+    assert all(g['pass'] for g in res['gates']), res['gates']
+    assert v['LoRA']['verdict'] == ('disagrees (LoRA r=12 on W_q,W_v is below full fine-tuning beyond ±0.03; '
+                                    'on all Linears: matches)') and not v['LoRA']['agrees']
+    diff, lo, hi = v['LoRA']['ci']
+    assert abs(diff + 0.30) < 1e-9 and hi < -study.EQUIV_MARGIN
+    # above full fine-tuning by as much is no match either
+    v2 = verdict_rows(planted(mix={'full': 0.60, QV: 0.95}))
+    assert v2['LoRA']['verdict'].startswith('disagrees (LoRA r=12 on W_q,W_v is above')
+
+
+def test_lora_at_the_floor_is_inconclusive_and_names_the_floor(monkeypatch):
+    # the baseline is 0.60: full FT and LoRA (identical items, 0.65) pass the gates but sit only +0.05 over it
+    res = planted(mix={'full': 0.65, QV: 0.65, LORA: 0.80}, baseline=0.60)
+    v = verdict_rows(res)
+    assert all(g['pass'] for g in res['gates']), res['gates']   # the floor alone, no gate, makes it inconclusive
+    assert v['LoRA']['verdict'] == ('inconclusive (at the floor: lora_qv_r12 only +0.050, full only +0.050 over the '
+                                    'most-common-answer baseline (needs ≥ +0.10))') and not v['LoRA']['agrees']
+    # with a lower floor the same numbers match: the floor rule is what decided
+    monkeypatch.setattr(study_verdicts.equivalence, '__defaults__', (study.EQUIV_MARGIN, 0.01, ()))
+    assert verdict_rows(res)['LoRA']['verdict'] == 'agrees'
+    # both at the baseline itself (and full FT below its gate): inconclusive, naming the floor and the gate
+    monkeypatch.undo()
+    v3 = verdict_rows(planted(mix={m: 0.20 for m in MIX}))
+    assert v3['LoRA']['verdict'].startswith('inconclusive (at the floor: lora_qv_r12 only +0.000, full only +0.000')
+    assert 'gate failed: mixture: full fine-tuning, avg exact match 0.200, needs ≥ 0.55' in v3['LoRA']['verdict']
+    assert v3['NOLA']['verdict'].startswith('inconclusive (at the floor: nola only +0.000, lora_r1 only +0.000')
+
+
+def test_equivalence_margin_decides_the_lora_verdict(monkeypatch):
+    # LoRA 0.025 below full FT on every item set: inside ±0.03 (but the CI, items resampled, reaches past it)
+    res = planted(mix={'full': 0.70, QV: 0.675})
+    st = verdict_rows(res)['LoRA']['verdict']
+    assert st.startswith('inconclusive (CI [') and 'wider than ±0.03' in st
+    monkeypatch.setattr(study_verdicts.equivalence, '__defaults__', (0.10, study.FLOOR_GATE, ()))
+    assert verdict_rows(res)['LoRA']['verdict'] == 'agrees'  # a wider margin holds the whole CI
+
+
+def test_failed_gates_make_the_cat_verdict_inconclusive_and_name_the_gate():
+    res = planted(recall=0.5)
+    v = verdict_rows(res)
+    want = "gate failed: base: fact recall in the corpus's own wording ('p lives in' -> city) 0.500, needs ≥ 0.7"
+    assert v['CAT']['verdict'].startswith(f'inconclusive ({want})') and not v['CAT']['agrees']
+    assert v['CAT']['verdict'].endswith('as measured: beats merging yes, beats data mixing yes')  # what it measured
+    assert v['LoRA']['verdict'] == f'inconclusive ({want})'   # the base gates the mixture verdicts too
+    v2 = verdict_rows(planted(comp={study.UPPER_BOUND: 0.3}))
+    assert v2['CAT']['verdict'].startswith('inconclusive (gate failed: composition: upper-bound LoRA (manual + ample '
+                                           'composite Q/A) on the composite 0.300, needs ≥ 0.8)')
+    assert not v2['CAT']['agrees'] and v2['LoRA']['verdict'] == 'agrees'  # the composition gates are CAT's only
+    v3 = verdict_rows(planted(comp={'skill A alone': 0.1}, skill_b_known=0.5))  # a skill that answers the composite
+    assert 'gate failed: composition: skill A alone on the composite (manual_qa) 0.100, needs ≤ 0.05' in v3['CAT']['verdict']
+    assert 'gate failed: composition: skill B (Q/A LoRA on known people) on its own test (known_qa) 0.500' in v3['CAT']['verdict']
+
+
+def test_cat_verdict_follows_its_paired_items():
+    v = verdict_rows(planted())
+    assert v['CAT']['verdict'] == 'agrees' and v['CAT']['agrees']
+    f = v['CAT']['finding']
+    assert 'CAT vs TIES (the best merge)' in f and 'vs data mixing + composite split (the better data mixing)' in f
+    assert abs(v['CAT']['ci'][0] - 0.45) < 1e-9 and v['CAT']['ci'][1] > 0.3  # 0.80 - 0.35 (TIES), clear margin
+    # CAT's softmax weights count when they do better
+    v_sm = verdict_rows(planted(comp={'CAT': 0.1, 'CAT (softmax)': 0.8}))
+    assert v_sm['CAT']['verdict'] == 'agrees' and 'CAT (softmax) vs TIES' in v_sm['CAT']['finding']
+    # below every merge and data mixing: the claim does not reproduce (the gates hold: a finding, not an artefact)
+    low = verdict_rows(planted(comp={'CAT': 0.1, 'CAT (softmax)': 0.05}))
+    assert low['CAT']['verdict'] == 'does not reproduce: beats merging no, beats data mixing no'
+    assert not low['CAT']['agrees'] and ', 95% CI [' in low['CAT']['finding'] and ': lower)' in low['CAT']['finding']
+    # level with them: no difference is no win either
+    tie = verdict_rows(planted(comp={'CAT': 0.45, 'CAT (softmax)': 0.0, 'TIES': 0.45}))
+    assert tie['CAT']['verdict'] == 'does not reproduce: beats merging no, beats data mixing no'
+    part = verdict_rows(planted(comp={'CAT': 0.4, 'CAT (softmax)': 0.0, 'data mixing + composite split': 0.6}))
+    assert part['CAT']['verdict'] == 'partly: beats merging yes, beats data mixing no'
+
+
+def test_gates_report_measured_values_and_pass_flags():
+    G = study.gates(planted())
+    assert [g['key'] for g in G] == [k for k, *_ in study.GATES]
+    got = {g['key']: (g['measured'], g['pass']) for g in G}
+    want = {'base_recall': 0.9, 'full_ft': 0.7, 'best_adapter': 0.8, 'skill_a_own': 0.9, 'skill_b_own': 0.9,
+            'skill_a_composite': 0.0, 'skill_b_composite': 0.0, 'upper_bound': 0.9}
+    assert {k: v for k, (v, _) in got.items()} == pytest.approx(want)
+    assert all(ok is True for _, ok in got.values())
+    assert [g['threshold'] for g in G] == ['≥ 0.7', '≥ 0.55', '≥ 0.45', '≥ 0.8', '≥ 0.8', '≤ 0.05', '≤ 0.05', '≥ 0.8']
+    assert next(g for g in G if g['key'] == 'best_adapter')['gate'].endswith(f'({MULTI})')  # which adapter was best
+    # each gate fails on its own side of its threshold; '≤' gates fail above theirs
+    res = planted(mix={'full': 0.5, MULTI: 0.4, QV: 0.4, LORA: 0.4, 'lora_r1': 0.4, 'nola': 0.4}, recall=0.6,
+                  comp={'skill A alone': 0.1, 'skill B alone': 0.025, study.UPPER_BOUND: None},
+                  skill_a_recall=0.7, skill_b_known=0.85)
+    G2 = {g['key']: g for g in study.gates(res)}
+    assert {k: g['pass'] for k, g in G2.items()} == {
+        'base_recall': False, 'full_ft': False, 'best_adapter': False, 'skill_a_own': False, 'skill_b_own': True,
+        'skill_a_composite': False, 'skill_b_composite': True, 'upper_bound': None}
+    assert G2['skill_b_composite']['measured'] == pytest.approx(0.025) and G2['upper_bound']['measured'] is None
+    lines = study.format_gates(list(G2.values()))
+    assert 'gate FAIL: base: fact recall' in lines[0] and lines[0].endswith('≥ 0.7, measured 0.600')
+    assert lines[-1] == ('gate not measured: composition: upper-bound LoRA (manual + ample composite Q/A) on the '
+                         'composite ≥ 0.8, measured -')
+    assert study.gate_failures(list(G2.values()), ('skill_b_own', 'upper_bound')) == [
+        'gate not measured: composition: upper-bound LoRA (manual + ample composite Q/A) on the composite']
+
+
+def test_verdicts_refuse_unpaired_seeds():
+    res = planted()
+    res['mixture']['nola'][2]['seed'] = 5
+    with pytest.raises(ValueError, match='mixture runs of nola and full have different seeds'):
+        study.verdicts(res)
+    with pytest.raises(ValueError, match='pair the same items'):
+        study.paired_diff_ci([{'t': [1, 0, 1]}], [{'t': [1, 0]}])
+
+
+def test_write_report_renders_every_gate_table_and_published_number(tmp_path):
+    res = planted(comp={study.UPPER_BOUND: 0.3})
+    res['verdicts'] = study.verdicts(res)
+    path = str(tmp_path / 'STUDY.md')
+    study.write_report(res, path)
+    text = open(path).read()
+    assert not os.path.exists(path + '.tmp')
+    for g in res['gates']:
+        cell = 'pass' if g['pass'] else '**fail**'
+        assert f"| {g['gate']} | {g['threshold']} | {g['measured']:.3f} | {cell} |" in text, g
+    assert '| composition: upper-bound LoRA (manual + ample composite Q/A) on the composite | ≥ 0.8 | 0.300 | **fail** |' in text
+    assert '| method | lr 1 | lr 2 | lr 3 | chosen |' in text
+    for m in MIX:
+        assert f'| {m} | 0.001: 0.500 | 0.003: 0.610 | 0.01: 0.400 | **0.003** |' in text, m
+    for label in COMP:
+        assert f'| {label} | 1,000 | ' in text, label
+    assert '| TIES | 1,000 | 0.350 ± 0.000 | 0.90 ± 0.00 | 0.35 ± 0.00 | 0.500 ± 0.000 | 0.500 ± 0.000 | 1, 1, 1 |' in text
+    for published in ('70.4', '68.2', '70.1', '69.9', '36,864', '184,320', '+43%', '+12%'):
+        assert published in text, published
+    for v in res['verdicts']:
+        assert f"| {v['paper']} | {v['claim']} | {v['finding']} | **{v['verdict']}** |" in text
+    assert 'inside ±0.03 and both methods at least +0.10 over the baseline' in text
+    assert 'Fact recall in the corpus\'s own wording: 0.900 (lives_in 0.90, works_as 0.90)' in text
+    assert 'Wall time per stage (s): base 10, mixture 20 (total 30; 1 torch threads).' in text
 
 
 def test_check_refuses_a_stage_without_finite_numbers():
-    res = {s: {'x': 1.0} for s in ('base', 'mixture', 'spectra', 'skills', 'compression', 'baseline', 'gates',
-                                   'verdicts')}
+    assert study.STAGES == ('base', 'mixture', 'spectra', 'compression', 'composition', 'control')
+    res = {s: {'x': 1.0} for s in study.STAGES + ('baseline', 'gates', 'verdicts')}
     study.check(res)
-    with pytest.raises(RuntimeError, match='stage spectra produced non-finite numbers at spectra.y'):
+    with pytest.raises(RuntimeError, match=r'stage spectra produced non-finite numbers at spectra.y\[0\] \(1 in all\)'):
         study.check(dict(res, spectra={'y': [float('nan')]}))
-    with pytest.raises(RuntimeError, match='stage skills produced no numbers'):
-        study.check(dict(res, skills={}))
+    with pytest.raises(RuntimeError, match='stage composition produced no numbers'):
+        study.check(dict(res, composition={}))
+    with pytest.raises(RuntimeError, match='stage gates produced no numbers'):
+        study.check({k: v for k, v in res.items() if k != 'gates'})
+    res = planted()  # a whole planted study, with its verdicts: finite everywhere
+    res['verdicts'] = study.verdicts(res)
+    study.check(res)
