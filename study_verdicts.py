@@ -298,6 +298,7 @@ def verdicts(res):
 
 def write_report(res, path):
     """results/STUDY.md from the numbers alone (nothing typed by hand)."""
+    path = os.fspath(path)
     mix, spec, cp, comp, ctl = res['mixture'], res['spectra'], res['compression'], res['composition'], res['control']
     S, b, base = res['settings'], res['base'], res['baseline']
     tasks = [t for t in base if t != 'avg']
@@ -333,8 +334,9 @@ def write_report(res, path):
           '| method | ' + ' | '.join(f'lr {i + 1}' for i in range(max(len(v['grid']) for v in res['lr'].values()))) +
           ' | chosen |', '|---|' + '---:|' * (max(len(v['grid']) for v in res['lr'].values()) + 1)]
     for m, v in res['lr'].items():
-        L.append(f"| {m} | " + ' | '.join(f"{lr:g}: {a:.3f}" for lr, a in zip(v['grid'], v['val_acc'])) +
-                 f" | **{v['chosen']:g}** |")
+        cells = [f"{lr:g}: {a:.3f}" for lr, a in zip(v['grid'], v['val_acc'])]
+        cells += ['-'] * (max(len(w['grid']) for w in res['lr'].values()) - len(cells))
+        L.append(f"| {m} | " + ' | '.join(cells) + f" | **{v['chosen']:g}** |")
     L += ['', '## 2. Multi-task mixture (12 tasks, 3 families)', '',
           'lora_qv: W_q and W_v (the papers\' GPT-2 setting); every other adapter: all six Linears of each block.', '',
           '| method | lr | trainable | adapter bytes | avg exact match | minus baseline | ' + ' | '.join(fams) +
