@@ -75,7 +75,7 @@ def mixture_methods(R, n_embd):
                                                                     f'--multilora_r={R // 3}', f'--multilora_alpha={2.0 * (R // 3)}']),
             'lora_r1': ('config/lora_mixture.py', [f'--adapter_targets={ALL}', '--lora_r=1', '--lora_alpha=2.0']),
             'nola': ('config/nola_mixture.py', [f'--adapter_targets={ALL}', f'--nola_k={half}', f'--nola_l={half}',
-                                                '--nola_stored_basis=True'])}  # the same bases, kept: 2.4x faster on a CPU
+                                                '--nola_stored_basis=True'])}  # the same bases, kept: 2x faster on a CPU
 
 
 def nbytes(obj):
