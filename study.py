@@ -98,20 +98,13 @@ def world_dataset(name):
 
 
 @torch.no_grad()
-def recall(model, enc, probes, max_new=6, batch_size=128):
-    """Share of (prefix, value) probes whose greedy continuation of '<eot>prefix' starts with the value word."""
+def recall(model, ds, probes, max_new=6):
+    """Share of (prefix, value) probes whose greedy continuation of '<eot>prefix' starts with the value word
+    (ds: any InstructDataset of the world, for its tokenizer and batched generation)."""
     model.eval()
-    hits = []
-    for i in range(0, len(probes), batch_size):
-        chunk = probes[i:i + batch_size]
-        ids = [[enc.eot_token] + enc.encode_ordinary(p) for p, _ in chunk]
-        outs = [None] * len(chunk)
-        for n in sorted({len(x) for x in ids}):  # generate takes no padding: one batch per prompt length
-            rows = [j for j, x in enumerate(ids) if len(x) == n]
-            y = model.generate(torch.tensor([ids[j] for j in rows]), max_new, temperature=0.0)
-            for j, row in zip(rows, y[:, n:].tolist()):
-                outs[j] = enc.decode(row)
-        hits += [o.strip().replace('.', ' ').split(' ')[0] == v for o, (_, v) in zip(outs, chunk)]
+    prompts = [[ds.stop_token] + ds.tokenizer.encode_ordinary(p) for p, _ in probes]
+    outs = [ds.decode(y) for y in ds.generate(model, prompts, max_new)]
+    hits = [o.strip().replace('.', ' ').split(' ')[0] == v for o, (_, v) in zip(outs, probes)]
     return sum(hits) / max(len(hits), 1)
 
 
@@ -154,12 +147,8 @@ class Study:
         self.save_record(name, rec)
         acc = summary.get('eval', {}).get('avg', {}).get('acc', float('nan'))
         self.log(f'  {name:<34} {summary["train_time_s"]:6.1f}s  val loss {summary["val_loss"]:.3f}  '
-                 f'{self.S_split(argv)} acc {acc:.3f}')
+                 f'{"val" if "--eval_split=val" in argv else "test"} acc {acc:.3f}')
         return rec
-
-    @staticmethod
-    def S_split(argv):
-        return 'val' if '--eval_split=val' in argv else 'test'
 
     def record(self, name):
         path = os.path.join(self.runs_dir, name + '.json')
@@ -225,10 +214,10 @@ class Study:
         self.base_fp = base.fingerprint()
         self.base_shape = {k: getattr(base.config, k) for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'vocab_size')}
         people = self.world()['people']
-        enc = data.get_tokenizer(want['tokenizer'])
-        rec = {k: recall(base, enc, world.recall_probes(people, [k])) for k in world.FACT_TEMPLATES}
+        qa = self.dataset('known_qa')  # its tokenizer and batched generation, for the recall probes
+        rec = {k: recall(base, qa, world.recall_probes(people, [k])) for k in world.FACT_TEMPLATES}
         rec['all'] = mean(list(rec.values()))
-        rec['manual'] = recall(base, enc, world.recall_probes(world.make_manual(self.world())))  # never read: ~0
+        rec['manual'] = recall(base, qa, world.recall_probes(world.make_manual(self.world())))  # never read: ~0
         self.log(f'  base fact recall {rec["all"]:.3f} (' + ', '.join(f'{k} {v:.2f}' for k, v in rec.items()) + ')')
         return {'path': self.base_path, 'fingerprint': self.base_fp, 'data_fingerprint': ds.fingerprint,
                 'model_args': self.base_shape, 'params': sum(p.numel() for p in base.parameters()), 'recall': rec,
@@ -342,7 +331,7 @@ class Study:
     # ---- composition: LoRA Soups' Q/A bot on a manual ------------------------------------------
     def stage_composition(self):
         S, ds = self.S, self.dataset('manual_upper')  # evaluates known_qa and manual_qa
-        enc, n = ds.tokenizer, S.eval_items or None
+        n = S.eval_items or None
         manual = world.recall_probes(world.make_manual(self.world()))[:n]
         lora = [f'--adapter_targets={ALL}', '--lora_r=8', '--lora_alpha=16.0', f'--learning_rate={COMPOSITION_LR}',
                 f'--min_lr={COMPOSITION_LR / 10}', '--weight_decay=0.0']
@@ -353,7 +342,7 @@ class Study:
                 qa = answer_rates(model, ds, 'manual_qa', max_items=n)
                 known = ds.evaluate(model, split='test', max_items=n, tasks=['known_qa'])
                 return {'manual_qa': mean(qa['em']), 'correct': qa['em'], 'format': qa['format'], 'content': qa['content'],
-                        'known_qa': known['known_qa']['acc'], 'recall': recall(model, enc, manual), 'lambda': lam,
+                        'known_qa': known['known_qa']['acc'], 'recall': recall(model, ds, manual), 'lambda': lam,
                         'examples': qa['examples']}
         def tune(how, deltas, grid):
             """λ with the best exact match on the composite's train split (what CAT learns its weights on)."""
