@@ -52,16 +52,21 @@ FACT_TEMPLATES = {  # how the corpus states each fact; tasks ask with wordings n
 COUNTRY_TEMPLATES = ['{c} is a city in {k}.', '{c} lies in {k}.', 'the city {c} is part of {k}.']
 
 
+def name_maker(rng, taken):
+    """A function n_syl -> a new invented name of n_syl syllables, never one in `taken` (which it extends)."""
+    def fresh(n_syl):
+        while True:
+            w = ''.join(rng.choice(SYL) for _ in range(n_syl))
+            if w not in taken:
+                taken.add(w)
+                return w
+    return fresh
+
+
 def make_world(seed=1337, n_people=200, n_cities=24, n_countries=6, bio_repeats=24):
     """The world as a dict of plain python values, from one seed."""
     rng = random.Random(seed)
-    names = set()
-    def fresh_name(n_syl):
-        while True:
-            w = ''.join(rng.choice(SYL) for _ in range(n_syl))
-            if w not in names and w not in ANIMALS + FOODS + JOBS:
-                names.add(w)
-                return w
+    fresh_name = name_maker(rng, set(ANIMALS + FOODS + JOBS))
     countries = [fresh_name(3) for _ in range(n_countries)]
     cities = {fresh_name(3): countries[i % n_countries] for i in range(n_cities)}
     people = {}
@@ -360,13 +365,7 @@ MANUAL_FACTS = ('city', 'job')
 def make_manual(world, n_people=120, n_cities=12):
     """{person: {'city': c, 'job': j}} for the manual's people: new names, new cities, new jobs."""
     rng = random.Random(f"{world['seed']}/manual")
-    taken = set(world['people']) | set(world['cities']) | set(world['countries']) | set(world['strangers'])
-    def fresh(n_syl):
-        while True:
-            w = ''.join(rng.choice(SYL) for _ in range(n_syl))
-            if w not in taken:
-                taken.add(w)
-                return w
+    fresh = name_maker(rng, set(world['people']) | set(world['cities']) | set(world['countries']) | set(world['strangers']))
     cities = [fresh(3) for _ in range(n_cities)]
     return {fresh(rng.choice([2, 3])): dict(city=rng.choice(cities), job=rng.choice(MANUAL_JOBS))
             for _ in range(n_people)}
