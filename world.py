@@ -365,7 +365,8 @@ MANUAL_FACTS = ('city', 'job')
 def make_manual(world, n_people=120, n_cities=12):
     """{person: {'city': c, 'job': j}} for the manual's people: new names, new cities, new jobs."""
     rng = random.Random(f"{world['seed']}/manual")
-    fresh = name_maker(rng, set(world['people']) | set(world['cities']) | set(world['countries']) | set(world['strangers']))
+    taken = set(world['people']) | set(world['cities']) | set(world['countries']) | set(world['strangers'])
+    fresh = name_maker(rng, taken)
     cities = [fresh(3) for _ in range(n_cities)]
     return {fresh(rng.choice([2, 3])): dict(city=rng.choice(cities), job=rng.choice(MANUAL_JOBS))
             for _ in range(n_people)}
