@@ -54,15 +54,36 @@ FULL = dict(seeds=[0, 1, 2], base_dir='out/study/base', base_args=['--max_iters=
             R=12, mix_iters=1500, sweep_iters=1500, skill_iters=600, datamix_iters=1200, upper_iters=1000, cat_iters=300,
             control_iters=300, control_cat_iters=60, eval_iters=10, eval_items=0,
             lr_grid={'full': [1e-4, 3e-4, 1e-3], 'lora': [1e-3, 3e-3, 1e-2]},  # adapters: 'lora'
+            lr_widen=2,  # a grid grows by up to this many rates past an edge its best rate sits on
             out='out/study', results='results')
 QUICK = dict(seeds=[0], base_dir='out/study-quick/base',
              base_args=['--n_layer=2', '--n_head=2', '--n_embd=64', '--max_iters=40', '--eval_interval=40',
                         '--eval_iters=2', '--batch_size=16', '--warmup_iters=4'],
              R=12, mix_iters=6, sweep_iters=6, skill_iters=6, datamix_iters=6, upper_iters=6, cat_iters=4, control_iters=4,
-             control_cat_iters=2, eval_iters=2, eval_items=4, lr_grid={'full': [1e-3], 'lora': [3e-3, 1e-2]},
+             control_cat_iters=2, eval_iters=2, eval_items=4, lr_grid={'full': [1e-3], 'lora': [3e-3, 1e-2]}, lr_widen=0,
              out='out/study-quick', results='out/study-quick/results')
 COMPOSITION_LR, CAT_LR = 3e-3, 1e-2
 LAMBDAS = {'task arithmetic': [0.5, 0.75, 1.0, 1.25, 1.5], 'TIES': [0.5, 1.0, 1.5, 2.0, 3.0]}  # tuned on the composite split
+
+
+def next_rate(lr, up):
+    """lr's neighbour on the 1-3-10 ladder the grids are drawn from (..., 1e-3, 3e-3, 1e-2, 3e-2, ...)."""
+    k = round(2 * math.log10(lr)) + (1 if up else -1)
+    return float(f'{(1, 3)[k % 2]}e{k // 2}')  # the same float as the literal 3e-4, not 3 * 10 ** -4
+
+
+def tune_lr(grid, score, widen):
+    """The rate with the best score(lr) (a tuple: higher is better) over grid, widening the grid one ladder
+    step past whichever edge the best rate sits on, at most `widen` times: a best rate at the edge of a grid
+    says the optimum may lie beyond it. Returns (the grid as swept, the best rate, {lr: score})."""
+    grid, scores = list(grid), {}
+    for _ in range(widen + 1):
+        scores.update({lr: score(lr) for lr in grid if lr not in scores})
+        best = max(grid, key=scores.get)
+        if len(grid) < 2 or best not in (grid[0], grid[-1]):
+            break
+        grid = grid + [next_rate(best, up=True)] if best == grid[-1] else [next_rate(best, up=False)] + grid
+    return [lr for lr in grid if lr in scores], best, scores
 
 
 def mixture_methods(R, n_embd):
@@ -125,6 +146,7 @@ def answer_rates(model, ds, task, split='test', max_items=None):
 class Study:
     def __init__(self, S, fresh=False, log=print):
         self.S, self.fresh, self.log = argparse.Namespace(**S), fresh, log
+        self.trained = set()  # runs this invocation trained: --fresh retrains a run once, then reuses it
         self.base_path = os.path.join(self.S.base_dir, 'ckpt.pt')
         self.runs_dir = os.path.join(self.S.results, 'runs')
         os.makedirs(self.runs_dir, exist_ok=True)
@@ -132,11 +154,12 @@ class Study:
     # ---- running train.py, one small JSON per finished run --------------------------------------
     def train(self, name, argv, need_ckpt=False):
         """train.main(argv) with its log in <out>/<name>/train.log and its numbers in results/runs/<name>.json;
-        a finished run with the same arguments over the same base is reused (unless --fresh)."""
+        a finished run with the same arguments over the same base is reused (with --fresh: only one trained by
+        this invocation, e.g. the sweep's run at the chosen rate, which is also seed 0's)."""
         out_dir = os.path.join(self.S.out, name)
         argv = list(argv) + [f'--out_dir={out_dir}', f'--data_seed={WORLD_SEED}']
         key = {'argv': argv, 'base': self.base_fp}
-        rec = None if self.fresh else self.record(name)
+        rec = None if self.fresh and name not in self.trained else self.record(name)
         if rec and rec['key'] == key and (not need_ckpt or os.path.exists(self.ckpt(name))):
             return rec
         os.makedirs(out_dir, exist_ok=True)
@@ -145,6 +168,7 @@ class Study:
         summary.pop('losses', None)
         rec = {'key': key, 'summary': summary}
         self.save_record(name, rec)
+        self.trained.add(name)
         acc = summary.get('eval', {}).get('avg', {}).get('acc', float('nan'))
         self.log(f'  {name:<34} {summary["train_time_s"]:6.1f}s  val loss {summary["val_loss"]:.3f}  '
                  f'{"val" if "--eval_split=val" in argv else "test"} acc {acc:.3f}')
@@ -251,20 +275,24 @@ class Study:
         S, ds = self.S, self.dataset('mixture')
         out, sweep = {}, {}
         for method in mixture_methods(S.R, self.base_shape['n_embd']):
-            grid = S.lr_grid['full' if method == 'full' else 'lora']
-            scores = [self.mixture_run(method, lr, S.seeds[0], S.sweep_iters)[1]['summary'] for lr in grid]
-            best = max(range(len(grid)), key=lambda i: (scores[i]['eval']['avg']['acc'], -scores[i]['val_loss']))
-            sweep[method] = {'grid': grid, 'iters': S.sweep_iters, 'seed': S.seeds[0], 'chosen': grid[best],
-                             'val_acc': [s['eval']['avg']['acc'] for s in scores], 'val_loss': [s['val_loss'] for s in scores]}
-            self.log(f'  {method}: lr {grid[best]:g} (val exact match ' +
+            runs = {}
+
+            def score(lr):  # val exact match, ties broken by val loss
+                runs[lr] = self.mixture_run(method, lr, S.seeds[0], S.sweep_iters)[1]['summary']
+                return runs[lr]['eval']['avg']['acc'], -runs[lr]['val_loss']
+            grid, best, _ = tune_lr(S.lr_grid['full' if method == 'full' else 'lora'], score, S.lr_widen)
+            sweep[method] = {'grid': grid, 'iters': S.sweep_iters, 'seed': S.seeds[0], 'chosen': best,
+                             'val_acc': [runs[lr]['eval']['avg']['acc'] for lr in grid],
+                             'val_loss': [runs[lr]['val_loss'] for lr in grid]}
+            self.log(f'  {method}: lr {best:g} (val exact match ' +
                      ', '.join(f'{lr:g}: {a:.3f}' for lr, a in zip(grid, sweep[method]['val_acc'])) + ')')
             rows = []
             for s in S.seeds:
-                name, rec = self.mixture_run(method, grid[best], s, S.mix_iters, need_ckpt=True)
+                name, rec = self.mixture_run(method, best, s, S.mix_iters, need_ckpt=True)
                 ev, summ = self.test_eval(name, ds), rec['summary']
                 state = read_checkpoint(self.ckpt(name))
                 state = state['adapter']['state'] if 'adapter' in state else state['model']
-                rows.append({'seed': s, 'name': name, 'lr': grid[best],
+                rows.append({'seed': s, 'name': name, 'lr': best,
                              'acc': {t: r['acc'] for t, r in ev.items()},
                              'correct': {t: r['correct'] for t, r in ev.items() if 'correct' in r},
                              'val_loss': summ['val_loss'], 'train_time_s': summ['train_time_s'],

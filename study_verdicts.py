@@ -338,8 +338,10 @@ def write_report(res, path):
         cells += ['-'] * (max(len(w['grid']) for w in res['lr'].values()) - len(cells))
         edge = len(v['grid']) > 1 and v['chosen'] in (v['grid'][0], v['grid'][-1])
         L.append(f"| {m} | " + ' | '.join(cells) + f" | **{v['chosen']:g}**{' (edge of the grid)' if edge else ''} |")
-    L += ['', 'A rate chosen at the edge of its grid says the best rate may lie beyond it: that method may be '
-          'under-tuned here.', '', '## 2. Multi-task mixture (12 tasks, 3 families)', '',
+    widen = S.get('lr_widen', 0)
+    L += ['', (f"Each grid widens one step of the 1-3-10 ladder past the edge its best rate sits on, at most {widen} "
+               f"times; a" if widen else 'A') + " rate still at the edge says the best rate may lie beyond it: that "
+          "method may be under-tuned here.", '', '## 2. Multi-task mixture (12 tasks, 3 families)', '',
           'lora_qv: W_q and W_v (the papers\' GPT-2 setting); every other adapter: all six Linears of each block.', '',
           '| method | lr | trainable | adapter bytes | avg exact match | minus baseline | ' + ' | '.join(fams) +
           ' | val loss | train s |', '|---|---:|---:|---:|---:|---:|' + '---:|' * len(fams) + '---:|---:|',

@@ -462,3 +462,44 @@ def test_check_refuses_a_stage_without_finite_numbers():
     res = planted()  # a whole planted study, with its verdicts: finite everywhere
     res['verdicts'] = study.verdicts(res)
     study.check(res)
+
+
+def test_next_rate_walks_the_1_3_10_ladder_as_exact_literals():
+    assert [study.next_rate(lr, up=True) for lr in (1e-4, 3e-4, 1e-2)] == [3e-4, 1e-3, 3e-2]
+    assert [study.next_rate(lr, up=False) for lr in (1e-4, 3e-4, 1e-2)] == [3e-5, 1e-4, 3e-3]
+
+
+@pytest.mark.parametrize('peak, widen, grid_swept, best', [
+    (3e-3, 2, [1e-3, 3e-3, 1e-2], 3e-3),                # best inside: nothing added
+    (3e-2, 2, [1e-3, 3e-3, 1e-2, 3e-2, 1e-1], 3e-2),    # widened up until the best is inside
+    (1.0, 2, [1e-3, 3e-3, 1e-2, 3e-2, 1e-1], 1e-1),     # still at the edge after `widen` steps: stops there
+    (1e-4, 1, [3e-4, 1e-3, 3e-3, 1e-2], 3e-4),          # widened down
+    (1.0, 0, [1e-3, 3e-3, 1e-2], 1e-2),                 # widen=0: the grid as given
+])
+def test_tune_lr_widens_past_the_edge_its_best_rate_sits_on(peak, widen, grid_swept, best):
+    calls = []
+
+    def score(lr):  # a planted val curve peaking at `peak`; each rate must be trained once
+        calls.append(lr)
+        return (-abs(math.log10(lr / peak)), 0.0)
+    grid, chosen, scores = study.tune_lr([1e-3, 3e-3, 1e-2], score, widen)
+    assert grid == grid_swept and chosen == best
+    assert sorted(calls) == sorted(grid_swept) and set(scores) == set(grid_swept)
+
+
+def test_fresh_retrains_each_run_once_per_invocation(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(study.train, 'main', lambda argv: calls.append(argv) or {'train_time_s': 1.0, 'val_loss': 2.0})
+    S = dict(base_dir=str(tmp_path / 'base'), results=str(tmp_path / 'results'), out=str(tmp_path / 'out'))
+
+    def invocation(fresh):
+        st = study.Study(S, fresh=fresh, log=lambda s: None)
+        st.base_fp = 'planted'
+        st.train('run_a', ['--lr=1']), st.train('run_a', ['--lr=1'])   # the sweep's run, then seed 0's: the same
+        st.train('run_b', ['--lr=2'])
+    invocation(fresh=False)
+    assert len(calls) == 2
+    invocation(fresh=False)   # everything reused from results/runs
+    assert len(calls) == 2
+    invocation(fresh=True)    # retrained, each once
+    assert len(calls) == 4
