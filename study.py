@@ -1,7 +1,7 @@
 """
 The small-scale study: do the seed papers' claims hold on the offline world, on a CPU?
 
-    python study.py                  # the whole study (about 2 h on 2 CPU cores) -> results/
+    python study.py                  # the whole study (96 min on 2 CPU cores) -> results/
     python study.py --stage=mixture  # one stage (and the finished runs it builds on)
     python study.py --quick          # every stage on tiny budgets: the CI smoke test
     python study.py --report         # re-render results/STUDY.md from results/study.json, no training
