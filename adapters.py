@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import linear_names, read_checkpoint, write_checkpoint
+from formats.checkpoint import read_checkpoint, write_checkpoint
+from model import linear_names
 
 # -----------------------------------------------------------------------------
 # shared mechanics
@@ -252,6 +253,30 @@ class CATLinear(AdapterLinear):
     def low_rank(self):  # w_i on B_i's columns; the skills' own scales s_i are already in cat_A
         return self.cat_B * self.weights()[self.which], self.cat_A
 
+def load_cat_skills(paths, model):
+    """The LoRA checkpoints CAT composes ("a.pt,b.pt" or a list), read before add_adapters and checked against
+    each other and the base `model`. Returns (their targets, {module name: [(B, A, scale) of each skill]})."""
+    paths = [p.strip() for p in (paths.split(",") if isinstance(paths, str) else paths) if p.strip()]
+    if not paths:
+        raise ValueError("cat needs cat_adapters: a list of LoRA adapter checkpoints (train.py ckpt.pt files)")
+    skills, first = {}, None
+    for p in paths:
+        ck = load_adapter_checkpoint(p)
+        cfg, st = ck["config"], ck["state"]
+        if cfg["method"] != "lora":
+            raise ValueError(f"cat composes LoRA adapters, but {p} holds a {cfg['method']} adapter "
+                             f"(export it with to_lora first)")
+        check_base(model, ck, p)
+        mods = sorted(k[:-len(".lora_A")] for k in st if k.endswith(".lora_A"))
+        first = first or (p, cfg["targets"], mods)
+        if mods != first[2]:
+            raise ValueError(f"cat needs adapters with the same targets: {first[0]} adapts "
+                             f"{first[1]!r} but {p} adapts {cfg['targets']!r}")
+        scale = lora_scale(cfg["alpha"], cfg["r"], cfg.get("rslora"))
+        for m in mods:
+            skills.setdefault(m, []).append((st[m + ".lora_B"].float(), st[m + ".lora_A"].float(), scale))
+    return first[1], skills
+
 # -----------------------------------------------------------------------------
 # the options: a class's keyword defaults, named <method>_<option> in train.py and its --help
 
@@ -293,7 +318,7 @@ def _replace(model, name, new):
 
 def add_adapters(model, method, targets="attn.q,attn.v", skills=None, **options):
     """Wrap every Linear matching `targets` in METHODS[method](base, **options), in place; freeze the rest. CAT
-    composes `skills` (train.load_cat_skills reads them) or is rebuilt empty from `ranks`. Returns a one-line summary."""
+    composes `skills` (load_cat_skills reads them) or is rebuilt empty from `ranks`. Returns a one-line summary."""
     if method not in METHODS:
         raise ValueError(f"unknown adapter method {method!r}: choose one of {', '.join(METHODS)}")
     known = list(inspect.signature(METHODS[method]).parameters)[1:]
@@ -309,7 +334,7 @@ def add_adapters(model, method, targets="attn.q,attn.v", skills=None, **options)
                              f"matching {','.join(targets)!r}: were they trained on another base?")
         options["ranks"] = [A.shape[0] for _, A, _ in skills[names[0]]]
     elif method == "cat" and "ranks" not in options:
-        raise ValueError("cat needs its skill LoRAs: add_adapters(model, 'cat', *train.load_cat_skills(paths, model))")
+        raise ValueError("cat needs its skill LoRAs: add_adapters(model, 'cat', *load_cat_skills(paths, model))")
     refuse_tied(model, names)
     model.requires_grad_(False)
     config = {**method_defaults(method), **options}

@@ -28,7 +28,9 @@ import time
 import torch
 
 import adapters
-from model import HF_MODELS, linear_names, load_model, read_checkpoint
+from formats.checkpoint import load_model, read_checkpoint
+from formats.huggingface import HF_MODELS
+from model import linear_names
 
 EPS = (0.3, 0.5, 0.7)           # intruder thresholds
 TOP_K = 10                      # how many top singular vectors of W0 + ΔW are checked for intruders

@@ -47,7 +47,8 @@ from torch.utils._pytree import tree_flatten
 import adapters
 import analyze
 import train
-from model import GPT, GPTConfig, convert_hf_gpt2
+from formats.huggingface import convert_hf_gpt2
+from model import GPT, GPTConfig
 
 
 class TensorMemory(TorchDispatchMode):
@@ -167,7 +168,7 @@ def bench_model(label, cfg, batch, args):
             m = shared_copy(base)
             method, opts = spec
             if method == "cat":
-                opts = dict(skills=train.load_cat_skills(skill_checkpoints(base, 3, R // 3, T, tmp), base)[1])
+                opts = dict(skills=adapters.load_cat_skills(skill_checkpoints(base, 3, R // 3, T, tmp), base)[1])
             adapters.add_adapters(m, method, targets=T, **opts)
             runs.append(Run(name, m))
     clock = time.process_time if args.clock == "cpu" else time.perf_counter

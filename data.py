@@ -1,6 +1,6 @@
 """
 Data for nanoGPT-for-LoRA: the datasets get_dataset(name, block_size, ...) returns (DATASETS below),
-over the synthetic world of world.py or over the real files that real_data.py reads; their
+over the synthetic world of sources/world.py or over the real files that sources/files.py reads; their
 tokenizers; exact-match evaluation.
 
     python data.py            # builds data/world/ offline (seconds), lists the datasets and the tasks
@@ -8,7 +8,7 @@ tokenizers; exact-match evaluation.
 Every instruction item is one prompt/answer pair, "Q: <question>\nA:" + " <answer>" + <|endoftext|>,
 with the loss on the answer and the stop token only (targets are -1 on the prompt and padding); an
 item whose question is '' is plain text, <|endoftext|> + "<text>" + <|endoftext|>, a loss on all but the first.
-Tokenizers: 'world' (a small BPE that world.py trains on the world's own corpus, committed as
+Tokenizers: 'world' (a small BPE that sources/world.py trains on the world's own corpus, committed as
 data/world.tiktoken; 1024 ids), 'world-bytes' (plain bytes; 257 ids), 'gpt2' (tiktoken's own).
 All three end answers with <|endoftext|>, the only special token.
 Files the project writes (data/world.tiktoken, the world's folder, token caches) are checked when
@@ -25,9 +25,9 @@ import numpy as np
 import torch
 import tiktoken
 
-import world
-from real_data import read_alpaca, read_e2e, read_source  # noqa: F401 (the readers stay data.read_*)
-from world import COMPOSITE, FAMILIES, MIXTURE, SKILL1, SKILL2, TASK_FAMILY
+from sources import world
+from sources.files import read_alpaca, read_e2e, read_source  # noqa: F401 (the readers stay data.read_*)
+from sources.world import COMPOSITE, FAMILIES, MIXTURE, SKILL1, SKILL2, TASK_FAMILY
 
 # GPT-2's one special token ends every world document in pretraining and every answer in the tasks,
 # so the stop token has a trained embedding before any fine-tuning (an adapter cannot train it)

@@ -11,22 +11,16 @@ A single-file GPT-2, in the spirit of karpathy/nanoGPT, with two changes for ada
 
 References: GPT-2 (Radford et al. 2019); nanoGPT for the layout and the MFU estimate.
 """
-import errno
 import hashlib
-import json
 import math
-import mmap
-import os
-import shutil
-import struct
-import zipfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+
+from formats.huggingface import convert_hf_gpt2, read_hf_gpt2
 
 
 @dataclass
@@ -218,20 +212,10 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_dir, dropout=0.0):
-        """Load GPT-2 weights in Hugging Face layout (config.json + model.safetensors or
-        pytorch_model.bin) from a local directory, or by model name from a download cache."""
-        path = name_or_dir if os.path.isdir(name_or_dir) else hf_download(name_or_dir)
-        with open(os.path.join(path, "config.json")) as f:
-            hf = json.load(f)
-        config = GPTConfig(block_size=hf["n_positions"], vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
-                           n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=dropout, bias=True)
-        st, binf = os.path.join(path, "model.safetensors"), os.path.join(path, "pytorch_model.bin")
-        if os.path.exists(st):
-            sd_hf = read_safetensors(st)  # memory-mapped: read page by page as each weight is copied
-        elif os.path.exists(binf):  # a zip-format .bin is memory-mapped too; a legacy one is read whole
-            sd_hf = torch.load(binf, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(binf))
-        else:
-            raise FileNotFoundError(f"{path} has config.json but neither model.safetensors nor pytorch_model.bin")
+        """GPT-2 weights in Hugging Face layout, from a local directory or by model name (downloaded
+        once into a cache folder): formats/huggingface.py reads and converts them."""
+        args, sd_hf = read_hf_gpt2(name_or_dir)
+        config = GPTConfig(**args, dropout=dropout, bias=True)
         with torch.device("meta"):  # shapes only: no random init that the file's weights would overwrite
             model = cls(config)
         # each weight is copied once from the file into its own fp32 tensor, and its mapping dropped
@@ -257,196 +241,3 @@ def linear_names(model, patterns):
             raise ValueError(f"target {p!r} matches no nn.Linear in the model (names look like {linears[0]!r}; "
                              f"give module names like 'attn.q,attn.v' or globs like 'h.*.mlp.c_fc')")
     return [n for n in linears if any(matches(n, p) for p in patterns)]
-
-
-def convert_hf_gpt2(sd_hf, n_layer, consume=False):
-    """Map Hugging Face GPT-2 names onto ours. HF's Conv1D stores weights as (in, out), the transpose
-    of nn.Linear's (out, in); c_attn holds q, k, v side by side and is split into three. Every
-    tensor is a fresh contiguous fp32 copy (one copy, even for a transposed or bf16 one).
-    consume=True empties sd_hf as it goes, so that each source (a memory map) can be released as
-    soon as its copy exists: peak memory is the model plus one weight, not twice the model."""
-    if not consume:
-        sd_hf = dict(sd_hf)
-    for k in [k for k in sd_hf if k.startswith("transformer.")]:
-        sd_hf[k.removeprefix("transformer.")] = sd_hf.pop(k)
-    own = lambda t: torch.empty(t.shape, dtype=torch.get_default_dtype()).copy_(t)
-    wte = own(sd_hf.pop("wte.weight"))
-    sd = {"lm_head.weight": wte, "transformer.wte.weight": wte}  # tied: GPT-2 files may omit lm_head
-    for k in ("wpe.weight", "ln_f.weight", "ln_f.bias"):
-        sd["transformer." + k] = own(sd_hf.pop(k))
-    for i in range(n_layer):
-        p, q = f"h.{i}.", f"transformer.h.{i}."
-        for k in ("ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias"):
-            sd[q + k] = own(sd_hf.pop(p + k))
-        for k in ("attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
-            sd[q + k + ".weight"] = own(sd_hf.pop(p + k + ".weight").t())
-            sd[q + k + ".bias"] = own(sd_hf.pop(p + k + ".bias"))
-        w = sd_hf.pop(p + "attn.c_attn.weight").t()  # (3C, C)
-        b = sd_hf.pop(p + "attn.c_attn.bias")
-        for name, wi, bi in zip("qkv", w.chunk(3, dim=0), b.chunk(3, dim=0)):
-            sd[q + f"attn.{name}.weight"], sd[q + f"attn.{name}.bias"] = own(wi), own(bi)
-        del w, b
-    return sd
-
-
-# --- safetensors, read and written with the standard library: 8-byte little-endian header length,
-# a JSON header {name: {dtype, shape, data_offsets}} (and an optional "__metadata__"), then the raw
-# little-endian tensor bytes, back to back.
-_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
-              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-              "U8": torch.uint8, "BOOL": torch.bool}
-
-
-def read_safetensors(path):
-    """{name: tensor}. Each tensor is a copy-on-write memory map of its own bytes (mmap.ACCESS_COPY):
-    nothing is read until it is used, the pages belong to the page cache (not copied into the
-    process), and writing to a tensor changes only this process's copy. A mapping is released when
-    its tensor is freed. Like any memory map it reads the file as it is now: the file must not be
-    rewritten in place while its tensors live (write_safetensors replaces files by a rename, which
-    is safe); clone() a tensor that must outlive its file."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size < 8:
-            raise ValueError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n > size - 8:
-            raise ValueError(f"{path}: corrupt safetensors file (header length {n} exceeds file size)")
-        try:
-            header = json.loads(f.read(n))
-        except ValueError:
-            raise ValueError(f"{path}: corrupt safetensors file (header is not JSON)") from None
-        if not isinstance(header, dict):
-            raise ValueError(f"{path}: corrupt safetensors file (header is not a JSON object)")
-        header.pop("__metadata__", None)
-        body, body_len = 8 + n, size - 8 - n
-        out = {}
-        for name, info in header.items():
-            info = info if isinstance(info, dict) else {}
-            dtype, shape = _ST_DTYPES.get(info.get("dtype")), info.get("shape")
-            offsets = info.get("data_offsets")
-            start, end = offsets if isinstance(offsets, list) and len(offsets) == 2 else (None, None)
-            ints = isinstance(shape, list) and all(type(v) is int and v >= 0 for v in [*shape, start, end])
-            if dtype is None or not ints or not start <= end <= body_len or \
-                    end - start != math.prod(shape) * torch.empty((), dtype=dtype).element_size():
-                raise ValueError(f"{path}: corrupt safetensors entry {name!r}")
-            out[name] = _map_tensor(f, body + start, end - start, dtype).reshape(shape)
-    return out
-
-
-def _map_tensor(f, offset, nbytes, dtype):
-    if nbytes == 0:
-        return torch.empty(0, dtype=dtype)
-    page = offset - offset % mmap.ALLOCATIONGRANULARITY  # a mapping starts on a page boundary
-    buf = mmap.mmap(f.fileno(), offset + nbytes - page, access=mmap.ACCESS_COPY, offset=page)
-    skip, itemsize = offset - page, torch.empty((), dtype=dtype).element_size()
-    if skip % itemsize:  # misaligned (a file written without alignment): copy this one tensor
-        return torch.frombuffer(bytearray(buf[skip:skip + nbytes]), dtype=dtype)
-    return torch.frombuffer(buf, dtype=dtype, count=nbytes // itemsize, offset=skip)  # holds buf open
-
-
-def write_safetensors(path, tensors, metadata=None):
-    """The inverse of read_safetensors, readable by the safetensors library (and so by transformers
-    and PEFT): tensors sorted by element size and the header padded to 8 bytes, so every tensor is
-    aligned; {"format": "pt"} metadata, which transformers asks for. Streams one tensor at a time to
-    path.tmp, then renames it over path (a crash never leaves half a file; maps of the old one stay valid)."""
-    names = {v: k for k, v in _ST_DTYPES.items()}
-    order = sorted(tensors, key=lambda k: -tensors[k].element_size())  # stable: 8-, 4-, 2-, 1-byte
-    header, offset = {"__metadata__": {"format": "pt", **(metadata or {})}}, 0
-    for name in order:
-        t = tensors[name]
-        if t.dtype not in names:
-            raise ValueError(f"write_safetensors: {name!r} has dtype {t.dtype}, which safetensors files here do not hold")
-        nbytes = t.numel() * t.element_size()
-        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    h = json.dumps(header).encode()
-    h += b" " * (-(8 + len(h)) % 8)
-    tmp = os.fspath(path) + ".tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(h)) + h)
-            for name in order:
-                t = tensors[name].detach().cpu().contiguous()
-                if t.numel():
-                    f.write(t.view(-1).view(torch.uint8).numpy().data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-HF_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-
-
-def hf_download(name, cache_dir=None):
-    """Fetch config.json + model.safetensors for a GPT-2 name once into a cache folder."""
-    if name not in HF_MODELS:
-        raise ValueError(f"unknown model {name!r}: give a directory with config.json + model.safetensors, "
-                         f"or one of {', '.join(HF_MODELS)}")
-    cache_dir = cache_dir or os.environ.get("GPT2_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "lorafamily"))
-    path = os.path.join(cache_dir, name)
-    files = ("config.json", "model.safetensors")
-    if all(os.path.exists(os.path.join(path, f)) for f in files):
-        return path
-    os.makedirs(path, exist_ok=True)
-    import urllib.request
-    for f in files:
-        url = f"https://huggingface.co/{name}/resolve/main/{f}"
-        try:
-            urllib.request.urlretrieve(url, os.path.join(path, f + ".tmp"))
-        except OSError:
-            raise RuntimeError(f"cannot download {name} (offline?): put config.json and model.safetensors "
-                               f"from huggingface.co/{name} into {path}/") from None
-        os.replace(os.path.join(path, f + ".tmp"), os.path.join(path, f))
-    return path
-
-
-def load_model(path, device="cpu"):
-    """A model from a train.py checkpoint (with its full weights), or a GPT-2 name/directory.
-    Returns (model, ckpt); ckpt is {} for GPT-2 weights."""
-    if os.path.isdir(path) or path in HF_MODELS:
-        return GPT.from_pretrained(path), {}
-    ckpt = read_checkpoint(path, device)
-    if "model_args" not in ckpt or "model" not in ckpt:
-        raise ValueError(f"{path}: not a full-model checkpoint of this project (no 'model_args'/'model'); "
-                         "adapter checkpoints need their base: see adapters.py")
-    known = {f.name for f in fields(GPTConfig)}
-    model = GPT(GPTConfig(**{k: v for k, v in ckpt["model_args"].items() if k in known}))
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError:
-        raise ValueError(f"{path}: its weights do not fit its own model_args (a damaged or edited checkpoint)") from None
-    return model.to(device), ckpt
-
-
-def write_checkpoint(obj, path):
-    """torch.save to path.tmp, then an atomic rename: a crash or a full disk mid-write never destroys
-    the last good checkpoint at `path`, and a failed write leaves no partial .tmp behind."""
-    tmp = path + ".tmp"
-    try:
-        torch.save(obj, tmp)
-    except (OSError, RuntimeError) as e:  # torch reports a full disk as "unexpected pos" / "file write failed"
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        folder = os.path.dirname(os.path.abspath(path))
-        free = shutil.disk_usage(folder).free
-        full = getattr(e, "errno", None) == errno.ENOSPC or free < 64 * 2**20 or \
-            any(s in str(e) for s in ("unexpected pos", "file write failed", "No space left"))
-        why = f"disk full ({free / 2**20:.0f} MiB free in {folder})" if full else f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
-        keep = f"the previous {path} is untouched" if os.path.exists(path) else f"no checkpoint was written"
-        raise RuntimeError(f"could not write {path}: {why}; {keep} and the partial {tmp} was removed") from None
-    os.replace(tmp, path)
-
-
-def read_checkpoint(path, device="cpu"):
-    """torch.load with weights_only=True (tensors and plain Python only: a pickle that would run code
-    is refused), every failure turned into one line."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path}: run train.py first, or give a GPT-2 name or directory")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: not a loadable checkpoint ({type(e).__name__}); only plain tensors are accepted") from None
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: not a checkpoint of this project (not a dict)")
-    return ckpt

@@ -33,7 +33,9 @@ import torch
 
 import adapters
 import data
-from model import GPT, HF_MODELS, GPTConfig, load_model, read_checkpoint, write_checkpoint
+from formats.checkpoint import load_model, read_checkpoint, write_checkpoint
+from formats.huggingface import HF_MODELS
+from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
 # defaults: the embedded run pretrains a small base model on the synthetic world in a few CPU minutes
@@ -292,31 +294,6 @@ def resume_config(ckpt, path, given):
     return check_options({**saved, **given, 'init_from': 'resume'})
 
 
-def load_cat_skills(paths, model):
-    """The LoRA checkpoints CAT composes ('a.pt,b.pt' or a list), read before add_adapters and checked against
-    each other and the base `model`. Returns (their targets, {module name: [(B, A, scale) of each skill]})."""
-    paths = [p.strip() for p in (paths.split(',') if isinstance(paths, str) else paths) if p.strip()]
-    if not paths:
-        raise ValueError("cat needs cat_adapters: a list of LoRA adapter checkpoints (train.py ckpt.pt files)")
-    skills, first = {}, None
-    for p in paths:
-        ck = adapters.load_adapter_checkpoint(p)
-        cfg, st = ck['config'], ck['state']
-        if cfg['method'] != 'lora':
-            raise ValueError(f"cat composes LoRA adapters, but {p} holds a {cfg['method']} adapter "
-                             f"(export it with to_lora first)")
-        adapters.check_base(model, ck, p)
-        mods = sorted(k[:-len('.lora_A')] for k in st if k.endswith('.lora_A'))
-        first = first or (p, cfg['targets'], mods)
-        if mods != first[2]:
-            raise ValueError(f"cat needs adapters with the same targets: {first[0]} adapts "
-                             f"{first[1]!r} but {p} adapts {cfg['targets']!r}")
-        scale = adapters.lora_scale(cfg['alpha'], cfg['r'], cfg.get('rslora'))
-        for m in mods:
-            skills.setdefault(m, []).append((st[m + '.lora_B'].float(), st[m + '.lora_A'].float(), scale))
-    return first[1], skills
-
-
 def main(argv=()):
     given = given_options(list(argv))
     c = SimpleNamespace(**{**DEFAULTS, **given})
@@ -357,7 +334,7 @@ def main(argv=()):
             spec = {'method': c.adapter, 'targets': c.adapter_targets, **{k.split('_', 1)[1]: getattr(c, k)
                     for k in adapters.OPTIONS if k.startswith(c.adapter + '_')}}
             if c.adapter == 'cat':
-                spec['targets'], spec['skills'] = load_cat_skills(c.cat_adapters, model)
+                spec['targets'], spec['skills'] = adapters.load_cat_skills(c.cat_adapters, model)
         else:  # resume: the checkpoint's own adapter config (a CAT run needs no skill files then)
             spec = ckpt['adapter']['config']
         print(adapters.add_adapters(model, **spec))

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 import adapters as ad
-import baselines
+from study import baselines
 import train
 from model import GPT, GPTConfig
 
@@ -54,7 +54,7 @@ def cat_model(tmp_path):
     base = tiny_base()
     paths = [skill(tmp_path, base, "s1", 2, 1), skill(tmp_path, base, "s2", 4, 2)]
     m = copy.deepcopy(base)
-    ad.add_adapters(m, "cat", *train.load_cat_skills(paths, m))
+    ad.add_adapters(m, "cat", *ad.load_cat_skills(paths, m))
     return m, base, paths
 
 
@@ -310,7 +310,7 @@ def test_cat_delta_is_weighted_sum_of_skill_loras(tmp_path, weights):
     base = tiny_base()
     paths = [skill(tmp_path, base, "s1", 2, 1), skill(tmp_path, base, "s2", 4, 2)]
     m = copy.deepcopy(base)
-    ad.add_adapters(m, "cat", *train.load_cat_skills(paths, m), weights=weights)
+    ad.add_adapters(m, "cat", *ad.load_cat_skills(paths, m), weights=weights)
     randomize(m)
     skills = [baselines.lora_deltas(p) for p in paths]  # s_i B_i A_i from the files
     for name, mod in ad.adapted_modules(m).items():
@@ -420,14 +420,14 @@ def test_cat_refuses_mixed_targets_and_non_lora(tmp_path):
     base = tiny_base()
     a = skill(tmp_path, base, "a", 2, 1)
     b = skill(tmp_path, base, "b", 2, 2, targets="attn.q,attn.k")
-    one_line_error(ValueError, "same targets", train.load_cat_skills, [a, b], base)
+    one_line_error(ValueError, "same targets", ad.load_cat_skills, [a, b], base)
     n = copy.deepcopy(base)
     ad.add_adapters(n, "nola")
     c = save_ckpt(str(tmp_path / "n.pt"), n, base)
-    one_line_error(ValueError, "composes LoRA adapters", train.load_cat_skills, f"{a},{c}", base)
-    one_line_error(ValueError, "another base model", train.load_cat_skills, [a], tiny_base(seed=3))
-    one_line_error(ValueError, "cat needs cat_adapters", train.load_cat_skills, "", base)
-    targets, skills = train.load_cat_skills([a], base)  # skills for other modules than the targets given
+    one_line_error(ValueError, "composes LoRA adapters", ad.load_cat_skills, f"{a},{c}", base)
+    one_line_error(ValueError, "another base model", ad.load_cat_skills, [a], tiny_base(seed=3))
+    one_line_error(ValueError, "cat needs cat_adapters", ad.load_cat_skills, "", base)
+    targets, skills = ad.load_cat_skills([a], base)  # skills for other modules than the targets given
     one_line_error(ValueError, "adapt 4 modules, this model has 2", ad.add_adapters, copy.deepcopy(base), "cat",
                    "attn.q", skills=skills)
 
@@ -478,5 +478,5 @@ def test_damaged_or_hostile_adapter_files_are_one_line_errors(tmp_path, content)
     else:
         path.write_bytes(content)
     one_line_error(ValueError, f"{path}: not a loadable checkpoint", ad.load_adapter_checkpoint, str(path))
-    one_line_error(ValueError, f"{path}: not a loadable checkpoint", train.load_cat_skills, [str(path)], tiny_base())
+    one_line_error(ValueError, f"{path}: not a loadable checkpoint", ad.load_cat_skills, [str(path)], tiny_base())
     assert not (tmp_path / "pwned").exists()

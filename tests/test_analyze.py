@@ -171,7 +171,7 @@ def save(path, ckpt):
 def adapter_ckpt(path, base, method, cat_skills=(), **opts):
     """An adapter run over `base` with random factors, saved as train.py saves it."""
     m = copy.deepcopy(base)
-    ad.add_adapters(m, method, *train.load_cat_skills(list(cat_skills), m)) if cat_skills else ad.add_adapters(m, method, **opts)
+    ad.add_adapters(m, method, *ad.load_cat_skills(list(cat_skills), m)) if cat_skills else ad.add_adapters(m, method, **opts)
     randomize(m, seed=len(str(path)))
     ad.save_adapter_checkpoint(str(path), m, base={"path": "base.pt", "fingerprint": base.fingerprint()})
     return str(path), m

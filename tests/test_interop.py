@@ -1,4 +1,4 @@
-"""interop.py against the real libraries: adapters exported here load in PEFT, merged models in
+"""formats/interop.py against the real libraries: adapters exported here load in PEFT, merged models in
 transformers, and PEFT-trained LoRAs import here, each giving the same logits to 1e-5 (fp32)."""
 import json
 import os
@@ -12,9 +12,11 @@ from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 import adapters  # noqa: E402
-import interop  # noqa: E402
+from formats import interop  # noqa: E402
 import train  # noqa: E402
-from model import GPT, GPTConfig, read_safetensors, write_checkpoint, write_safetensors  # noqa: E402
+from formats.checkpoint import write_checkpoint  # noqa: E402
+from formats.safetensors import read_safetensors, write_safetensors  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
 
 TOL = 1e-5
 ALL = "attn.q,attn.k,attn.v,attn.c_proj,mlp.c_fc,mlp.c_proj"
@@ -110,7 +112,7 @@ def test_cat_exports_to_peft(base_dir, tmp_path):
         skill = adapted(base_dir, "lora", "attn.q,attn.v", seed=10 + i, r=2 + i, alpha=4.0)
         skills.append(save(skill, tmp_path / f"skill{i}.pt", base_dir))
     model = GPT.from_pretrained(base_dir).eval()
-    adapters.add_adapters(model, "cat", *train.load_cat_skills(skills, model))
+    adapters.add_adapters(model, "cat", *adapters.load_cat_skills(skills, model))
     with torch.no_grad():
         for m in adapters.adapted_modules(model).values():
             m.cat_w.copy_(torch.tensor([0.7, -1.3]))
@@ -200,7 +202,7 @@ def test_peft_trained_lora_imports_with_same_logits(base_dir, tmp_path, config):
         assert cfg["targets"].split(",") == ["transformer.h.1.attn.q", "transformer.h.1.attn.k",
                                              "transformer.h.1.attn.v", "transformer.h.1.mlp.c_fc"]
     cat = GPT.from_pretrained(base_dir)
-    adapters.add_adapters(cat, "cat", *train.load_cat_skills([out, out], cat))
+    adapters.add_adapters(cat, "cat", *adapters.load_cat_skills([out, out], cat))
     assert adapters.adapter_config(cat)["ranks"] == [cfg["r"], cfg["r"]]
 
 
@@ -229,7 +231,7 @@ def test_unmappable_peft_adapters_are_refused_with_one_line(base_dir, tmp_path, 
     with pytest.raises(SystemExit) as e:
         interop.main(["import-peft", path, str(tmp_path / "x.pt"), "--base", base_dir])
     msg = str(e.value)
-    assert msg.startswith("interop.py: ") and field in msg and "\n" not in msg
+    assert msg.startswith("formats.interop: ") and field in msg and "\n" not in msg
     assert not os.path.exists(tmp_path / "x.pt")
 
 

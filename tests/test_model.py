@@ -9,7 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import GPT, GPTConfig, convert_hf_gpt2, hf_download, linear_names, load_model, read_safetensors, write_safetensors
+from formats.checkpoint import load_model
+from formats.huggingface import convert_hf_gpt2, hf_download
+from formats.safetensors import read_safetensors, write_safetensors
+from model import GPT, GPTConfig, linear_names
 from helpers import hf_state_dict
 
 TINY = dict(block_size=32, vocab_size=61, n_layer=2, n_head=2, n_embd=16)

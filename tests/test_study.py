@@ -2,7 +2,7 @@
 same code path as the real run, tiny sizes); study_verdicts' statistics, gates, verdicts and write-up on planted
 numbers in study.json's layout (per-item correctness, 3 seeds): the paired bootstrap CI, the equivalence margin,
 the floor rule against the most-common-answer baseline, the gates and the verdicts they make inconclusive.
-`python study.py --quick` (the smoke test of the real pipeline) runs in .ci/run, not here."""
+`python -m study --quick` (the smoke test of the real pipeline) runs in .ci/run, not here."""
 import csv
 import glob
 import json
@@ -15,8 +15,8 @@ import torch
 from helpers import hf_state_dict  # random HF-layout GPT-2 weights
 
 import data
-import study
-import study_verdicts
+import study.run as study
+import study.verdicts as study_verdicts
 import train
 from model import GPT, GPTConfig
 

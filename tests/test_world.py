@@ -7,7 +7,7 @@ import re
 import pytest
 
 import data
-import world
+from sources import world
 
 # sha256 of the default world's files: checkpoints and published results were trained on exactly these
 # bytes. A change here is a new world: bump world.VERSION (and say so), never edit these silently.
@@ -91,7 +91,7 @@ def test_missing_tokenizer_file_is_regenerated_silently(tmp_path, monkeypatch, c
 def test_a_changed_world_names_the_tokenizer_hash_to_update(tmp_path, monkeypatch):
     monkeypatch.setattr(world, 'TOKENIZER_FILE', str(tmp_path / 'world.tiktoken'))
     monkeypatch.setattr(world, 'TOKENIZER_SHA256', '0' * 64)  # as if world.py had changed the corpus
-    with pytest.raises(ValueError, match=r'world.py now trains another tokenizer.*set TOKENIZER_SHA256 in world.py '
+    with pytest.raises(ValueError, match=r'world.py now trains another tokenizer.*set TOKENIZER_SHA256 in sources/world.py '
                                          r'to it') as e:
         world.tokenizer_ranks()
     assert '\n' not in str(e.value)

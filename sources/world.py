@@ -123,7 +123,7 @@ def make_corpus(world):
 # -----------------------------------------------------------------------------------------------
 # the world's tokenizer: a byte-level BPE, committed as data/world.tiktoken (data.get_tokenizer reads it)
 
-TOKENIZER_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'world.tiktoken')
+TOKENIZER_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'data', 'world.tiktoken')
 TOKENIZER_SHA256 = 'ee35fb39e19636148fbccad45b93647c4a8f156ea08b75a1ca563d0ba484afd8'  # the committed file's
 
 def train_bpe(text, vocab_size):
@@ -190,7 +190,7 @@ def tokenizer_ranks():
         write_ranks(train_bpe(make_corpus(make_world()), 1023), TOKENIZER_FILE)
         if digest() != TOKENIZER_SHA256:
             raise ValueError(f'world.py now trains another tokenizer than the committed one (sha256 {digest()}): '
-                             f'if the world changed on purpose, set TOKENIZER_SHA256 in world.py to it')
+                             f'if the world changed on purpose, set TOKENIZER_SHA256 in sources/world.py to it')
     return read_ranks(TOKENIZER_FILE)
 
 

@@ -3,9 +3,9 @@ Hugging Face interop: adapters that PEFT loads, merged models that transformers 
 LoRA adapters that this project loads. Plain files only: nothing here imports transformers, peft or
 safetensors (the safetensors files are model.py's own reader and writer).
 
-    python interop.py export-peft out/lora/ckpt.pt out/lora_peft      # adapter -> PEFT LoRA directory
-    python interop.py export-hf   out/lora/ckpt.pt out/lora_merged    # merged model -> HF GPT-2 directory
-    python interop.py import-peft my_peft_lora out/imported/ckpt.pt   # PEFT LoRA -> adapter checkpoint
+    python -m formats.interop export-peft out/lora/ckpt.pt out/lora_peft      # adapter -> PEFT LoRA directory
+    python -m formats.interop export-hf   out/lora/ckpt.pt out/lora_merged    # merged model -> HF GPT-2 directory
+    python -m formats.interop import-peft my_peft_lora out/imported/ckpt.pt   # PEFT LoRA -> adapter checkpoint
     option: --base=PATH   the base model, when not the one the checkpoint or adapter_config.json names
 
 export-peft  an adapter checkpoint of any method (train.py's ckpt.pt) on a Hugging Face GPT-2 base
@@ -42,7 +42,9 @@ from collections import Counter
 import torch
 
 import adapters
-from model import HF_MODELS, load_model, read_checkpoint, read_safetensors, write_safetensors
+from formats.checkpoint import load_model, read_checkpoint
+from formats.huggingface import HF_MODELS
+from formats.safetensors import read_safetensors, write_safetensors
 
 # project module -> (GPT-2 module, row block of c_attn or None)
 HF_MODULE = {"attn.q": ("attn.c_attn", 0), "attn.k": ("attn.c_attn", 1), "attn.v": ("attn.c_attn", 2),
@@ -171,7 +173,7 @@ def export_peft(ckpt_path, out, base=None):
     model, base_ckpt = load_model(base)
     if base_ckpt:
         raise ValueError(f"the base {base} is a train.py checkpoint, which PEFT cannot load: write it as a Hugging Face "
-                         f"directory first (python interop.py export-hf {base} DIR) and pass --base=DIR")
+                         f"directory first (python -m formats.interop export-hf {base} DIR) and pass --base=DIR")
     adapters.load_adapter_checkpoint(ckpt_path, model)  # refuses a base with another fingerprint
     config, tensors = peft_lora(model)
     os.makedirs(out)
@@ -328,7 +330,7 @@ def save_adapter(path, model, base, **extra):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="interop.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = argparse.ArgumentParser(prog="python -m formats.interop", formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description=__doc__.split("\n\n")[0].strip(), epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     sub = parser.add_subparsers(dest="command", required=True, metavar="{export-peft,export-hf,import-peft}")
     base_help = "the base model (a GPT-2 directory or name, or a train.py checkpoint); default: the one the input names"
@@ -357,7 +359,7 @@ def main(argv=None):
             cfg = adapters.adapter_config(model)
             print(f"wrote {a.out}: LoRA r={cfg['r']} alpha={cfg['alpha']} on {cfg['targets']}")
     except (ValueError, FileNotFoundError, RuntimeError) as e:
-        sys.exit(f"interop.py: {e}")
+        sys.exit(f"formats.interop: {e}")
 
 
 if __name__ == "__main__":

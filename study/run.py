@@ -1,12 +1,12 @@
 """
 The small-scale study: do the seed papers' claims hold on the offline world, on a CPU?
 
-    python study.py                  # the whole study (96 min on 2 CPU cores) -> results/
-    python study.py --stage=mixture  # one stage (and the finished runs it builds on)
-    python study.py --quick          # every stage on tiny budgets: the CI smoke test
-    python study.py --report         # re-render results/STUDY.md from results/study.json, no training
+    python -m study                  # the whole study (96 min on 2 CPU cores) -> study/results/
+    python -m study --stage=mixture  # one stage (and the finished runs it builds on)
+    python -m study --quick          # every stage on tiny budgets: the CI smoke test
+    python -m study --report         # re-render study/results/STUDY.md from study.json, no training
 
-Stages (methods: docs/methods.md; data: world.py's docstring):
+Stages (methods: docs/methods.md; data: sources/world.py's docstring):
  base         pretrain a base that knows its world (fact recall in the corpus's own wording, gated)
  mixture      the 12-task mixture: full fine-tuning, LoRA on W_q,W_v and on all Linears, MultiLoRA,
               LoRA rank 1, NOLA; a learning rate per method from a sweep on the validation split
@@ -16,10 +16,10 @@ Stages (methods: docs/methods.md; data: world.py's docstring):
  composition  LoRA Soups' Q/A bot on a manual: skill A reads the manual, skill B answers questions about
               known people; CAT, task arithmetic, ΔW averaging, TIES and data mixing on the composite
  control      shift-then-reverse, a two-hop composition: the skills, CAT and ΔW averaging (one seed)
-Every training run goes through train.main. Each finished run's numbers go to results/runs/<run>.json
+Every training run goes through train.main. Each finished run's numbers go to study/results/runs/<run>.json
 (small, committed), keyed by its arguments and the base's fingerprint: an interrupted study continues
 where it stopped, and a run whose checkpoint is gone is retrained only where a later step needs the
-checkpoint. Verdicts, gates and the write-up: study_verdicts.py.
+checkpoint. Verdicts, gates and the write-up: study/verdicts.py.
 """
 import argparse
 import contextlib
@@ -34,12 +34,12 @@ import torch
 
 import adapters
 import analyze
-import baselines
+from study import baselines
 import data
 import train
-import world
-from model import load_model, read_checkpoint
-from study_verdicts import (CI_LEVEL, CLAIMS, EQUIV_MARGIN, FLOOR_GATE, GATES, UPPER_BOUND, direction,  # noqa: F401
+from sources import world
+from formats.checkpoint import load_model, read_checkpoint
+from study.verdicts import (CI_LEVEL, CLAIMS, EQUIV_MARGIN, FLOOR_GATE, GATES, UPPER_BOUND, direction,  # noqa: F401
                             equivalence, format_gates, gate_failures, gates, mean, most_common_answer_baseline,
                             paired_diff_ci, pm, sd, verdicts, write_report)
 
@@ -55,7 +55,7 @@ FULL = dict(seeds=[0, 1, 2], base_dir='out/study/base', base_args=['--max_iters=
             control_iters=300, control_cat_iters=60, eval_iters=10, eval_items=0,
             lr_grid={'full': [1e-4, 3e-4, 1e-3], 'lora': [1e-3, 3e-3, 1e-2]},  # adapters: 'lora'
             lr_widen=2,  # a grid grows by up to this many rates past an edge its best rate sits on
-            out='out/study', results='results')
+            out='out/study', results='study/results')
 QUICK = dict(seeds=[0], base_dir='out/study-quick/base',
              base_args=['--n_layer=2', '--n_head=2', '--n_embd=64', '--max_iters=40', '--eval_interval=40',
                         '--eval_iters=2', '--batch_size=16', '--warmup_iters=4'],
@@ -494,7 +494,7 @@ def main(argv=None):
     p.add_argument('--stage', choices=STAGES, help='run this stage only (with the finished runs it builds on)')
     p.add_argument('--fresh', action='store_true', help='retrain every run instead of reusing finished ones')
     p.add_argument('--out', help='where runs go (default out/study, or out/study-quick with --quick)')
-    p.add_argument('--results', help='where STUDY.md, study.json, runs/ and the figure go (default results/)')
+    p.add_argument('--results', help='where STUDY.md, study.json, runs/ and the figure go (default study/results/)')
     p.add_argument('--report', action='store_true', help='only rewrite STUDY.md (verdicts recomputed) from study.json')
     a = p.parse_args(argv)
     S = dict(QUICK if a.quick else FULL)
@@ -510,7 +510,7 @@ def main(argv=None):
         with open(path) as f:
             res = json.load(f)
     if a.report and not res:
-        raise FileNotFoundError(f'{path} not found: run python study.py first')
+        raise FileNotFoundError(f'{path} not found: run python -m study first')
     if not a.report:
         t0 = time.time()
         study = Study(S, fresh=a.fresh, log=lambda s: print(f'[{time.time() - t0:6.0f}s] {s}', flush=True))
@@ -539,9 +539,9 @@ def print_outcome(res):
         print(f"{v['paper']:<10} {v['verdict']}")
 
 
-if __name__ == '__main__':
+def cli(argv):
     try:
-        main(sys.argv[1:])
+        main(argv)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(1)

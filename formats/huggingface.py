@@ -1,0 +1,85 @@
+"""
+GPT-2 from the Hugging Face hub: the four model names, a one-time download into a cache folder, and
+the conversion of HF's GPT-2 weights (Conv1D layout, fused c_attn) into model.py's names.
+GPT.from_pretrained calls read_hf_gpt2; formats/interop.py writes the other direction.
+"""
+import json
+import os
+import zipfile
+
+import torch
+
+from formats.safetensors import read_safetensors
+
+HF_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+
+
+def hf_download(name, cache_dir=None):
+    """Fetch config.json + model.safetensors for a GPT-2 name once into a cache folder."""
+    if name not in HF_MODELS:
+        raise ValueError(f"unknown model {name!r}: give a directory with config.json + model.safetensors, "
+                         f"or one of {', '.join(HF_MODELS)}")
+    cache_dir = cache_dir or os.environ.get("GPT2_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "lorafamily"))
+    path = os.path.join(cache_dir, name)
+    files = ("config.json", "model.safetensors")
+    if all(os.path.exists(os.path.join(path, f)) for f in files):
+        return path
+    os.makedirs(path, exist_ok=True)
+    import urllib.request
+    for f in files:
+        url = f"https://huggingface.co/{name}/resolve/main/{f}"
+        try:
+            urllib.request.urlretrieve(url, os.path.join(path, f + ".tmp"))
+        except OSError:
+            raise RuntimeError(f"cannot download {name} (offline?): put config.json and model.safetensors "
+                               f"from huggingface.co/{name} into {path}/") from None
+        os.replace(os.path.join(path, f + ".tmp"), os.path.join(path, f))
+    return path
+
+
+def read_hf_gpt2(name_or_dir):
+    """(GPTConfig keyword arguments, HF state dict) of a GPT-2 in Hugging Face layout: config.json +
+    model.safetensors or pytorch_model.bin, from a local directory or by name from the download cache."""
+    path = name_or_dir if os.path.isdir(name_or_dir) else hf_download(name_or_dir)
+    with open(os.path.join(path, "config.json")) as f:
+        hf = json.load(f)
+    args = dict(block_size=hf["n_positions"], vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
+                n_head=hf["n_head"], n_embd=hf["n_embd"])
+    st, binf = os.path.join(path, "model.safetensors"), os.path.join(path, "pytorch_model.bin")
+    if os.path.exists(st):
+        sd_hf = read_safetensors(st)  # memory-mapped: read page by page as each weight is copied
+    elif os.path.exists(binf):  # a zip-format .bin is memory-mapped too; a legacy one is read whole
+        sd_hf = torch.load(binf, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(binf))
+    else:
+        raise FileNotFoundError(f"{path} has config.json but neither model.safetensors nor pytorch_model.bin")
+    return args, sd_hf
+
+
+def convert_hf_gpt2(sd_hf, n_layer, consume=False):
+    """Map Hugging Face GPT-2 names onto ours. HF's Conv1D stores weights as (in, out), the transpose
+    of nn.Linear's (out, in); c_attn holds q, k, v side by side and is split into three. Every
+    tensor is a fresh contiguous fp32 copy (one copy, even for a transposed or bf16 one).
+    consume=True empties sd_hf as it goes, so that each source (a memory map) can be released as
+    soon as its copy exists: peak memory is the model plus one weight, not twice the model."""
+    if not consume:
+        sd_hf = dict(sd_hf)
+    for k in [k for k in sd_hf if k.startswith("transformer.")]:
+        sd_hf[k.removeprefix("transformer.")] = sd_hf.pop(k)
+    own = lambda t: torch.empty(t.shape, dtype=torch.get_default_dtype()).copy_(t)
+    wte = own(sd_hf.pop("wte.weight"))
+    sd = {"lm_head.weight": wte, "transformer.wte.weight": wte}  # tied: GPT-2 files may omit lm_head
+    for k in ("wpe.weight", "ln_f.weight", "ln_f.bias"):
+        sd["transformer." + k] = own(sd_hf.pop(k))
+    for i in range(n_layer):
+        p, q = f"h.{i}.", f"transformer.h.{i}."
+        for k in ("ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias"):
+            sd[q + k] = own(sd_hf.pop(p + k))
+        for k in ("attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+            sd[q + k + ".weight"] = own(sd_hf.pop(p + k + ".weight").t())
+            sd[q + k + ".bias"] = own(sd_hf.pop(p + k + ".bias"))
+        w = sd_hf.pop(p + "attn.c_attn.weight").t()  # (3C, C)
+        b = sd_hf.pop(p + "attn.c_attn.bias")
+        for name, wi, bi in zip("qkv", w.chunk(3, dim=0), b.chunk(3, dim=0)):
+            sd[q + f"attn.{name}.weight"], sd[q + f"attn.{name}.bias"] = own(wi), own(bi)
+        del w, b
+    return sd
