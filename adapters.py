@@ -12,6 +12,7 @@ Shared mechanics (freezing, merge/unmerge in fp32, ΔW, state dicts) live in Ada
 keyword defaults are its method's defaults (train.py: --<method>_<option>) and its HELP says what each
 option does. Where a paper left a choice open, the comment says "(our choice)" and an option offers both.
 """
+
 import contextlib
 import hashlib
 import inspect
@@ -26,6 +27,7 @@ from model import linear_names
 
 # -----------------------------------------------------------------------------
 # shared mechanics
+
 
 class AdapterLinear(nn.Module):
     """base(x) + update(x), update(x) = ΔW x without forming ΔW. Each method gives low_rank() -> (B, A)
@@ -53,7 +55,9 @@ class AdapterLinear(nn.Module):
         B, A = self.factors()
         return B @ A  # (d_out, d_in), fp32, same layout as base.weight
 
-    def forward(self, x):  # merged: W0 + ΔW sits in base.weight, the base model's cost (and no adapter grads)
+    def forward(
+        self, x
+    ):  # merged: W0 + ΔW sits in base.weight, the base model's cost (and no adapter grads)
         return self.base(x) if self.merged else self.base(x) + self.update(x)
 
     # merge/unmerge are explicit calls only: .train()/.eval() never touch the weights (unlike loralib)
@@ -62,7 +66,9 @@ class AdapterLinear(nn.Module):
         """W0 += ΔW, summed in fp32 and cast once (bf16-safe); sign=-1 takes it out again (unmerge)."""
         if self.merged != (sign > 0):
             w = self.base.weight
-            with torch.autocast(w.device.type, enabled=False):  # inside autocast B @ A would run in bf16
+            with torch.autocast(
+                w.device.type, enabled=False
+            ):  # inside autocast B @ A would run in bf16
                 w.copy_((w.float() + sign * self.delta_weight()).to(w.dtype))
             self.merged = sign > 0
 
@@ -92,23 +98,32 @@ def derive_seed(seed, *names):
     h = hashlib.sha256(":".join(map(str, (seed, *names))).encode()).digest()
     return int.from_bytes(h[:8], "little") >> 1
 
+
 # -----------------------------------------------------------------------------
 # LoRA: Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models", Eq. (3):
 #   h = W0 x + (α/r) · B A x,  A ~ kaiming (nn.Linear default), B = 0  =>  ΔW = 0 at step 0.
 
+
 class LoRALinear(AdapterLinear):
-    HELP = dict(r="rank of A (r, d_in) and B (d_out, r)", alpha="scale s = alpha / r",
-                dropout="dropout on the adapter branch's input", rslora="scale s = alpha / sqrt(r) (rsLoRA)")
+    HELP = dict(
+        r="rank of A (r, d_in) and B (d_out, r)",
+        alpha="scale s = alpha / r",
+        dropout="dropout on the adapter branch's input",
+        rslora="scale s = alpha / sqrt(r) (rsLoRA)",
+    )
 
     def __init__(self, base, r=8, alpha=16.0, dropout=0.0, rslora=False):
         super().__init__(base)
         self.r = _positive("r", r)
         self.scale, self.dropout = lora_scale(alpha, r, rslora), _dropout(dropout)
-        self.lora_A = nn.Parameter(nn.init.kaiming_uniform_(self._zeros(r, self.d_in), a=math.sqrt(5)))
+        self.lora_A = nn.Parameter(
+            nn.init.kaiming_uniform_(self._zeros(r, self.d_in), a=math.sqrt(5))
+        )
         self.lora_B = nn.Parameter(self._zeros(self.d_out, r))  # B = 0: ΔW = 0 at step 0
 
     def low_rank(self):
         return self.lora_B, self.lora_A
+
 
 # -----------------------------------------------------------------------------
 # MultiLoRA: Wang, Lin, Zeng, Zhang 2023, arXiv 2311.11501, Sec. 3:
@@ -116,10 +131,15 @@ class LoRALinear(AdapterLinear):
 # The n modules are one rank-(n·r) LoRA whose B carries the gates: stacked A (n·r, d_in), stacked
 # B (d_out, n·r), g_i on B_i's r columns. Same FLOPs as LoRA n·r, and LoRA's forward (AdapterLinear).
 
+
 class MultiLoRALinear(AdapterLinear):
-    HELP = dict(n="number of parallel LoRA modules", r="rank of each module", alpha="scale s = alpha / r",
-                dropout="dropout on the adapter branch's input",
-                gate="'scalar': one gate per module (our choice, as the paper's figure) | 'channel': one per output")
+    HELP = dict(
+        n="number of parallel LoRA modules",
+        r="rank of each module",
+        alpha="scale s = alpha / r",
+        dropout="dropout on the adapter branch's input",
+        gate="'scalar': one gate per module (our choice, as the paper's figure) | 'channel': one per output",
+    )
 
     def __init__(self, base, n=3, r=8, alpha=16.0, dropout=0.0, gate="scalar"):
         super().__init__(base)
@@ -127,16 +147,19 @@ class MultiLoRALinear(AdapterLinear):
         if gate not in ("scalar", "channel"):
             raise ValueError(f"multilora gate must be 'scalar' or 'channel', got {gate!r}")
         self.scale, self.dropout = alpha / r, _dropout(dropout)
-        self.lora_A = nn.Parameter(self._zeros(n * r, self.d_in))   # rows i*r:(i+1)*r hold A_i
+        self.lora_A = nn.Parameter(self._zeros(n * r, self.d_in))  # rows i*r:(i+1)*r hold A_i
         self.lora_B = nn.Parameter(self._zeros(self.d_out, n * r))  # cols i*r:(i+1)*r hold B_i
         with torch.no_grad():
             for i in range(n):  # kaiming per module: B_i's fan-in is r, not n·r
-                nn.init.kaiming_uniform_(self.lora_A[i * r:(i + 1) * r], a=math.sqrt(5))
-                nn.init.kaiming_uniform_(self.lora_B[:, i * r:(i + 1) * r], a=math.sqrt(5))
+                nn.init.kaiming_uniform_(self.lora_A[i * r : (i + 1) * r], a=math.sqrt(5))
+                nn.init.kaiming_uniform_(self.lora_B[:, i * r : (i + 1) * r], a=math.sqrt(5))
         self.gate = nn.Parameter(self._zeros(n) if gate == "scalar" else self._zeros(n, self.d_out))
 
-    def low_rank(self):  # 'scalar': g_i (n,) on B_i's columns; 'channel': g_i (n, d_out) on B_i's entries
+    def low_rank(
+        self,
+    ):  # 'scalar': g_i (n,) on B_i's columns; 'channel': g_i (n, d_out) on B_i's entries
         return self.lora_B * self.gate.t().repeat_interleave(self.r, dim=-1), self.lora_A
+
 
 # -----------------------------------------------------------------------------
 # NOLA: Koohpayegani et al., ICLR 2024, arXiv 2310.02556, Eq. (2):
@@ -144,6 +167,7 @@ class MultiLoRALinear(AdapterLinear):
 # Bases A_j, B_j ~ U(-1, 1)/√k (resp. √l) come from a per-module seed through a local
 # torch.Generator on the CPU (bit-identical on every machine, never the global RNG).
 # With B and A mixed, the forward is LoRA's (AdapterLinear.update).
+
 
 def nola_bases(seed, count, shape, dtype=torch.float32, device="cpu", draw_on="cpu"):
     """(count, *shape) bases U(-1,1)/√count drawn from `seed` in fp32 by the `draw_on` device's
@@ -172,22 +196,51 @@ class MixBases(torch.autograd.Function):
 
 
 class NOLALinear(AdapterLinear):
-    HELP = dict(k="number of random bases mixed into A", l="number of random bases mixed into B", r="rank of A and B",
-                alpha="scale s = alpha / r", dropout="dropout on the adapter branch's input",
-                seed="the one seed of all bases", stored_basis="keep the bases in memory: faster, more memory",
-                basis_device="draw the bases on 'cpu' (the same on every machine) or 'cuda' (fast on a GPU)")
+    HELP = dict(
+        k="number of random bases mixed into A",
+        l="number of random bases mixed into B",
+        r="rank of A and B",
+        alpha="scale s = alpha / r",
+        dropout="dropout on the adapter branch's input",
+        seed="the one seed of all bases",
+        stored_basis="keep the bases in memory: faster, more memory",
+        basis_device="draw the bases on 'cpu' (the same on every machine) or 'cuda' (fast on a GPU)",
+    )
 
-    def __init__(self, base, k=64, l=64, r=8, alpha=16.0, dropout=0.0, seed=0, stored_basis=False, basis_device="cpu"):
+    def __init__(
+        self,
+        base,
+        k=64,
+        l=64,  # noqa: E741 (the paper's letter)
+        r=8,
+        alpha=16.0,
+        dropout=0.0,
+        seed=0,
+        stored_basis=False,
+        basis_device="cpu",
+    ):
         super().__init__(base)
         self.k, self.l, self.r = _positive("k", k), _positive("l", l), _positive("r", r)
-        if basis_device not in ("cpu", "cuda") or (basis_device == "cuda" and not torch.cuda.is_available()):
-            raise ValueError(f"nola basis_device must be 'cpu' or (with a GPU) 'cuda', got {basis_device!r}")
+        if basis_device not in ("cpu", "cuda") or (
+            basis_device == "cuda" and not torch.cuda.is_available()
+        ):
+            raise ValueError(
+                f"nola basis_device must be 'cpu' or (with a GPU) 'cuda', got {basis_device!r}"
+            )
         self.scale, self.dropout = alpha / r, _dropout(dropout)
-        self.stored_basis, self.basis_device = stored_basis, basis_device  # (our choice) both offered
-        self.coef_A, self.coef_B = nn.Parameter(self._zeros(k)), nn.Parameter(self._zeros(l))  # α = β = 0: ΔW = 0
+        self.stored_basis, self.basis_device = (
+            stored_basis,
+            basis_device,
+        )  # (our choice) both offered
+        self.coef_A, self.coef_B = (
+            nn.Parameter(self._zeros(k)),
+            nn.Parameter(self._zeros(l)),
+        )  # α = β = 0: ΔW = 0
         for ab in "AB":  # seeds + coefficients are the whole checkpoint: the seeds are buffers, in the state dict
             self.register_buffer("seed_" + ab, torch.tensor(derive_seed(seed, ab)))
-        self.register_load_state_dict_post_hook(lambda m, _: m.draw_frozen())  # new seeds -> new bases
+        self.register_load_state_dict_post_hook(
+            lambda m, _: m.draw_frozen()
+        )  # new seeds -> new bases
         self.draw_frozen()
 
     def draw_frozen(self):
@@ -198,8 +251,10 @@ class NOLALinear(AdapterLinear):
         A0 = nn.init.kaiming_uniform_(torch.empty(self.r, self.d_in), a=math.sqrt(5), generator=g)
         self.register_buffer("A0", A0.to(self._zeros(0)), persistent=False)
         if self.stored_basis:  # (k, r, d_in) and (l, d_out, r), drawn as MixBases draws them
-            for name, seed, n, shape in (("basis_A", self.seeds[0], self.k, (self.r, self.d_in)),
-                                         ("basis_B", self.seeds[1], self.l, (self.d_out, self.r))):
+            for name, seed, n, shape in (
+                ("basis_A", self.seeds[0], self.k, (self.r, self.d_in)),
+                ("basis_B", self.seeds[1], self.l, (self.d_out, self.r)),
+            ):
                 basis = nola_bases(seed, n, shape, self.A0.dtype, self.A0.device, self.basis_device)
                 self.register_buffer(name, basis, persistent=False)
 
@@ -210,9 +265,14 @@ class NOLALinear(AdapterLinear):
                 A = torch.einsum("k,krd->rd", self.coef_A, self.basis_A)
                 B = torch.einsum("l,lor->or", self.coef_B, self.basis_B)
             else:
-                A = MixBases.apply(self.coef_A, self.seeds[0], (self.r, self.d_in), self.basis_device)
-                B = MixBases.apply(self.coef_B, self.seeds[1], (self.d_out, self.r), self.basis_device)
+                A = MixBases.apply(
+                    self.coef_A, self.seeds[0], (self.r, self.d_in), self.basis_device
+                )
+                B = MixBases.apply(
+                    self.coef_B, self.seeds[1], (self.d_out, self.r), self.basis_device
+                )
         return B, self.A0 + A
+
 
 # -----------------------------------------------------------------------------
 # CAT: Prabhakar et al. 2024, "LoRA Soups", arXiv 2410.13025, Eq. (2):
@@ -220,32 +280,40 @@ class NOLALinear(AdapterLinear):
 # One rank-Σr_i LoRA: buffers concat(s_i A_i) and concat(B_i), B = concat(w_i B_i) per forward. The
 # checkpoint is self-contained (no need for the skill files) and the algebra has no cross terms.
 
+
 class CATLinear(AdapterLinear):
-    HELP = dict(weights="'plain' (start at 1, the sum of the skills; our choice) | 'softmax' (the LoRA Soups code)",
-                seed="seed of the softmax weights' random start")
+    HELP = dict(
+        weights="'plain' (start at 1, the sum of the skills; our choice) | 'softmax' (the LoRA Soups code)",
+        seed="seed of the softmax weights' random start",
+    )
 
     def __init__(self, base, ranks, weights="plain", seed=0):
         super().__init__(base)
         if weights not in ("plain", "softmax"):
             raise ValueError(f"cat weights must be 'plain' or 'softmax', got {weights!r}")
         self.ranks = [_positive("CAT adapter rank", int(r)) for r in ranks]
-        self.register_buffer("cat_A", self._zeros(sum(self.ranks), self.d_in))   # rows: s_i A_i
+        self.register_buffer("cat_A", self._zeros(sum(self.ranks), self.d_in))  # rows: s_i A_i
         self.register_buffer("cat_B", self._zeros(self.d_out, sum(self.ranks)))  # cols: B_i
-        which = torch.repeat_interleave(torch.arange(len(ranks)), torch.tensor(self.ranks))  # rank row -> skill
+        which = torch.repeat_interleave(
+            torch.arange(len(ranks)), torch.tensor(self.ranks)
+        )  # rank row -> skill
         self.register_buffer("which", which.to(self.base.weight.device), persistent=False)
-        self.scale, self.dropout = 1.0, nn.Identity()  # for LoRA's forward: s_i sit in cat_A, no dropout
+        self.scale, self.dropout = (
+            1.0,
+            nn.Identity(),
+        )  # for LoRA's forward: s_i sit in cat_A, no dropout
         self.softmax = weights == "softmax"
         if self.softmax:  # LoRA Soups code: convex weights, logits start from N(0, 1)
             logits = torch.randn(len(ranks), generator=torch.Generator().manual_seed(seed))
             self.cat_w = nn.Parameter(logits.to(self._zeros(0)))
-        else:             # (our choice, default) plain weights from 1: starts at the sum of skills
+        else:  # (our choice, default) plain weights from 1: starts at the sum of skills
             self.cat_w = nn.Parameter(self._zeros(len(ranks)) + 1)
 
     @torch.no_grad()
     def set_adapter(self, i, B, A, scale):
         lo = sum(self.ranks[:i])
-        self.cat_A[lo:lo + self.ranks[i]] = A * scale
-        self.cat_B[:, lo:lo + self.ranks[i]] = B
+        self.cat_A[lo : lo + self.ranks[i]] = A * scale
+        self.cat_B[:, lo : lo + self.ranks[i]] = B
 
     def weights(self):
         return self.cat_w.softmax(0) if self.softmax else self.cat_w
@@ -253,29 +321,41 @@ class CATLinear(AdapterLinear):
     def low_rank(self):  # w_i on B_i's columns; the skills' own scales s_i are already in cat_A
         return self.cat_B * self.weights()[self.which], self.cat_A
 
+
 def load_cat_skills(paths, model):
     """The LoRA checkpoints CAT composes ("a.pt,b.pt" or a list), read before add_adapters and checked against
     each other and the base `model`. Returns (their targets, {module name: [(B, A, scale) of each skill]})."""
-    paths = [p.strip() for p in (paths.split(",") if isinstance(paths, str) else paths) if p.strip()]
+    paths = [
+        p.strip() for p in (paths.split(",") if isinstance(paths, str) else paths) if p.strip()
+    ]
     if not paths:
-        raise ValueError("cat needs cat_adapters: a list of LoRA adapter checkpoints (train.py ckpt.pt files)")
+        raise ValueError(
+            "cat needs cat_adapters: a list of LoRA adapter checkpoints (train.py ckpt.pt files)"
+        )
     skills, first = {}, None
     for p in paths:
         ck = load_adapter_checkpoint(p)
         cfg, st = ck["config"], ck["state"]
         if cfg["method"] != "lora":
-            raise ValueError(f"cat composes LoRA adapters, but {p} holds a {cfg['method']} adapter "
-                             f"(export it with to_lora first)")
+            raise ValueError(
+                f"cat composes LoRA adapters, but {p} holds a {cfg['method']} adapter "
+                f"(export it with to_lora first)"
+            )
         check_base(model, ck, p)
-        mods = sorted(k[:-len(".lora_A")] for k in st if k.endswith(".lora_A"))
+        mods = sorted(k[: -len(".lora_A")] for k in st if k.endswith(".lora_A"))
         first = first or (p, cfg["targets"], mods)
         if mods != first[2]:
-            raise ValueError(f"cat needs adapters with the same targets: {first[0]} adapts "
-                             f"{first[1]!r} but {p} adapts {cfg['targets']!r}")
+            raise ValueError(
+                f"cat needs adapters with the same targets: {first[0]} adapts "
+                f"{first[1]!r} but {p} adapts {cfg['targets']!r}"
+            )
         scale = lora_scale(cfg["alpha"], cfg["r"], cfg.get("rslora"))
         for m in mods:
-            skills.setdefault(m, []).append((st[m + ".lora_B"].float(), st[m + ".lora_A"].float(), scale))
+            skills.setdefault(m, []).append(
+                (st[m + ".lora_B"].float(), st[m + ".lora_A"].float(), scale)
+            )
     return first[1], skills
+
 
 # -----------------------------------------------------------------------------
 # the options: a class's keyword defaults, named <method>_<option> in train.py and its --help
@@ -295,6 +375,7 @@ OPTION_HELP = {f"{m}_{a}": h for m, cls in METHODS.items() for a, h in cls.HELP.
 # -----------------------------------------------------------------------------
 # model surgery
 
+
 def adapted_modules(model):
     return {name: m for name, m in model.named_modules() if isinstance(m, AdapterLinear)}
 
@@ -307,8 +388,10 @@ def refuse_tied(model, names):
         weight = model.get_submodule(name).weight
         others = [n for n, p in params if p is weight and n != name + ".weight"]
         if others:
-            raise ValueError(f"{name}.weight is tied to {others[0]} (GPT-2 ties lm_head and wte): "
-                             f"adapting it would change both; target other layers")
+            raise ValueError(
+                f"{name}.weight is tied to {others[0]} (GPT-2 ties lm_head and wte): "
+                f"adapting it would change both; target other layers"
+            )
 
 
 def _replace(model, name, new):
@@ -323,18 +406,30 @@ def add_adapters(model, method, targets="attn.q,attn.v", skills=None, **options)
         raise ValueError(f"unknown adapter method {method!r}: choose one of {', '.join(METHODS)}")
     known = list(inspect.signature(METHODS[method]).parameters)[1:]
     if set(options) - set(known):
-        raise ValueError(f"unknown {method} option(s) {sorted(set(options) - set(known))}: known are {known}")
+        raise ValueError(
+            f"unknown {method} option(s) {sorted(set(options) - set(known))}: known are {known}"
+        )
     if adapted_modules(model):
-        raise ValueError("model already has adapters: merge_and_unload(model) or start from a fresh base")
-    targets = [t.strip() for t in (targets.split(",") if isinstance(targets, str) else targets) if t.strip()]
+        raise ValueError(
+            "model already has adapters: merge_and_unload(model) or start from a fresh base"
+        )
+    targets = [
+        t.strip()
+        for t in (targets.split(",") if isinstance(targets, str) else targets)
+        if t.strip()
+    ]
     names = linear_names(model, targets)
     if skills is not None:
         if set(names) != set(skills):
-            raise ValueError(f"the CAT skill adapters adapt {len(skills)} modules, this model has {len(names)} "
-                             f"matching {','.join(targets)!r}: were they trained on another base?")
+            raise ValueError(
+                f"the CAT skill adapters adapt {len(skills)} modules, this model has {len(names)} "
+                f"matching {','.join(targets)!r}: were they trained on another base?"
+            )
         options["ranks"] = [A.shape[0] for _, A, _ in skills[names[0]]]
     elif method == "cat" and "ranks" not in options:
-        raise ValueError("cat needs its skill LoRAs: add_adapters(model, 'cat', *load_cat_skills(paths, model))")
+        raise ValueError(
+            "cat needs its skill LoRAs: add_adapters(model, 'cat', *load_cat_skills(paths, model))"
+        )
     refuse_tied(model, names)
     model.requires_grad_(False)
     config = {**method_defaults(method), **options}
@@ -347,8 +442,10 @@ def add_adapters(model, method, targets="attn.q,attn.v", skills=None, **options)
     model._adapter_config = {"method": method, "targets": ",".join(targets), **config}
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    return (f"{method}: {len(names)} modules ({model._adapter_config['targets']}), trainable {trainable:,} "
-            f"/ total {total:,} params ({100 * trainable / total:.3f}%)")
+    return (
+        f"{method}: {len(names)} modules ({model._adapter_config['targets']}), trainable {trainable:,} "
+        f"/ total {total:,} params ({100 * trainable / total:.3f}%)"
+    )
 
 
 def merge_adapters(model):
@@ -365,7 +462,9 @@ def unmerge_adapters(model):
 def merged(model):
     """Evaluate at the base model's cost: every ΔW sits in its W0 inside the block. On exit W0 is restored
     from a copy, bit-exact (subtracting ΔW again would leave fp32 rounding in it)."""
-    w0 = {m: m.base.weight.detach().clone() for m in adapted_modules(model).values() if not m.merged}
+    w0 = {
+        m: m.base.weight.detach().clone() for m in adapted_modules(model).values() if not m.merged
+    }
     try:
         merge_adapters(model)
         yield model
@@ -394,14 +493,24 @@ def to_lora(model):
         B, A = (t.detach() for t in m.factors())
         m.unmerge()
         lora = LoRALinear(m.base, r=A.shape[0], alpha=float(A.shape[0]))
-        lora.load_state_dict({"lora_A": A, "lora_B": B}, strict=False)  # copies, in the base's dtype
+        lora.load_state_dict(
+            {"lora_A": A, "lora_B": B}, strict=False
+        )  # copies, in the base's dtype
         _replace(model, name, lora)
-    model._adapter_config = {"method": "lora", "targets": model._adapter_config["targets"], "r": lora.r,
-                             "alpha": float(lora.r), "dropout": 0.0, "rslora": False}  # one r for all modules
+    model._adapter_config = {
+        "method": "lora",
+        "targets": model._adapter_config["targets"],
+        "r": lora.r,
+        "alpha": float(lora.r),
+        "dropout": 0.0,
+        "rslora": False,
+    }  # one r for all modules
     return model
+
 
 # -----------------------------------------------------------------------------
 # adapter state and checkpoints: {'adapter': {'config', 'state'}, 'base': {'path', 'fingerprint'}, 'model_args'}
+
 
 def adapter_config(model):
     """json-able dict: add_adapters(fresh_base, **adapter_config(model)) rebuilds the same adapters."""
@@ -412,26 +521,38 @@ def adapter_config(model):
 
 def adapter_state_dict(model):
     """Adapter tensors only (KB, not MB); NOLA's: two seeds and k + l coefficients per module."""
-    return {f"{name}.{k}": v.detach().clone() for name, m in adapted_modules(model).items()
-            for k, v in m.state_dict().items() if not k.startswith("base.")}
+    return {
+        f"{name}.{k}": v.detach().clone()
+        for name, m in adapted_modules(model).items()
+        for k, v in m.state_dict().items()
+        if not k.startswith("base.")
+    }
 
 
 def load_adapter_state_dict(model, sd):
     """Strict load into an adapted model; one-line errors on missing/extra keys or shapes."""
     expected = adapter_state_dict(model)
     if not expected:
-        raise ValueError("model has no adapters: call add_adapters (or load_adapter_checkpoint) first")
+        raise ValueError(
+            "model has no adapters: call add_adapters (or load_adapter_checkpoint) first"
+        )
     missing, extra = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
     if missing or extra:
-        raise ValueError(f"adapter state does not fit this model: missing {missing[:3]}, "
-                         f"unexpected {extra[:3]} (different method or targets?)")
+        raise ValueError(
+            f"adapter state does not fit this model: missing {missing[:3]}, "
+            f"unexpected {extra[:3]} (different method or targets?)"
+        )
     for k, v in sd.items():
         if v.shape != expected[k].shape:
-            raise ValueError(f"adapter state shape mismatch at {k}: checkpoint {tuple(v.shape)} vs "
-                             f"model {tuple(expected[k].shape)} (different base model size or rank?)")
+            raise ValueError(
+                f"adapter state shape mismatch at {k}: checkpoint {tuple(v.shape)} vs "
+                f"model {tuple(expected[k].shape)} (different base model size or rank?)"
+            )
     was_merged = [m for m in adapted_modules(model).values() if m.merged]
     unmerge_adapters(model)  # new factors must not be subtracted from a W0 that holds the old ones
-    model.load_state_dict(sd, strict=False)  # keys and shapes checked above; the base stays as it is
+    model.load_state_dict(
+        sd, strict=False
+    )  # keys and shapes checked above; the base stays as it is
     for m in was_merged:
         m.merge()
 
@@ -439,8 +560,12 @@ def load_adapter_state_dict(model, sd):
 def save_adapter_checkpoint(path, model, base=None, **extra):
     """The one adapter checkpoint format, written atomically: the adapter, the base it belongs to
     ({'path', 'fingerprint'}), model_args, and whatever `extra` train.py adds (optimizer, schedule)."""
-    ck = {"model_args": vars(model.config).copy() if hasattr(model, "config") else None, **extra,
-          "base": base or {}, "adapter": {"config": adapter_config(model), "state": adapter_state_dict(model)}}
+    ck = {
+        "model_args": vars(model.config).copy() if hasattr(model, "config") else None,
+        **extra,
+        "base": base or {},
+        "adapter": {"config": adapter_config(model), "state": adapter_state_dict(model)},
+    }
     write_checkpoint(ck, path)
     return path
 
@@ -448,9 +573,16 @@ def save_adapter_checkpoint(path, model, base=None, **extra):
 def check_base(model, ck, path):
     """Refuse an adapter checkpoint `ck` read from `path` that names another base than the plain `model`."""
     fp = ck["base"].get("fingerprint")
-    if fp and hasattr(model, "fingerprint") and not adapted_modules(model) and model.fingerprint() != fp:
-        raise ValueError(f"{path} was trained on another base model (fingerprint {fp[:12]} != "
-                         f"{model.fingerprint()[:12]}): load it onto the base it names ({ck['base'].get('path')})")
+    if (
+        fp
+        and hasattr(model, "fingerprint")
+        and not adapted_modules(model)
+        and model.fingerprint() != fp
+    ):
+        raise ValueError(
+            f"{path} was trained on another base model (fingerprint {fp[:12]} != "
+            f"{model.fingerprint()[:12]}): load it onto the base it names ({ck['base'].get('path')})"
+        )
 
 
 def load_adapter_checkpoint(path, model=None):
@@ -458,11 +590,15 @@ def load_adapter_checkpoint(path, model=None):
     base, no adapters yet): checks it is the base the adapter was trained on, adds the adapters, loads them."""
     ck = read_checkpoint(path)  # one-line errors for a missing or unreadable file
     if not isinstance(ck.get("adapter"), dict) or not {"config", "state"} <= set(ck["adapter"]):
-        raise ValueError(f"{path} holds no adapter (a full-model checkpoint? load it with model.load_model)")
+        raise ValueError(
+            f"{path} holds no adapter (a full-model checkpoint? load it with model.load_model)"
+        )
     out = {**ck["adapter"], "base": ck.get("base") or {}, "model_args": ck.get("model_args")}
     if model is not None:
         if adapted_modules(model):
-            raise ValueError("load_adapter_checkpoint needs a plain base model (this one already has adapters)")
+            raise ValueError(
+                "load_adapter_checkpoint needs a plain base model (this one already has adapters)"
+            )
         check_base(model, out, path)
         add_adapters(model, **out["config"])
         load_adapter_state_dict(model, out["state"])

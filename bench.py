@@ -30,6 +30,7 @@ train 4·r·C parameters per layer.
 --spectra: analyze.analyze() (SVD spectra and intruder dimensions) on synthetic updates of every q and
 v matrix of a GPT-2-small shape, for four adapter methods and full fine-tuning; wall and CPU seconds.
 """
+
 import argparse
 import contextlib
 import copy
@@ -46,7 +47,6 @@ from torch.utils._pytree import tree_flatten
 
 import adapters
 import analyze
-import train
 from formats.huggingface import convert_hf_gpt2
 from model import GPT, GPTConfig
 
@@ -63,8 +63,11 @@ class TensorMemory(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
-                  if isinstance(t, torch.Tensor)}
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in tree_flatten((args, kwargs))[0]
+            if isinstance(t, torch.Tensor)
+        }
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 st = t.untyped_storage()
@@ -97,7 +100,9 @@ class Run:
         self.name, self.model, self.times = name, model, []
         self.loss, self.autocast = loss, autocast
         params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)  # train.py's optimizer (CPU: foreach)
+        self.opt = torch.optim.AdamW(
+            params, lr=1e-4, weight_decay=0.0
+        )  # train.py's optimizer (CPU: foreach)
         self.trainable = sum(p.numel() for p in params)
 
     def step(self, x, y):
@@ -115,8 +120,13 @@ class Run:
 
     def peak_bytes(self, x, y):
         self.opt.zero_grad(set_to_none=True)
-        persistent = nbytes([*self.model.parameters(), *self.model.buffers(),
-                             *[v for s in self.opt.state.values() for v in s.values() if torch.is_tensor(v)]])
+        persistent = nbytes(
+            [
+                *self.model.parameters(),
+                *self.model.buffers(),
+                *[v for s in self.opt.state.values() for v in s.values() if torch.is_tensor(v)],
+            ]
+        )
         with TensorMemory() as mem:
             self.step(x, y)
         return persistent + mem.peak, mem.peak
@@ -155,7 +165,7 @@ def bench_model(label, cfg, batch, args):
         f"lora r={R}": ("lora", dict(r=R)),
         f"multilora n=3 r={R // 3}": ("multilora", dict(n=3, r=R // 3)),
         f"nola k=l={args.nola_k} r={R}": ("nola", dict(k=args.nola_k, l=args.nola_k, r=R)),
-        f"nola stored": ("nola", dict(k=args.nola_k, l=args.nola_k, r=R, stored_basis=True)),
+        "nola stored": ("nola", dict(k=args.nola_k, l=args.nola_k, r=R, stored_basis=True)),
         f"cat 3 x lora r={R // 3}": ("cat", {}),
         f"lora r={R} again (noise control)": ("lora", dict(r=R)),
     }
@@ -168,7 +178,11 @@ def bench_model(label, cfg, batch, args):
             m = shared_copy(base)
             method, opts = spec
             if method == "cat":
-                opts = dict(skills=adapters.load_cat_skills(skill_checkpoints(base, 3, R // 3, T, tmp), base)[1])
+                opts = dict(
+                    skills=adapters.load_cat_skills(
+                        skill_checkpoints(base, 3, R // 3, T, tmp), base
+                    )[1]
+                )
             adapters.add_adapters(m, method, targets=T, **opts)
             runs.append(Run(name, m))
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -176,7 +190,9 @@ def bench_model(label, cfg, batch, args):
         run.step(x, y)
     mem = {run.name: run.peak_bytes(x, y) for run in runs}
     for i in range(args.steps):
-        for run in runs[i % len(runs):] + runs[:i % len(runs)]:  # rotate: no method always follows full FT
+        for run in (
+            runs[i % len(runs) :] + runs[: i % len(runs)]
+        ):  # rotate: no method always follows full FT
             run.timed_step(x, y, clock)
 
     # inference: base vs LoRA unmerged vs LoRA merged (wrapper kept: its forward is then base(x))
@@ -193,7 +209,9 @@ def bench_model(label, cfg, batch, args):
         for m in infer.values():
             m.eval()(x)
         for i in range(max(10, 2 * args.steps)):
-            for k, m in list(infer.items())[i % 3:] + list(infer.items())[:i % 3]:  # rotate the order
+            for k, m in (
+                list(infer.items())[i % 3 :] + list(infer.items())[: i % 3]
+            ):  # rotate the order
                 t0 = clock()
                 m(x)
                 itimes[k].append(clock() - t0)
@@ -202,14 +220,20 @@ def bench_model(label, cfg, batch, args):
     full_t, lora_t = med["full"], med[runs[1].name]
     lora_mem = mem[runs[1].name][0]
     n_params = sum(p.numel() for p in base.parameters())
-    print(f"\n## {label}: {n_params / 1e6:.1f}M params, batch {batch}x{args.block}, targets {T}, "
-          f"{torch.get_num_threads()} thread(s), {args.clock} time, best of {args.steps} interleaved steps\n")
-    print("| training step | trainable | ms/step | x full | x LoRA | peak MB | x LoRA | in-step MB |")
+    print(
+        f"\n## {label}: {n_params / 1e6:.1f}M params, batch {batch}x{args.block}, targets {T}, "
+        f"{torch.get_num_threads()} thread(s), {args.clock} time, best of {args.steps} interleaved steps\n"
+    )
+    print(
+        "| training step | trainable | ms/step | x full | x LoRA | peak MB | x LoRA | in-step MB |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in runs:
         t, (pk, tr) = med[r.name], mem[r.name]
-        print(f"| {r.name} | {r.trainable:,} | {1e3 * t:.0f} | {t / full_t:.2f} | {t / lora_t:.2f} | "
-              f"{pk / 2**20:.0f} | {pk / lora_mem:.2f} | {tr / 2**20:.0f} |")
+        print(
+            f"| {r.name} | {r.trainable:,} | {1e3 * t:.0f} | {t / full_t:.2f} | {t / lora_t:.2f} | "
+            f"{pk / 2**20:.0f} | {pk / lora_mem:.2f} | {tr / 2**20:.0f} |"
+        )
     imed = {k: min(v) for k, v in itimes.items()}
     print("\n| inference (forward, no grad) | ms | x base |")
     print("|---|---:|---:|")
@@ -224,8 +248,10 @@ def bench_model(label, cfg, batch, args):
             adapters.nola_bases(mod.seeds[0], mod.k, (mod.r, mod.d_in))
             adapters.nola_bases(mod.seeds[1], mod.l, (mod.d_out, mod.r))
     regen = clock() - t0
-    print(f"\nNOLA basis regeneration alone: {1e3 * regen:.0f} ms per step ({100 * regen / lora_t:.0f}% of the "
-          f"LoRA step at {batch * args.block} tokens; the same at any batch size)")
+    print(
+        f"\nNOLA basis regeneration alone: {1e3 * regen:.0f} ms per step ({100 * regen / lora_t:.0f}% of the "
+        f"LoRA step at {batch * args.block} tokens; the same at any batch size)"
+    )
 
     names = [r.name for r in runs]
     checks = [
@@ -241,23 +267,35 @@ def bench_model(label, cfg, batch, args):
     for what, v, lim in checks:
         print(f"| {what} | {v:.2f} | {'ok' if v <= lim else 'MISSED'} |")
     d = imed["lora merged"] / imed["base"]
-    print(f"| merged inference = base +-3% | {d:.3f} | {'ok' if abs(d - 1) <= 0.03 else 'MISSED'} |")
+    print(
+        f"| merged inference = base +-3% | {d:.3f} | {'ok' if abs(d - 1) <= 0.03 else 'MISSED'} |"
+    )
     print(f"| (noise: LoRA vs the same LoRA again) | {med[names[-1]] / lora_t:.2f} | |")
     sys.stdout.flush()
 
 
 # --- peer comparison: Hugging Face transformers + PEFT (test-only dependencies, requirements-dev.txt)
 PEER_SHAPES = {  # name: (model shape, batch, T)
-    "small": (dict(n_layer=4, n_head=4, n_embd=256, vocab_size=1024), 32, 128),  # train.py's default run
+    "small": (
+        dict(n_layer=4, n_head=4, n_embd=256, vocab_size=1024),
+        32,
+        128,
+    ),  # train.py's default run
     "gpt2": (dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257), 2, 256),  # GPT-2-small
 }
-PEER_TARGETS = (("instruction", "step", 0.77), ("instruction", "peak memory", 0.70), ("plain", "step", 1.00))
+PEER_TARGETS = (
+    ("instruction", "step", 0.77),
+    ("instruction", "peak memory", 0.70),
+    ("plain", "step", 1.00),
+)
 
 
 def full_head_loss(model, x, y):
     """The loss with the head at every position (as before answer-only heads): the 'before' rows."""
     logits = model(x)[0]
-    return torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.view(-1), ignore_index=-1)
+    return torch.nn.functional.cross_entropy(
+        logits.view(-1, logits.size(-1)).float(), y.view(-1), ignore_index=-1
+    )
 
 
 def peer_loss(model, x, labels):
@@ -274,8 +312,10 @@ def peer_batches(vocab, B, T, prompt_share, seed=0):
     batches = {"plain": (x, y, x.clone())}
     y, labels = y.clone(), x.clone()
     for b in range(B):  # prompt lengths spread around prompt_share * T
-        p = min(max(int(prompt_share * T) + (b % 5 - 2) * T // 32, 1), T - 1)  # at least one loss position
-        y[b, :p - 1], labels[b, :p] = -1, -100
+        p = min(
+            max(int(prompt_share * T) + (b % 5 - 2) * T // 32, 1), T - 1
+        )  # at least one loss position
+        y[b, : p - 1], labels[b, :p] = -1, -100
     batches["instruction"] = (x, y, labels)
     return batches
 
@@ -284,31 +324,74 @@ def peer_case(shape, B, T, dtype, kind, args):
     """One row: the peer's LoRA step, ours, and ours with the head at every position; full FT before/after."""
     from peft import LoraConfig, get_peft_model
     from transformers import GPT2Config, GPT2LMHeadModel
+
     torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(n_positions=T, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False,
-                                    bos_token_id=None, eos_token_id=None, attn_implementation="sdpa", **shape))
+    hf = GPT2LMHeadModel(
+        GPT2Config(
+            n_positions=T,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            use_cache=False,
+            bos_token_id=None,
+            eos_token_id=None,
+            attn_implementation="sdpa",
+            **shape,
+        )
+    )
     base = GPT(GPTConfig(block_size=T, **shape))
     base.load_state_dict(convert_hf_gpt2(hf.state_dict(), shape["n_layer"]))
     base.requires_grad_(False)
-    peer = get_peft_model(hf, LoraConfig(task_type="CAUSAL_LM", target_modules=["c_attn"], r=args.r_peer,
-                                         lora_alpha=2 * args.r_peer, lora_dropout=0.0, fan_in_fan_out=True))
+    peer = get_peft_model(
+        hf,
+        LoraConfig(
+            task_type="CAUSAL_LM",
+            target_modules=["c_attn"],
+            r=args.r_peer,
+            lora_alpha=2 * args.r_peer,
+            lora_dropout=0.0,
+            fan_in_fan_out=True,
+        ),
+    )
     ours, ours_full_head = shared_copy(base), shared_copy(base)
     for m in (ours, ours_full_head):
-        adapters.add_adapters(m, "lora", targets="attn.q,attn.v", r=args.r_peer, alpha=2 * args.r_peer)
-    autocast = contextlib.nullcontext if dtype == "float32" else \
-        (lambda: torch.autocast("cpu", dtype=getattr(torch, dtype)))
+        adapters.add_adapters(
+            m, "lora", targets="attn.q,attn.v", r=args.r_peer, alpha=2 * args.r_peer
+        )
+    autocast = (
+        contextlib.nullcontext
+        if dtype == "float32"
+        else (lambda: torch.autocast("cpu", dtype=getattr(torch, dtype)))
+    )
     x, y, labels = peer_batches(shape["vocab_size"], B, T, args.prompt_share)[kind]
-    runs = [(Run("peer", peer.train(), peer_loss, autocast), labels),
-            (Run("lora", ours.train(), model_loss, autocast), y),
-            (Run("lora full head", ours_full_head.train(), full_head_loss, autocast), y)]
+    runs = [
+        (Run("peer", peer.train(), peer_loss, autocast), labels),
+        (Run("lora", ours.train(), model_loss, autocast), y),
+        (Run("lora full head", ours_full_head.train(), full_head_loss, autocast), y),
+    ]
     if args.peer_full:
-        runs += [(Run("full", copy.deepcopy(base).requires_grad_(True).train(), model_loss, autocast), y),
-                 (Run("full full head", copy.deepcopy(base).requires_grad_(True).train(), full_head_loss, autocast), y)]
-    first = {run.name: run.step(x, t) for run, t in runs}  # warm-up on identical weights: the losses must agree
+        runs += [
+            (
+                Run("full", copy.deepcopy(base).requires_grad_(True).train(), model_loss, autocast),
+                y,
+            ),
+            (
+                Run(
+                    "full full head",
+                    copy.deepcopy(base).requires_grad_(True).train(),
+                    full_head_loss,
+                    autocast,
+                ),
+                y,
+            ),
+        ]
+    first = {
+        run.name: run.step(x, t) for run, t in runs
+    }  # warm-up on identical weights: the losses must agree
     mem = {run.name: run.peak_bytes(x, t)[0] for run, t in runs}
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     for i in range(args.steps):
-        for run, t in runs[i % len(runs):] + runs[:i % len(runs)]:
+        for run, t in runs[i % len(runs) :] + runs[: i % len(runs)]:
             run.timed_step(x, t, clock)
     best = {run.name: min(run.times) for run, _ in runs}
     dloss = max(abs(v - first["peer"]) for v in first.values())
@@ -320,19 +403,27 @@ def bench_peer(args):
         import peft  # noqa: F401
         import transformers  # noqa: F401
     except ImportError as e:
-        print(f"peer comparison skipped: {e.name} is not installed (pip install -r requirements-dev.txt)")
+        print(
+            f"peer comparison skipped: {e.name} is not installed (pip install -r requirements-dev.txt)"
+        )
         return
     transformers.logging.set_verbosity_error()  # its notes on the random config are not results
     warnings.filterwarnings("ignore", category=FutureWarning)
     r = args.r_peer
-    print(f"\n## This project's LoRA (attn.q, attn.v, r {r}) vs Hugging Face transformers {transformers.__version__} "
-          f"+ PEFT {peft.__version__} LoRA (fused c_attn = q,k,v, r {r}); same weights and batch, "
-          f"{torch.get_num_threads()} thread(s), {args.clock} time, best of {args.steps} interleaved steps\n")
-    print("x peer: ours / peer (tok/s: peer time / ours). Head at every position: ours with the answer-only "
-          "head / ours computing logits everywhere, for LoRA and for full fine-tuning. |dloss|: the largest "
-          "first-step loss difference to the peer (identical weights).\n")
-    print("| model | dtype | batch | loss positions | peer ms | ours ms | step x peer | tok/s x peer | peer peak MB "
-          "| peak x peer | LoRA step, mem x full head | full FT step, mem x full head | max abs dloss |")
+    print(
+        f"\n## This project's LoRA (attn.q, attn.v, r {r}) vs Hugging Face transformers {transformers.__version__} "
+        f"+ PEFT {peft.__version__} LoRA (fused c_attn = q,k,v, r {r}); same weights and batch, "
+        f"{torch.get_num_threads()} thread(s), {args.clock} time, best of {args.steps} interleaved steps\n"
+    )
+    print(
+        "x peer: ours / peer (tok/s: peer time / ours). Head at every position: ours with the answer-only "
+        "head / ours computing logits everywhere, for LoRA and for full fine-tuning. |dloss|: the largest "
+        "first-step loss difference to the peer (identical weights).\n"
+    )
+    print(
+        "| model | dtype | batch | loss positions | peer ms | ours ms | step x peer | tok/s x peer | peer peak MB "
+        "| peak x peer | LoRA step, mem x full head | full FT step, mem x full head | max abs dloss |"
+    )
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     results = []
     for name in args.models.split(","):
@@ -346,13 +437,18 @@ def bench_peer(args):
                 best, mem, dloss, n = peer_case(shape, B, T, dtype, kind, args)
                 step, peak = best["lora"] / best["peer"], mem["lora"] / mem["peer"]
                 results.append((name, dtype, kind, step, peak))
-                full = (f"{best['full'] / best['full full head']:.2f}, {mem['full'] / mem['full full head']:.2f}"
-                        if args.peer_full else "-")
-                print(f"| {name} {shape['n_layer']}x{shape['n_embd']} V{shape['vocab_size']} | {dtype} | {kind} {B}x{T} "
-                      f"| {n} | {1e3 * best['peer']:.0f} | {1e3 * best['lora']:.0f} | {step:.2f} | {1 / step:.2f} "
-                      f"| {mem['peer'] / 2**20:.0f} | {peak:.2f} "
-                      f"| {best['lora'] / best['lora full head']:.2f}, {mem['lora'] / mem['lora full head']:.2f} "
-                      f"| {full} | {dloss:.1e} |")
+                full = (
+                    f"{best['full'] / best['full full head']:.2f}, {mem['full'] / mem['full full head']:.2f}"
+                    if args.peer_full
+                    else "-"
+                )
+                print(
+                    f"| {name} {shape['n_layer']}x{shape['n_embd']} V{shape['vocab_size']} | {dtype} | {kind} {B}x{T} "
+                    f"| {n} | {1e3 * best['peer']:.0f} | {1e3 * best['lora']:.0f} | {step:.2f} | {1 / step:.2f} "
+                    f"| {mem['peer'] / 2**20:.0f} | {peak:.2f} "
+                    f"| {best['lora'] / best['lora full head']:.2f}, {mem['lora'] / mem['lora full head']:.2f} "
+                    f"| {full} | {dloss:.1e} |"
+                )
                 sys.stdout.flush()
     print("\n| target (ours / peer) | model | dtype | measured | |")
     print("|---|---|---|---:|---|")
@@ -360,7 +456,8 @@ def bench_peer(args):
         for name, dtype, k, step, peak in results:
             if k == kind:
                 v = step if what == "step" else peak
-                print(f"| {kind} {what} <= {limit:.2f} | {name} | {dtype} | {v:.2f} | {'met' if v <= limit else 'MISSED'} |")
+                met = 'met' if v <= limit else 'MISSED'
+                print(f"| {kind} {what} <= {limit:.2f} | {name} | {dtype} | {v:.2f} | {met} |")
 
 
 # --- analyze.py's speed: spectra and intruders of synthetic GPT-2-small-shaped updates (target <= 10 s)
@@ -372,16 +469,42 @@ def spectra_inputs(n_layer=12, d=768, rel=0.05, seed=0):
     g = torch.Generator().manual_seed(seed)
     rnd = lambda *s: torch.randn(*s, generator=g)
     orth = lambda: torch.linalg.qr(rnd(d, d)).Q
-    base = {f"transformer.h.{i}.{kind}": (orth() * torch.arange(1, d + 1).float() ** -0.6) @ orth().T
-            for i in range(n_layer) for kind in ("attn.q", "attn.v")}
+    base = {
+        f"transformer.h.{i}.{kind}": (orth() * torch.arange(1, d + 1).float() ** -0.6) @ orth().T
+        for i in range(n_layer)
+        for kind in ("attn.q", "attn.v")
+    }
     fit = lambda W0, B, A: (B * (rel * W0.norm() / (B @ A).norm()), A)
-    ranks = {"lora": 8, "multilora": 24, "nola": 8, "cat": 16}   # multilora: 3 modules of rank 8; cat: 2 LoRAs
-    params = {"lora": 8 * 2 * d, "multilora": 24 * 2 * d + 3, "nola": 64 + 64, "cat": 2}   # per matrix
-    runs = [{"label": m, "method": m, "trainable_params": len(base) * params[m],
-             "updates": {n: fit(W0, rnd(d, r), rnd(r, d)) for n, W0 in base.items()}} for m, r in ranks.items()]
+    ranks = {
+        "lora": 8,
+        "multilora": 24,
+        "nola": 8,
+        "cat": 16,
+    }  # multilora: 3 modules of rank 8; cat: 2 LoRAs
+    params = {
+        "lora": 8 * 2 * d,
+        "multilora": 24 * 2 * d + 3,
+        "nola": 64 + 64,
+        "cat": 2,
+    }  # per matrix
+    runs = [
+        {
+            "label": m,
+            "method": m,
+            "trainable_params": len(base) * params[m],
+            "updates": {n: fit(W0, rnd(d, r), rnd(r, d)) for n, W0 in base.items()},
+        }
+        for m, r in ranks.items()
+    ]
     dense = {n: rnd(d, d) + rnd(d, 4) @ rnd(4, d) for n in base}
-    runs.append({"label": "full", "method": "full", "trainable_params": 124_439_808,   # GPT-2 small
-                 "updates": {n: dW * (rel * base[n].norm() / dW.norm()) for n, dW in dense.items()}})
+    runs.append(
+        {
+            "label": "full",
+            "method": "full",
+            "trainable_params": 124_439_808,  # GPT-2 small
+            "updates": {n: dW * (rel * base[n].norm() / dW.norm()) for n, dW in dense.items()},
+        }
+    )
     return base, runs
 
 
@@ -391,34 +514,57 @@ def bench_spectra(n_layer=12, d=768, rel=0.05, seed=0, float64=False):
     result = analyze.analyze(base, runs, float64=float64)
     t = result["settings"]
     print(analyze.format_table(result))
-    print(f"\nspectra: {len(base)} matrices ({n_layer} layers x q,v, {d}x{d}) x {len(runs)} methods, "
-          f"|ΔW|/|W0| = {rel}, intruders included: {t['seconds']:.2f} s wall, {t['cpu_seconds']:.2f} s CPU, "
-          f"{torch.get_num_threads()} thread(s) ({'float64' if float64 else 'float32'}; target <= 10 s)")
+    print(
+        f"\nspectra: {len(base)} matrices ({n_layer} layers x q,v, {d}x{d}) x {len(runs)} methods, "
+        f"|ΔW|/|W0| = {rel}, intruders included: {t['seconds']:.2f} s wall, {t['cpu_seconds']:.2f} s CPU, "
+        f"{torch.get_num_threads()} thread(s) ({'float64' if float64 else 'float32'}; target <= 10 s)"
+    )
     return result
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--models", default="small,gpt2", help="comma list of: small, gpt2")
-    p.add_argument("--steps", type=int, default=5, help="timed steps per method (after one warm-up)")
-    p.add_argument("--r", type=int, default=12, help="LoRA rank R (MultiLoRA: n=3 of R/3; CAT: 3 LoRAs of R/3)")
+    p.add_argument(
+        "--steps", type=int, default=5, help="timed steps per method (after one warm-up)"
+    )
+    p.add_argument(
+        "--r", type=int, default=12, help="LoRA rank R (MultiLoRA: n=3 of R/3; CAT: 3 LoRAs of R/3)"
+    )
     p.add_argument("--nola_k", type=int, default=64, help="NOLA k = l (train.py's default)")
     p.add_argument("--block", type=int, default=128, help="sequence length T")
     p.add_argument("--batch_small", type=int, default=8, help="batch of the small model")
     p.add_argument("--batch_gpt2", type=int, default=1, help="batch of the GPT-2-small shape")
     p.add_argument("--targets", default="attn.q,attn.v", help="modules the adapters wrap")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
-    p.add_argument("--clock", default="cpu", choices=["cpu", "wall"], help="process CPU time or wall-clock")
-    p.add_argument("--peer", action="store_true",
-                   help="compare LoRA with HF transformers + PEFT instead (small: B 32, T 128; gpt2: B 2, T 256)")
+    p.add_argument(
+        "--clock", default="cpu", choices=["cpu", "wall"], help="process CPU time or wall-clock"
+    )
+    p.add_argument(
+        "--peer",
+        action="store_true",
+        help="compare LoRA with HF transformers + PEFT instead (small: B 32, T 128; gpt2: B 2, T 256)",
+    )
     p.add_argument("--r_peer", type=int, default=8, help="--peer: LoRA rank of both")
-    p.add_argument("--peer_dtypes", default="float32,bfloat16", help="--peer: comma list (bfloat16 = autocast)")
-    p.add_argument("--prompt_share", type=float, default=0.7, help="--peer: share of prompt tokens (no loss)")
-    p.add_argument("--peer_full", type=int, default=1, help="--peer: 1 adds full fine-tuning before/after rows")
-    p.add_argument("--spectra", action="store_true",
-                   help="time analyze.py's spectra and intruders on GPT-2-small-shaped updates instead (target 10 s)")
-    p.add_argument("--spectra_float64", action="store_true", help="--spectra: decompositions in float64")
+    p.add_argument(
+        "--peer_dtypes", default="float32,bfloat16", help="--peer: comma list (bfloat16 = autocast)"
+    )
+    p.add_argument(
+        "--prompt_share", type=float, default=0.7, help="--peer: share of prompt tokens (no loss)"
+    )
+    p.add_argument(
+        "--peer_full", type=int, default=1, help="--peer: 1 adds full fine-tuning before/after rows"
+    )
+    p.add_argument(
+        "--spectra",
+        action="store_true",
+        help="time analyze.py's spectra and intruders on GPT-2-small-shaped updates instead (target 10 s)",
+    )
+    p.add_argument(
+        "--spectra_float64", action="store_true", help="--spectra: decompositions in float64"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.r % 3:
@@ -429,17 +575,26 @@ def main(argv=None):
         return
     if args.peer:
         bench_peer(args)
-        print(f"\n(total {time.time() - t0:.0f} s; CPU timings are noisy when other processes share the cores)")
+        print(
+            f"\n(total {time.time() - t0:.0f} s; CPU timings are noisy when other processes share the cores)"
+        )
         return
     for name in args.models.split(","):
         if name == "small":  # train.py's default model on the world tokenizer (1024 tokens)
             cfg = GPTConfig(n_layer=4, n_head=4, n_embd=256, block_size=256, vocab_size=1024)
             bench_model("default small model", cfg, args.batch_small, args)
         elif name == "gpt2":
-            bench_model("GPT-2-small shape", GPTConfig(block_size=1024, vocab_size=50257), args.batch_gpt2, args)
+            bench_model(
+                "GPT-2-small shape",
+                GPTConfig(block_size=1024, vocab_size=50257),
+                args.batch_gpt2,
+                args,
+            )
         else:
             raise SystemExit(f"unknown model {name!r}: use small and/or gpt2")
-    print(f"\n(total {time.time() - t0:.0f} s; CPU timings are noisy when other processes share the cores)")
+    print(
+        f"\n(total {time.time() - t0:.0f} s; CPU timings are noisy when other processes share the cores)"
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ All three end answers with <|endoftext|>, the only special token.
 Files the project writes (data/world.tiktoken, the world's folder, token caches) are checked when
 read and rebuilt when damaged; files a user gives get a one-line error naming the file.
 """
+
 import collections
 import hashlib
 import json
@@ -22,8 +23,8 @@ import sys
 import time
 
 import numpy as np
-import torch
 import tiktoken
+import torch
 
 from sources import world
 from sources.files import read_alpaca, read_e2e, read_source  # noqa: F401 (the readers stay data.read_*)
@@ -35,7 +36,12 @@ EOT = '<|endoftext|>'
 # GPT-2's split pattern, except that digits come one at a time so that arithmetic sees digits
 PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
-FILE_DATASETS = ('text', 'shakespeare', 'alpaca', 'e2e')  # read from a file: get_dataset's path= (train.py's data_path)
+FILE_DATASETS = (
+    'text',
+    'shakespeare',
+    'alpaca',
+    'e2e',
+)  # read from a file: get_dataset's path= (train.py's data_path)
 DATASETS = {  # name -> what get_dataset(name, ...) gives; python data.py prints this list
     'world': "the world's pretraining corpus, a plain token stream (nanoGPT .bin)",
     'mixture': 'the 12 instruction tasks of 3 families (MultiLoRA-style heterogeneous mixture)',
@@ -71,13 +77,20 @@ def get_tokenizer(name='world'):
             enc = tiktoken.get_encoding('gpt2')
         except Exception as e:
             import tempfile
-            cache = os.environ.get('TIKTOKEN_CACHE_DIR') or os.path.join(tempfile.gettempdir(), 'data-gym-cache')
-            raise ValueError(f"tiktoken could not load 'gpt2' ({type(e).__name__}; offline?): run "
-                             f"tiktoken.get_encoding('gpt2') once with network, then copy its cache folder to "
-                             f"{cache} (or point TIKTOKEN_CACHE_DIR at it)") from None
+
+            cache = os.environ.get('TIKTOKEN_CACHE_DIR') or os.path.join(
+                tempfile.gettempdir(), 'data-gym-cache'
+            )
+            raise ValueError(
+                f"tiktoken could not load 'gpt2' ({type(e).__name__}; offline?): run "
+                f"tiktoken.get_encoding('gpt2') once with network, then copy its cache folder to "
+                f"{cache} (or point TIKTOKEN_CACHE_DIR at it)"
+            ) from None
     elif name in ('world', 'world-bytes'):
         ranks = world.tokenizer_ranks() if name == 'world' else {bytes([i]): i for i in range(256)}
-        enc = tiktoken.Encoding(name, pat_str=PAT, mergeable_ranks=ranks, special_tokens={EOT: len(ranks)})
+        enc = tiktoken.Encoding(
+            name, pat_str=PAT, mergeable_ranks=ranks, special_tokens={EOT: len(ranks)}
+        )
     else:
         raise ValueError(f"unknown tokenizer {name!r}: use 'world', 'world-bytes' or 'gpt2'")
     _TOKENIZERS[name] = enc
@@ -87,13 +100,14 @@ def get_tokenizer(name='world'):
 # -----------------------------------------------------------------------------------------------
 # token streams (nanoGPT .bin + meta.json)
 
+
 def write_stream(folder, text, enc, tok_name, val_frac=0.05, docs=False):
     """Tokenise text into train.bin / val.bin (uint16, or uint32 for big vocabularies) + meta.json.
     docs=True: every line is a document, ended by the end-of-text token instead of its newline."""
     os.makedirs(folder, exist_ok=True)
     lines = text.splitlines(keepends=True)
     cut = len(lines) - max(1, int(len(lines) * val_frac))
-    dtype = np.uint16 if enc.n_vocab < 2 ** 16 else np.uint32
+    dtype = np.uint16 if enc.n_vocab < 2**16 else np.uint32
     meta = dict(tokenizer=tok_name, vocab_size=enc.n_vocab, dtype=np.dtype(dtype).name, tokens={})
     h = hashlib.sha256(tok_name.encode())
     for split, part in (('train', lines[:cut]), ('val', lines[cut:])):
@@ -155,32 +169,45 @@ def read_meta(folder, tok_name):
     with open(path) as f:
         meta = json.load(f)
     if meta.get('tokenizer') != tok_name:
-        raise ValueError(f"{folder} was tokenised with {meta.get('tokenizer')!r} but tokenizer {tok_name!r} was "
-                         f"requested: delete {folder} to re-tokenise, or pass tokenizer={meta.get('tokenizer')!r}")
+        raise ValueError(
+            f"{folder} was tokenised with {meta.get('tokenizer')!r} but tokenizer {tok_name!r} was "
+            f"requested: delete {folder} to re-tokenise, or pass tokenizer={meta.get('tokenizer')!r}"
+        )
     return meta
 
 
 class StreamDataset:
     """A plain token stream: random block_size windows, every position a target (nanoGPT)."""
+
     tasks = []
 
     def __init__(self, folder, block_size, enc, tok_name):
         self.meta = read_meta(folder, tok_name)
         if self.meta['vocab_size'] != enc.n_vocab:
-            raise ValueError(f"{folder}/meta.json says vocab_size={self.meta['vocab_size']} but tokenizer "
-                             f"{tok_name!r} has {enc.n_vocab}: delete {folder} to re-tokenise")
+            raise ValueError(
+                f"{folder}/meta.json says vocab_size={self.meta['vocab_size']} but tokenizer "
+                f"{tok_name!r} has {enc.n_vocab}: delete {folder} to re-tokenise"
+            )
         self.folder, self.block_size, self.tokenizer = folder, block_size, enc
         self.vocab_size, self.stop_token = enc.n_vocab, None
         self.fingerprint = self.meta['fingerprint']
 
     def get_batch(self, split, batch_size, generator=None):
         # re-open the memmap every batch to avoid a memory leak (as nanoGPT does)
-        data = np.memmap(os.path.join(self.folder, f'{split}.bin'), dtype=self.meta['dtype'], mode='r')
+        data = np.memmap(
+            os.path.join(self.folder, f'{split}.bin'), dtype=self.meta['dtype'], mode='r'
+        )
         if len(data) <= self.block_size:
-            raise ValueError(f'{self.folder}/{split}.bin has {len(data)} tokens, fewer than block_size+1')
+            raise ValueError(
+                f'{self.folder}/{split}.bin has {len(data)} tokens, fewer than block_size+1'
+            )
         ix = torch.randint(len(data) - self.block_size, (batch_size,), generator=generator).tolist()
-        x = torch.stack([torch.from_numpy(data[i:i + self.block_size].astype(np.int64)) for i in ix])
-        y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + self.block_size].astype(np.int64)) for i in ix])
+        x = torch.stack(
+            [torch.from_numpy(data[i : i + self.block_size].astype(np.int64)) for i in ix]
+        )
+        y = torch.stack(
+            [torch.from_numpy(data[i + 1 : i + 1 + self.block_size].astype(np.int64)) for i in ix]
+        )
         return x, y
 
     def evaluate(self, model, split='val', max_items=None, batch_size=64):
@@ -190,8 +217,10 @@ class StreamDataset:
         model.eval()
         dev = model_device(model)  # batches are built on the CPU; the model may sit on a GPU
         with torch.no_grad():
-            losses = [model(*(t.to(dev) for t in self.get_batch(split, batch_size, g)))[1].item()
-                      for _ in range(max_items or 50)]
+            losses = [
+                model(*(t.to(dev) for t in self.get_batch(split, batch_size, g)))[1].item()
+                for _ in range(max_items or 50)
+            ]
         model.train(was_training)
         loss = sum(losses) / len(losses)
         return {'avg': {'acc': float('nan'), 'loss': loss, 'n': len(losses) * batch_size}}
@@ -207,9 +236,13 @@ class InstructDataset:
     """Prompt/answer items of several tasks. get_batch pads each batch to its longest item (not to
     block_size: items are short, and eval prompts see no other item in context either)."""
 
-    def __init__(self, items, block_size, enc, tok_name, train_tasks, eval_tasks=None, mix='uniform'):
+    def __init__(
+        self, items, block_size, enc, tok_name, train_tasks, eval_tasks=None, mix='uniform'
+    ):
         if mix not in ('uniform', 'proportional'):
-            raise ValueError(f"mix={mix!r}: use 'uniform' (each task equally often) or 'proportional' (by size)")
+            raise ValueError(
+                f"mix={mix!r}: use 'uniform' (each task equally often) or 'proportional' (by size)"
+            )
         self.tokenizer, self.block_size, self.vocab_size = enc, block_size, enc.n_vocab
         self.stop_token, self.mix = enc.eot_token, mix
         self.train_tasks, self.tasks = list(train_tasks), list(eval_tasks or train_tasks)
@@ -218,9 +251,15 @@ class InstructDataset:
         h = hashlib.sha256(tok_name.encode())
         for t in sorted(self.text):
             self.data[t] = {}
-            for split, pairs in self.text[t].items():  # an empty question: plain text, loss on every token
-                ps = [[self.stop_token] if not q else p for (q, _), p in
-                      zip(pairs, enc.encode_ordinary_batch([PROMPT.format(q=q) for q, _ in pairs]))]
+            for split, pairs in self.text[
+                t
+            ].items():  # an empty question: plain text, loss on every token
+                ps = [
+                    [self.stop_token] if not q else p
+                    for (q, _), p in zip(
+                        pairs, enc.encode_ordinary_batch([PROMPT.format(q=q) for q, _ in pairs])
+                    )
+                ]
                 ans = enc.encode_ordinary_batch([' ' + a if q else a for q, a in pairs])
                 self.data[t][split] = [(p, a + [self.stop_token]) for p, a in zip(ps, ans)]
                 h.update(json.dumps([t, split, ps, ans]).encode())
@@ -230,16 +269,20 @@ class InstructDataset:
         """(x, y) for a list of (prompt, answer): y is the next token on answer positions, -1 elsewhere."""
         rows = []
         for p, a in pairs:
-            a = a[:self.block_size]  # keep at least one prompt token; crop long prompts from the left
-            p = p[max(0, len(p) + len(a) - 1 - self.block_size):]
+            a = a[
+                : self.block_size
+            ]  # keep at least one prompt token; crop long prompts from the left
+            p = p[max(0, len(p) + len(a) - 1 - self.block_size) :]
             rows.append((p + a, len(p)))
         T = max(len(s) for s, _ in rows) - 1
         x = torch.full((len(rows), T), self.stop_token, dtype=torch.long)
         y = torch.full((len(rows), T), -1, dtype=torch.long)
         for i, (s, n_p) in enumerate(rows):
-            s = torch.tensor(s[:T + 1])
-            x[i, :len(s) - 1] = s[:-1]
-            y[i, n_p - 1:len(s) - 1] = s[n_p:]  # the token after the last prompt token is the first answer token
+            s = torch.tensor(s[: T + 1])
+            x[i, : len(s) - 1] = s[:-1]
+            y[i, n_p - 1 : len(s) - 1] = s[
+                n_p:
+            ]  # the token after the last prompt token is the first answer token
         return x, y
 
     def get_batch(self, split, batch_size, generator=None):
@@ -250,7 +293,10 @@ class InstructDataset:
             pairs = [ps[torch.randint(len(ps), (1,), generator=generator).item()] for ps in pairs]
         else:
             pool = [p for t in tasks for p in self.data[t][split]]
-            pairs = [pool[i] for i in torch.randint(len(pool), (batch_size,), generator=generator).tolist()]
+            pairs = [
+                pool[i]
+                for i in torch.randint(len(pool), (batch_size,), generator=generator).tolist()
+            ]
         return self.collate(pairs)
 
     @torch.no_grad()
@@ -264,22 +310,38 @@ class InstructDataset:
             items = self.data[t][split][:max_items]
             nll = n_tok = 0.0
             for i in range(0, len(items), batch_size):
-                x, y = self.collate(items[i:i + batch_size])
-                logits, _ = model(x.to(dev))  # full (B, T, V) logits: model(x, y) returns them only where y counts
-                nll += torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)),
-                                                         y.to(dev).reshape(-1), ignore_index=-1, reduction='sum').item()
+                x, y = self.collate(items[i : i + batch_size])
+                logits, _ = model(
+                    x.to(dev)
+                )  # full (B, T, V) logits: model(x, y) returns them only where y counts
+                nll += torch.nn.functional.cross_entropy(
+                    logits.float().reshape(-1, logits.size(-1)),
+                    y.to(dev).reshape(-1),
+                    ignore_index=-1,
+                    reduction='sum',
+                ).item()
                 n_tok += (y != -1).sum().item()
-            if all(p == [self.stop_token] for p, _ in items):  # plain text: a loss, no answer to match
+            if all(
+                p == [self.stop_token] for p, _ in items
+            ):  # plain text: a loss, no answer to match
                 out[t] = {'loss': nll / max(n_tok, 1), 'n': len(items)}
                 continue
             max_new = min(max(len(a) for _, a in items), self.block_size // 2)
             preds = self.generate(model, [p for p, _ in items], max_new, batch_size)
-            correct = exact_matches(preds, [a for _, a in items], self.stop_token)  # per item, in item order
-            out[t] = {'acc': sum(correct) / max(len(correct), 1), 'loss': nll / max(n_tok, 1), 'n': len(items),
-                      'correct': correct}
+            correct = exact_matches(
+                preds, [a for _, a in items], self.stop_token
+            )  # per item, in item order
+            out[t] = {
+                'acc': sum(correct) / max(len(correct), 1),
+                'loss': nll / max(n_tok, 1),
+                'n': len(items),
+                'correct': correct,
+            }
         model.train(was_training)
-        out['avg'] = {k: sum(r[k] for r in out.values() if k in r) / max(sum(k in r for r in out.values()), 1)
-                      for k in ('acc', 'loss')}
+        out['avg'] = {
+            k: sum(r[k] for r in out.values() if k in r) / max(sum(k in r for r in out.values()), 1)
+            for k in ('acc', 'loss')
+        }
         out['avg']['n'] = sum(r['n'] for r in out.values() if 'n' in r)
         return out
 
@@ -292,8 +354,8 @@ class InstructDataset:
         for n, idx in sorted(by_len.items()):
             keep = min(n, self.block_size - max_new)  # left-crop prompts that would not fit
             for j in range(0, len(idx), batch_size):
-                rows = idx[j:j + batch_size]
-                x = torch.tensor([prompts[i][n - keep:] for i in rows], dtype=torch.long)
+                rows = idx[j : j + batch_size]
+                x = torch.tensor([prompts[i][n - keep :] for i in rows], dtype=torch.long)
                 x = x.to(model_device(model))
                 y = model.generate(x, max_new, temperature=0.0, stop_token=self.stop_token)
                 for i, row in zip(rows, y[:, keep:].tolist()):
@@ -310,7 +372,7 @@ def model_device(model):
 
 
 def cut_at(ids, stop):
-    return ids[:ids.index(stop)] if stop in ids else ids
+    return ids[: ids.index(stop)] if stop in ids else ids
 
 
 def exact_matches(preds, answers, stop):
@@ -318,7 +380,10 @@ def exact_matches(preds, answers, stop):
     that never stops is wrong). Kept per item so that comparisons can be paired item by item."""
     if len(preds) != len(answers):
         raise ValueError(f'{len(preds)} predictions for {len(answers)} answers')
-    return [int(stop in p and cut_at(list(p), stop) == cut_at(list(a), stop)) for p, a in zip(preds, answers)]
+    return [
+        int(stop in p and cut_at(list(p), stop) == cut_at(list(a), stop))
+        for p, a in zip(preds, answers)
+    ]
 
 
 def accuracy(preds, answers, stop):
@@ -335,11 +400,15 @@ def format_results(results):
             continue
         if 'acc' in r:  # plain text has a loss only
             fam[TASK_FAMILY.get(t, '-')].append(r)
-        lines.append(f"{t:<16}{TASK_FAMILY.get(t, '-'):<15}{r.get('acc', float('nan')):>7.3f}{r['loss']:>8.3f}{r['n']:>6}")
+        lines.append(
+            f"{t:<16}{TASK_FAMILY.get(t, '-'):<15}{r.get('acc', float('nan')):>7.3f}{r['loss']:>8.3f}{r['n']:>6}"
+        )
     if len(fam) > 1:
         for f, rs in fam.items():
-            lines.append(f"{'mean':<16}{f:<15}{sum(r['acc'] for r in rs) / len(rs):>7.3f}"
-                         f"{sum(r['loss'] for r in rs) / len(rs):>8.3f}{sum(r['n'] for r in rs):>6}")
+            lines.append(
+                f"{'mean':<16}{f:<15}{sum(r['acc'] for r in rs) / len(rs):>7.3f}"
+                f"{sum(r['loss'] for r in rs) / len(rs):>8.3f}{sum(r['n'] for r in rs):>6}"
+            )
     a = results['avg']
     lines.append(f"{'avg':<16}{'':<15}{a['acc']:>7.3f}{a['loss']:>8.3f}{a['n']:>6}")
     return '\n'.join(lines)
@@ -348,14 +417,19 @@ def format_results(results):
 # -----------------------------------------------------------------------------------------------
 # the world on disk, and get_dataset
 
+
 def build_world(data_dir='data', seed=1337, tokenizer='world', **opts):
     """world.write_world (corpus.txt, world.json, tasks.json), then its corpus as a token stream in
     <folder>/<tokenizer>/ (train.bin, val.bin, meta.json), written again when missing or damaged."""
     folder = world.write_world(data_dir, seed, **opts)
+
     def corpus():
         with open(os.path.join(folder, 'corpus.txt')) as f:
             return f.read()
-    write_stream_once(os.path.join(folder, tokenizer), corpus, get_tokenizer(tokenizer), tokenizer, docs=True)
+
+    write_stream_once(
+        os.path.join(folder, tokenizer), corpus, get_tokenizer(tokenizer), tokenizer, docs=True
+    )
     return folder
 
 
@@ -381,25 +455,36 @@ def get_dataset(name, block_size, tokenizer=None, data_dir='data', seed=1337, **
         src = read_source(name, data_dir, seed, **opts)
         if isinstance(src, dict):
             return InstructDataset({name: src}, block_size, enc, tok_name, [name], None, mix)
-        folder = os.path.join(data_dir, f'{name}-{hashlib.sha256(src.encode()).hexdigest()[:16]}', tok_name)
-        write_stream_once(folder, lambda: src, enc, tok_name, val_frac=0.1)  # one cache per file content
+        folder = os.path.join(
+            data_dir, f'{name}-{hashlib.sha256(src.encode()).hexdigest()[:16]}', tok_name
+        )
+        write_stream_once(
+            folder, lambda: src, enc, tok_name, val_frac=0.1
+        )  # one cache per file content
         return StreamDataset(folder, block_size, enc, tok_name)
     folder = build_world(data_dir, seed, tok_name, **opts)
     if name == 'world':
         return StreamDataset(os.path.join(folder, tok_name), block_size, enc, tok_name)
     items = read_tasks(folder) or read_tasks(build_world(data_dir, seed, tok_name, **opts))
-    train, evals = {'mixture': (MIXTURE, None), 'skill1': ([SKILL1], None), 'skill2': ([SKILL2], None),
-                    'skills': ([SKILL1, SKILL2], None),
-                    'composite': ([COMPOSITE], [SKILL1, SKILL2, COMPOSITE]), 'manual': (['manual'], None),
-                    'known_qa': (['known_qa'], None), 'manual_qa': (['manual_qa'], ['known_qa', 'manual_qa']),
-                    'manual_mix': (['manual', 'known_qa'], ['known_qa', 'manual_qa']),
-                    'manual_mix_qa': (['manual', 'known_qa', 'manual_qa'], ['known_qa', 'manual_qa']),
-                    'manual_upper': (['manual', 'manual_qa_ample'], ['known_qa', 'manual_qa'])}.get(name, (None, None))
+    train, evals = {
+        'mixture': (MIXTURE, None),
+        'skill1': ([SKILL1], None),
+        'skill2': ([SKILL2], None),
+        'skills': ([SKILL1, SKILL2], None),
+        'composite': ([COMPOSITE], [SKILL1, SKILL2, COMPOSITE]),
+        'manual': (['manual'], None),
+        'known_qa': (['known_qa'], None),
+        'manual_qa': (['manual_qa'], ['known_qa', 'manual_qa']),
+        'manual_mix': (['manual', 'known_qa'], ['known_qa', 'manual_qa']),
+        'manual_mix_qa': (['manual', 'known_qa', 'manual_qa'], ['known_qa', 'manual_qa']),
+        'manual_upper': (['manual', 'manual_qa_ample'], ['known_qa', 'manual_qa']),
+    }.get(name, (None, None))
     if train is None and name.startswith('task:') and name[5:] in items:
         train = [name[5:]]
     if train is None:
-        raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)} "
-                         f"(task:<{'|'.join(items)}>)")
+        raise ValueError(
+            f"unknown dataset {name!r}: use one of {', '.join(DATASETS)} (task:<{'|'.join(items)}>)"
+        )
     return InstructDataset(items, block_size, enc, tok_name, train, evals, mix)
 
 
@@ -418,23 +503,29 @@ def main(argv):
     ds = get_dataset('mixture', 256)
     meta = read_meta(os.path.join(folder, 'world'), 'world')
     corpus = os.path.getsize(os.path.join(folder, 'corpus.txt'))
-    print(f"{folder} ready in {time.time() - t0:.1f}s: corpus {corpus / 1e6:.2f} MB, "
-          f"{meta['tokens']['train']:,} train + {meta['tokens']['val']:,} val tokens "
-          f"({corpus / sum(meta['tokens'].values()):.2f} bytes/token), tokenizer 'world' with {enc.n_vocab} ids")
+    print(
+        f"{folder} ready in {time.time() - t0:.1f}s: corpus {corpus / 1e6:.2f} MB, "
+        f"{meta['tokens']['train']:,} train + {meta['tokens']['val']:,} val tokens "
+        f"({corpus / sum(meta['tokens'].values()):.2f} bytes/token), tokenizer 'world' with {enc.n_vocab} ids"
+    )
     print(f'\ndatasets ({len(DATASETS)}; train.py --dataset=NAME, data.get_dataset(NAME, ...)):')
     for name, what in DATASETS.items():
         print(f'  {name:<15}{what}')
     items = read_tasks(folder)
     spare = [t for t in items if TASK_FAMILY[t] == 'knowledge' and t not in MIXTURE]
-    print(f"\ntasks ({len(items)}: the mixture's {len(MIXTURE)}, the spare {', '.join(spare)} (*), the "
-          f"{len(FAMILIES['skills'])} skill and {len(FAMILIES['manual'])} manual tasks; --dataset=task:NAME picks one)")
+    print(
+        f"\ntasks ({len(items)}: the mixture's {len(MIXTURE)}, the spare {', '.join(spare)} (*), the "
+        f"{len(FAMILIES['skills'])} skill and {len(FAMILIES['manual'])} manual tasks; --dataset=task:NAME picks one)"
+    )
     print(f"{'task':<16}{'family':<15}{'train':>6}{'val':>6}{'test':>6}  example")
     for t, sp in items.items():
         q, a = sp['test'][0]
         sizes = ''.join(f"{len(sp[s]):>6}" for s in ('train', 'val', 'test'))
         print(f"{t:<16}{TASK_FAMILY[t] + (' *' if t in spare else ''):<15}{sizes}  {q!r} -> {a!r}")
     x, y = ds.get_batch('train', 1, torch.Generator().manual_seed(0))
-    print(f"a training row: {enc.decode(x[0].tolist())!r}; its labels: {enc.decode(y[0][y[0] != -1].tolist())!r}")
+    print(
+        f"a training row: {enc.decode(x[0].tolist())!r}; its labels: {enc.decode(y[0][y[0] != -1].tolist())!r}"
+    )
 
 
 if __name__ == '__main__':

@@ -11,6 +11,7 @@ A single-file GPT-2, in the spirit of karpathy/nanoGPT, with two changes for ada
 
 References: GPT-2 (Radford et al. 2019); nanoGPT for the layout and the MFU estimate.
 """
+
 import hashlib
 import math
 from dataclasses import dataclass
@@ -26,7 +27,9 @@ from formats.huggingface import convert_hf_gpt2, read_hf_gpt2
 @dataclass
 class GPTConfig:
     block_size: int = 1024
-    vocab_size: int = 50304  # GPT-2's 50257, padded up to a multiple of 64 when training from scratch
+    vocab_size: int = (
+        50304  # GPT-2's 50257, padded up to a multiple of 64 when training from scratch
+    )
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
@@ -35,7 +38,6 @@ class GPTConfig:
 
 
 class CausalSelfAttention(nn.Module):
-
     def __init__(self, config):
         super().__init__()
         if config.n_embd % config.n_head != 0:
@@ -61,8 +63,9 @@ class CausalSelfAttention(nn.Module):
                 v = torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v
         if k.size(2) == T:  # no past: the usual causal mask
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                               dropout_p=self.dropout if self.training else 0.0)
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            )
         else:  # T new queries after P cached keys: query i sees keys 0 .. P+i
             P = k.size(2) - T
             mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)
@@ -72,7 +75,6 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
@@ -99,20 +101,21 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-
     def __init__(self, config):
         super().__init__()
         for f in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(config, f) <= 0:
                 raise ValueError(f"GPTConfig.{f} must be positive, got {getattr(config, f)}")
         self.config = config
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
-            drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
-        ))
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            )
+        )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # weight tying (Press & Wolf 2017), as GPT-2. An adapter on lm_head would therefore also
         # change the input embedding: adapters.py refuses to target it.
@@ -147,9 +150,13 @@ class GPT(nn.Module):
         B, T = idx.size()
         past = 0 if not caches or caches[0].get("k") is None else caches[0]["k"].size(2)
         if past + T > self.config.block_size:
-            raise ValueError(f"sequence of length {past + T} is longer than block_size={self.config.block_size}")
+            raise ValueError(
+                f"sequence of length {past + T} is longer than block_size={self.config.block_size}"
+            )
         pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)  # (T,)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        x = self.transformer.drop(
+            self.transformer.wte(idx) + self.transformer.wpe(pos)
+        )  # (B, T, C)
         for i, block in enumerate(self.transformer.h):
             x = block(x, None if caches is None else caches[i])
         x = self.transformer.ln_f(x)
@@ -159,7 +166,9 @@ class GPT(nn.Module):
         # cross-entropy would cost as much there as at the answer: run both only where a target counts
         keep = targets.view(-1) != -1
         logits = self.lm_head(x.view(-1, x.size(-1))[keep])  # (N, vocab_size)
-        loss = F.cross_entropy(logits.float(), targets.view(-1)[keep], label_smoothing=label_smoothing)
+        loss = F.cross_entropy(
+            logits.float(), targets.view(-1)[keep], label_smoothing=label_smoothing
+        )
         return logits, loss
 
     @torch.no_grad()
@@ -168,7 +177,9 @@ class GPT(nn.Module):
         of equal length (no padding). Stops early once every row has emitted stop_token; a finished
         row then keeps emitting stop_token."""
         if idx.size(1) + max_new_tokens > self.config.block_size:
-            raise ValueError(f"prompt {idx.size(1)} + {max_new_tokens} new tokens exceeds block_size={self.config.block_size}")
+            raise ValueError(
+                f"prompt {idx.size(1)} + {max_new_tokens} new tokens exceeds block_size={self.config.block_size}"
+            )
         caches = [{} for _ in self.transformer.h]
         done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         logits, _ = self(idx, caches=caches)  # prefill the cache with the whole prompt
@@ -216,13 +227,19 @@ class GPT(nn.Module):
         once into a cache folder): formats/huggingface.py reads and converts them."""
         args, sd_hf = read_hf_gpt2(name_or_dir)
         config = GPTConfig(**args, dropout=dropout, bias=True)
-        with torch.device("meta"):  # shapes only: no random init that the file's weights would overwrite
+        with torch.device(
+            "meta"
+        ):  # shapes only: no random init that the file's weights would overwrite
             model = cls(config)
         # each weight is copied once from the file into its own fp32 tensor, and its mapping dropped
         model.load_state_dict(convert_hf_gpt2(sd_hf, config.n_layer, consume=True), assign=True)
-        model.transformer.wte.weight = model.lm_head.weight  # assign=True replaced both: tie them again
+        model.transformer.wte.weight = (
+            model.lm_head.weight
+        )  # assign=True replaced both: tie them again
         if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
-            raise RuntimeError("from_pretrained left a tensor on the meta device: give it a value here")
+            raise RuntimeError(
+                "from_pretrained left a tensor on the meta device: give it a value here"
+            )
         return model
 
 
@@ -230,14 +247,21 @@ def linear_names(model, patterns):
     """Names of the nn.Linear modules that `patterns` select ('attn.q,attn.v' or a list): a pattern, glob
     or not ('h.*.mlp.c_fc'), matches a full name or its tail after a dot. Every pattern must match a
     Linear: a typo is refused, never silently skipped. Adapters and analyze.py pick matrices with it."""
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)
-               and not n.endswith(".base")]  # an adapter's frozen inner Linear is not a target of its own
-    patterns = [p.strip() for p in (patterns.split(",") if isinstance(patterns, str) else patterns) if p.strip()]
+    linears = [
+        n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.endswith(".base")
+    ]  # an adapter's frozen inner Linear is not a target of its own
+    patterns = [
+        p.strip()
+        for p in (patterns.split(",") if isinstance(patterns, str) else patterns)
+        if p.strip()
+    ]
     if not patterns:
         raise ValueError("targets are empty: give module names like 'attn.q,attn.v'")
     matches = lambda name, p: fnmatchcase(name, p) or fnmatchcase(name, "*." + p)
     for p in patterns:
         if not any(matches(n, p) for n in linears):
-            raise ValueError(f"target {p!r} matches no nn.Linear in the model (names look like {linears[0]!r}; "
-                             f"give module names like 'attn.q,attn.v' or globs like 'h.*.mlp.c_fc')")
+            raise ValueError(
+                f"target {p!r} matches no nn.Linear in the model (names look like {linears[0]!r}; "
+                f"give module names like 'attn.q,attn.v' or globs like 'h.*.mlp.c_fc')"
+            )
     return [n for n in linears if any(matches(n, p) for p in patterns)]

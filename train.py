@@ -16,6 +16,7 @@ stops, unless it continues it (init_from='resume') or is told to replace it (ove
 resume the checkpoint's own config wins; the schedule and bookkeeping keys (RESUMABLE) given again
 are applied and printed, any other key given with another value than the checkpoint's is refused.
 """
+
 import ast
 import builtins
 import io
@@ -37,6 +38,7 @@ from formats.checkpoint import load_model, read_checkpoint, write_checkpoint
 from formats.huggingface import HF_MODELS
 from model import GPT, GPTConfig
 
+# fmt: off
 # -----------------------------------------------------------------------------
 # defaults: the embedded run pretrains a small base model on the synthetic world in a few CPU minutes
 # I/O
@@ -54,7 +56,7 @@ eval_max_items = 200     # per task; 0 = all
 dataset = 'world'        # a name data.get_dataset knows: 'world', 'mixture', 'skill1', ... (see data.py)
 tokenizer = 'world'      # 'world' (offline, owned by the project) | 'gpt2' (tiktoken)
 data_dir = 'data'        # where datasets are built and cached
-data_path = ''           # file or folder for the real-data datasets (text, shakespeare, alpaca, e2e); '' = data_dir/<name>/...
+data_path = ''           # file or folder of a real-data dataset (text, shakespeare, alpaca, e2e); '' = data_dir/<name>
 data_seed = 1337         # the synthetic world and its splits; `seed` below varies only init and batch order
 batch_size = 32          # sequences per micro-batch
 block_size = 128         # tokens per sequence (context length)
@@ -69,7 +71,7 @@ bias = True              # biases in Linears and LayerNorms, as GPT-2
 adapter = ''             # '' | 'lora' | 'multilora' | 'nola' | 'cat'
 adapter_targets = 'attn.q,attn.v'  # comma-separated module names or patterns (W_q and W_v, as the GPT-2 papers)
 cat_adapters = ''        # CAT: the skill LoRAs it composes, their train.py checkpoints, comma-separated
-# adapter options: <method>_<option> (lora_r, multilora_n, nola_k, cat_weights, ...), defaults from adapters.py's classes
+# adapter options: <method>_<option> (lora_r, nola_k, ...), defaults from adapters.py's classes
 globals().update(adapters.OPTIONS)
 # optimizer: AdamW, decay on matrices only
 learning_rate = 1e-3     # peak learning rate
@@ -90,16 +92,43 @@ compile = False          # torch.compile the model (worth it on a GPU, slow to s
 peak_flops = 0.0         # for the MFU column: the device's peak FLOP/s; 0 = A100 bf16 (312e12) on CUDA, none on CPU
 seed = 1337              # weight init, dropout and batch order
 # -----------------------------------------------------------------------------
-DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (bool, int, float, str))}
+# fmt: on
+DEFAULTS = {
+    k: v
+    for k, v in globals().items()
+    if not k.startswith('_') and isinstance(v, (bool, int, float, str))
+}
 
 
 # what may differ on resume: the schedule, evaluation, bookkeeping and where it runs. Any other key
 # (model shape, data, tokenizer, adapter, dtype, batch, seeds, ...) shapes what was trained, so a
 # resumed run keeps the checkpoint's value and refuses a different one.
-RESUMABLE = ('init_from', 'out_dir', 'overwrite', 'data_dir', 'data_path', 'max_iters', 'learning_rate',
-             'min_lr', 'warmup_iters', 'decay_lr', 'weight_decay', 'beta1', 'beta2', 'grad_clip',
-             'eval_interval', 'eval_iters', 'log_interval', 'always_save_checkpoint', 'final_eval', 'eval_split',
-             'eval_max_items', 'device', 'compile', 'peak_flops')
+RESUMABLE = (
+    'init_from',
+    'out_dir',
+    'overwrite',
+    'data_dir',
+    'data_path',
+    'max_iters',
+    'learning_rate',
+    'min_lr',
+    'warmup_iters',
+    'decay_lr',
+    'weight_decay',
+    'beta1',
+    'beta2',
+    'grad_clip',
+    'eval_interval',
+    'eval_iters',
+    'log_interval',
+    'always_save_checkpoint',
+    'final_eval',
+    'eval_split',
+    'eval_max_items',
+    'device',
+    'compile',
+    'peak_flops',
+)
 
 
 def given_options(argv):
@@ -146,11 +175,17 @@ def run_config_file(path):
     scope = {}
     try:
         with open(path, encoding='utf-8') as f:
-            exec(builtins.compile(f.read(), path, 'exec'), {}, scope)  # (the option `compile` hides the builtin)
+            exec(
+                builtins.compile(f.read(), path, 'exec'), {}, scope
+            )  # (the option `compile` hides the builtin)
     except SyntaxError as e:
-        raise ValueError(f"config file {path}, line {e.lineno}: {e.msg} (config files are plain Python assignments)") from None
+        raise ValueError(
+            f"config file {path}, line {e.lineno}: {e.msg} (config files are plain Python assignments)"
+        ) from None
     except Exception as e:
-        line = [fr.lineno for fr in traceback.extract_tb(e.__traceback__) if fr.filename == path] or ['?']
+        line = [
+            fr.lineno for fr in traceback.extract_tb(e.__traceback__) if fr.filename == path
+        ] or ['?']
         raise ValueError(f"config file {path}, line {line[-1]}: {type(e).__name__}: {e}") from None
     return {k: v for k, v in scope.items() if not k.startswith('_')}
 
@@ -158,13 +193,25 @@ def run_config_file(path):
 def check_options(cfg):
     """The checks that involve a key's value, not only its type."""
     if cfg['adapter'] not in ('', *adapters.METHODS):
-        raise ValueError(f"unknown adapter {cfg['adapter']!r}: choose '' (full training) or {', '.join(adapters.METHODS)}")
-    for k in ('batch_size', 'block_size', 'max_iters', 'gradient_accumulation_steps', 'eval_iters', 'log_interval', 'eval_interval'):
+        raise ValueError(
+            f"unknown adapter {cfg['adapter']!r}: choose '' (full training) or {', '.join(adapters.METHODS)}"
+        )
+    for k in (
+        'batch_size',
+        'block_size',
+        'max_iters',
+        'gradient_accumulation_steps',
+        'eval_iters',
+        'log_interval',
+        'eval_interval',
+    ):
         if cfg[k] <= 0:
             raise ValueError(f"option {k} must be positive, got {cfg[k]}")
     if cfg['data_path'] and cfg['dataset'] not in data.FILE_DATASETS:
-        raise ValueError(f"data_path is read by the {', '.join(data.FILE_DATASETS)} datasets only, not by "
-                         f"dataset={cfg['dataset']!r}")
+        raise ValueError(
+            f"data_path is read by the {', '.join(data.FILE_DATASETS)} datasets only, not by "
+            f"dataset={cfg['dataset']!r}"
+        )
     return cfg
 
 
@@ -179,7 +226,7 @@ def help_text():
     notes, sections = dict(adapters.OPTION_HELP), {}
     with open(__file__, encoding='utf-8') as f:
         source = f.read()
-    block = source[source.index('# I/O'):source.index('DEFAULTS = ')]
+    block = source[source.index('# I/O') : source.index('DEFAULTS = ')]
     key, section = None, None
     for tok in tokenize.generate_tokens(io.StringIO(block).readline):
         if tok.type == tokenize.NAME and tok.start[1] == 0:
@@ -203,7 +250,9 @@ def help_text():
 def pick_device_dtype(c):
     dev = c.device if c.device != 'auto' else 'cuda' if torch.cuda.is_available() else 'cpu'
     if dev.startswith('cuda') and not torch.cuda.is_available():
-        raise ValueError(f"device={dev!r} but torch sees no CUDA GPU here: pass --device=cpu (or auto)")
+        raise ValueError(
+            f"device={dev!r} but torch sees no CUDA GPU here: pass --device=cpu (or auto)"
+        )
     dt = c.dtype
     if dt == 'auto':
         if dev.startswith('cuda'):
@@ -214,7 +263,9 @@ def pick_device_dtype(c):
     if dt not in ('float32', 'bfloat16', 'float16'):
         raise ValueError(f"unknown dtype {dt!r}: choose auto, float32, bfloat16 or float16")
     if dt == 'bfloat16' and dev.startswith('cuda') and not torch.cuda.is_bf16_supported():
-        raise ValueError("this GPU has no bf16: pass --dtype=float16 (or auto), which trains with a GradScaler")
+        raise ValueError(
+            "this GPU has no bf16: pass --dtype=float16 (or auto), which trains with a GradScaler"
+        )
     return dev, dt
 
 
@@ -231,27 +282,50 @@ def lr_at(it, c):
 def build_model(c, ds, ckpt):
     """Returns (model, base_info). base_info names the weights a fine-tune or adapter run started from."""
     if c.init_from == 'scratch':
-        args = dict(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=c.block_size,
-                    bias=c.bias, vocab_size=ds.vocab_size, dropout=c.dropout)
+        args = dict(
+            n_layer=c.n_layer,
+            n_head=c.n_head,
+            n_embd=c.n_embd,
+            block_size=c.block_size,
+            bias=c.bias,
+            vocab_size=ds.vocab_size,
+            dropout=c.dropout,
+        )
         return GPT(GPTConfig(**args)), None
     if ckpt is not None and 'model' in ckpt:  # resuming a pretraining or full fine-tuning run
         model = GPT(GPTConfig(**ckpt['model_args']))
         model.load_state_dict(ckpt['model'])
         return model, ckpt.get('base')
-    base_path = ckpt['base']['path'] if ckpt is not None else c.init_from  # resuming an adapter run: its base
+    base_path = (
+        ckpt['base']['path'] if ckpt is not None else c.init_from
+    )  # resuming an adapter run: its base
     model, base_ckpt = load_model(base_path)
     # the tokenizer the base learned: a train.py checkpoint records it, GPT-2 by name is gpt2's, a directory can't say
-    trained_with = base_ckpt.get('data', {}).get('tokenizer') if base_ckpt else 'gpt2' if base_path in HF_MODELS else None
+    trained_with = (
+        base_ckpt.get('data', {}).get('tokenizer')
+        if base_ckpt
+        else 'gpt2'
+        if base_path in HF_MODELS
+        else None
+    )
     if trained_with and trained_with != c.tokenizer:
-        raise ValueError(f"the base at {base_path} was trained with tokenizer={trained_with!r} but this run uses "
-                         f"{c.tokenizer!r}: pass --tokenizer={trained_with}")
-    base = {'path': os.path.abspath(base_path) if os.path.exists(base_path) else base_path,
-            'fingerprint': model.fingerprint()}
+        raise ValueError(
+            f"the base at {base_path} was trained with tokenizer={trained_with!r} but this run uses "
+            f"{c.tokenizer!r}: pass --tokenizer={trained_with}"
+        )
+    base = {
+        'path': os.path.abspath(base_path) if os.path.exists(base_path) else base_path,
+        'fingerprint': model.fingerprint(),
+    }
     if ckpt is not None and ckpt['base']['fingerprint'] != base['fingerprint']:
-        raise ValueError(f"the base at {base_path} has changed since this adapter run began (fingerprint mismatch)")
+        raise ValueError(
+            f"the base at {base_path} has changed since this adapter run began (fingerprint mismatch)"
+        )
     if model.config.vocab_size < ds.vocab_size:
-        raise ValueError(f"model vocabulary {model.config.vocab_size} < dataset vocabulary {ds.vocab_size}: "
-                         "the data was tokenized for another model (set tokenizer=...)")
+        raise ValueError(
+            f"model vocabulary {model.config.vocab_size} < dataset vocabulary {ds.vocab_size}: "
+            "the data was tokenized for another model (set tokenizer=...)"
+        )
     if c.dropout != model.config.dropout:
         model.config.dropout = c.dropout
         for m in model.modules():
@@ -265,17 +339,34 @@ def build_model(c, ds, ckpt):
 
 
 def save_checkpoint(path, model, optimizer, scaler, c, iter_num, best_val_loss, base, gen, ds):
-    ckpt = {'model_args': vars(model.config).copy(), 'optimizer': optimizer.state_dict(), 'iter_num': iter_num,
-            'best_val_loss': best_val_loss, 'config': vars(c).copy(), 'base': base,
-            'rng': {'torch': torch.get_rng_state(), 'data': gen.get_state(),
-                    'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-            'data': {'dataset': c.dataset, 'tokenizer': c.tokenizer, 'fingerprint': getattr(ds, 'fingerprint', '')}}
+    ckpt = {
+        'model_args': vars(model.config).copy(),
+        'optimizer': optimizer.state_dict(),
+        'iter_num': iter_num,
+        'best_val_loss': best_val_loss,
+        'config': vars(c).copy(),
+        'base': base,
+        'rng': {
+            'torch': torch.get_rng_state(),
+            'data': gen.get_state(),
+            'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+        'data': {
+            'dataset': c.dataset,
+            'tokenizer': c.tokenizer,
+            'fingerprint': getattr(ds, 'fingerprint', ''),
+        },
+    }
     if scaler is not None:
         ckpt['scaler'] = scaler.state_dict()
-    if c.adapter:  # the adapter tensors only, in the one format adapters.load_adapter_checkpoint reads
+    if (
+        c.adapter
+    ):  # the adapter tensors only, in the one format adapters.load_adapter_checkpoint reads
         return adapters.save_adapter_checkpoint(path, model, **ckpt)
     ckpt['model'] = model.state_dict()
-    write_checkpoint(ckpt, path)  # atomic: a crash or a full disk never destroys the last good checkpoint
+    write_checkpoint(
+        ckpt, path
+    )  # atomic: a crash or a full disk never destroys the last good checkpoint
 
 
 def resume_config(ckpt, path, given):
@@ -284,11 +375,19 @@ def resume_config(ckpt, path, given):
     saved = {**DEFAULTS, **ckpt['config']}
     for k, v in given.items():
         if k not in RESUMABLE and v != saved[k]:
-            raise ValueError(f"{path} was trained with {k}={saved[k]!r}; a resumed run cannot change it to {v!r}: "
-                             f"drop --{k}, or start a new run with another --out_dir")
-    changed = {k: v for k, v in given.items() if k in RESUMABLE and v != saved[k] and k not in ('init_from', 'out_dir')}
-    print(f"resuming {given['out_dir']} from iteration "
-          f"{ckpt['iter_num']} (of max_iters {changed.get('max_iters', saved['max_iters'])})")
+            raise ValueError(
+                f"{path} was trained with {k}={saved[k]!r}; a resumed run cannot change it to {v!r}: "
+                f"drop --{k}, or start a new run with another --out_dir"
+            )
+    changed = {
+        k: v
+        for k, v in given.items()
+        if k in RESUMABLE and v != saved[k] and k not in ('init_from', 'out_dir')
+    }
+    print(
+        f"resuming {given['out_dir']} from iteration "
+        f"{ckpt['iter_num']} (of max_iters {changed.get('max_iters', saved['max_iters'])})"
+    )
     if changed:
         print('applying ' + ', '.join(f"{k}={v!r} (was {saved[k]!r})" for k, v in changed.items()))
     return check_options({**saved, **given, 'init_from': 'resume'})
@@ -309,30 +408,53 @@ def main(argv=()):
     else:  # (on resume the checks run on the checkpoint's config with the given keys applied)
         check_options(vars(c))
         if os.path.exists(ckpt_path) and not c.overwrite:
-            raise ValueError(f"{ckpt_path} holds another run's checkpoint: pass another --out_dir, --init_from=resume "
-                             "to continue it, or --overwrite=True to replace it")
-    if os.path.exists(ckpt_path + '.tmp'):  # a checkpoint write killed before its rename (kill -9, power loss)
+            raise ValueError(
+                f"{ckpt_path} holds another run's checkpoint: pass another --out_dir, --init_from=resume "
+                "to continue it, or --overwrite=True to replace it"
+            )
+    if os.path.exists(
+        ckpt_path + '.tmp'
+    ):  # a checkpoint write killed before its rename (kill -9, power loss)
         os.remove(ckpt_path + '.tmp')
         print(f"removed {ckpt_path}.tmp, a partial checkpoint left by an interrupted write")
     torch.manual_seed(c.seed)
     dev, dt = pick_device_dtype(c)
     device_type = 'cuda' if dev.startswith('cuda') else 'cpu'
     ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dt]
-    autocast = nullcontext() if dt == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
+    autocast = (
+        nullcontext() if dt == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
+    )
     if device_type == 'cuda':
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    ds = data.get_dataset(c.dataset, c.block_size, tokenizer=c.tokenizer, data_dir=c.data_dir, seed=c.data_seed,
-                          **({'path': c.data_path} if c.data_path else {}))
+    ds = data.get_dataset(
+        c.dataset,
+        c.block_size,
+        tokenizer=c.tokenizer,
+        data_dir=c.data_dir,
+        seed=c.data_seed,
+        **({'path': c.data_path} if c.data_path else {}),
+    )
     trained_on = ckpt.get('data', {}).get('fingerprint') if ckpt is not None else None
     if trained_on and trained_on != getattr(ds, 'fingerprint', trained_on):
-        raise ValueError(f"the {c.dataset} data found now is not the data {ckpt_path} trained on (fingerprint "
-                         f"{ds.fingerprint} vs {trained_on}): point --data_dir or --data_path at that data")
+        raise ValueError(
+            f"the {c.dataset} data found now is not the data {ckpt_path} trained on (fingerprint "
+            f"{ds.fingerprint} vs {trained_on}): point --data_dir or --data_path at that data"
+        )
     model, base = build_model(c, ds, ckpt)
     if c.adapter:
-        if ckpt is None:  # a new run: its <method>_<option> keys; CAT's skill LoRAs are read (and checked) first
-            spec = {'method': c.adapter, 'targets': c.adapter_targets, **{k.split('_', 1)[1]: getattr(c, k)
-                    for k in adapters.OPTIONS if k.startswith(c.adapter + '_')}}
+        if (
+            ckpt is None
+        ):  # a new run: its <method>_<option> keys; CAT's skill LoRAs are read (and checked) first
+            spec = {
+                'method': c.adapter,
+                'targets': c.adapter_targets,
+                **{
+                    k.split('_', 1)[1]: getattr(c, k)
+                    for k in adapters.OPTIONS
+                    if k.startswith(c.adapter + '_')
+                },
+            }
             if c.adapter == 'cat':
                 spec['targets'], spec['skills'] = adapters.load_cat_skills(c.cat_adapters, model)
         else:  # resume: the checkpoint's own adapter config (a CAT run needs no skill files then)
@@ -341,21 +463,37 @@ def main(argv=()):
         if ckpt is not None:
             adapters.load_adapter_state_dict(model, ckpt['adapter']['state'])
     model.to(dev)
-    params = [p for p in model.parameters() if p.requires_grad]  # the frozen base never reaches the optimizer
+    params = [
+        p for p in model.parameters() if p.requires_grad
+    ]  # the frozen base never reaches the optimizer
     n_train, n_total = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
-    print(f"parameters: {n_total / 1e6:.2f}M total, {n_train:,} trainable ({100 * n_train / n_total:.2f}%)")
+    print(
+        f"parameters: {n_total / 1e6:.2f}M total, {n_train:,} trainable ({100 * n_train / n_total:.2f}%)"
+    )
 
-    decay = [p for p in params if p.dim() >= 2]  # matrices decay; biases, LayerNorms and 1-d coefficients do not
+    decay = [
+        p for p in params if p.dim() >= 2
+    ]  # matrices decay; biases, LayerNorms and 1-d coefficients do not
     no_decay = [p for p in params if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{'params': decay, 'weight_decay': c.weight_decay},
-                                   {'params': no_decay, 'weight_decay': 0.0}],
-                                  lr=c.learning_rate, betas=(c.beta1, c.beta2), fused=device_type == 'cuda')
+    optimizer = torch.optim.AdamW(
+        [
+            {'params': decay, 'weight_decay': c.weight_decay},
+            {'params': no_decay, 'weight_decay': 0.0},
+        ],
+        lr=c.learning_rate,
+        betas=(c.beta1, c.beta2),
+        fused=device_type == 'cuda',
+    )
     scaler = torch.amp.GradScaler(device_type) if dt == 'float16' else None
-    gen = torch.Generator().manual_seed(c.seed)  # batch sampling has its own RNG, saved in checkpoints
+    gen = torch.Generator().manual_seed(
+        c.seed
+    )  # batch sampling has its own RNG, saved in checkpoints
     iter_num, best_val_loss = 0, float('inf')
     if ckpt is not None:
         optimizer.load_state_dict(ckpt['optimizer'])
-        for group, wd in zip(optimizer.param_groups, (c.weight_decay, 0.0)):  # as applied on resume, not as saved
+        for group, wd in zip(
+            optimizer.param_groups, (c.weight_decay, 0.0)
+        ):  # as applied on resume, not as saved
             group['weight_decay'], group['betas'] = wd, (c.beta1, c.beta2)
         if scaler is not None and 'scaler' in ckpt:
             scaler.load_state_dict(ckpt['scaler'])
@@ -386,15 +524,25 @@ def main(argv=()):
     tokens_per_iter = c.gradient_accumulation_steps * c.batch_size * c.block_size
     print(f"tokens per iteration: up to {tokens_per_iter:,}; device {dev}, dtype {dt}")
     start_iter = last_log = iter_num
-    saved_iter = ckpt['iter_num'] if ckpt is not None else None  # the iteration ckpt_path holds, once this run owns it
+    saved_iter = (
+        ckpt['iter_num'] if ckpt is not None else None
+    )  # the iteration ckpt_path holds, once this run owns it
 
     def stop(what):  # a NaN or inf: say truthfully what is on disk
-        kept = f"last good checkpoint kept at {ckpt_path} (iteration {saved_iter})" if saved_iter is not None else \
-            f"no checkpoint was written ({ckpt_path} is still the earlier run's)" if os.path.exists(ckpt_path) else \
-            "no checkpoint was written"
-        return RuntimeError(f"{what} at step {iter_num}; stopped, {kept}; a smaller --learning_rate may help")
+        kept = (
+            f"last good checkpoint kept at {ckpt_path} (iteration {saved_iter})"
+            if saved_iter is not None
+            else f"no checkpoint was written ({ckpt_path} is still the earlier run's)"
+            if os.path.exists(ckpt_path)
+            else "no checkpoint was written"
+        )
+        return RuntimeError(
+            f"{what} at step {iter_num}; stopped, {kept}; a smaller --learning_rate may help"
+        )
 
-    tokens = 0  # since the last log line: instruction batches are only as long as their longest item
+    tokens = (
+        0  # since the last log line: instruction batches are only as long as their longest item
+    )
     val_loss, losses = None, []
     t_start = t_log = time.time()
     while True:
@@ -409,7 +557,9 @@ def main(argv=()):
                 raise stop(f"validation loss is {val_loss}")
             if iter_num > start_iter and (c.always_save_checkpoint or val_loss < best_val_loss):
                 best_val_loss = min(best_val_loss, val_loss)
-                save_checkpoint(ckpt_path, model, optimizer, scaler, c, iter_num, best_val_loss, base, gen, ds)
+                save_checkpoint(
+                    ckpt_path, model, optimizer, scaler, c, iter_num, best_val_loss, base, gen, ds
+                )
                 saved_iter = iter_num
         if iter_num >= c.max_iters:
             break
@@ -418,8 +568,11 @@ def main(argv=()):
             x, y = ds.get_batch('train', c.batch_size, gen)
             tokens += x.numel()
             with autocast:
-                _, loss = fmodel(x.to(dev, non_blocking=True), y.to(dev, non_blocking=True),
-                                 label_smoothing=c.label_smoothing)
+                _, loss = fmodel(
+                    x.to(dev, non_blocking=True),
+                    y.to(dev, non_blocking=True),
+                    label_smoothing=c.label_smoothing,
+                )
                 loss = loss / c.gradient_accumulation_steps
             (scaler.scale(loss) if scaler else loss).backward()
         lossf = loss.item() * c.gradient_accumulation_steps
@@ -440,27 +593,45 @@ def main(argv=()):
         if iter_num % c.log_interval == 0 or iter_num == c.max_iters:
             t = time.time()
             dt_iter = (t - t_log) / (iter_num - last_log)
-            tok_iter = tokens / (iter_num - last_log)  # tokens actually fed per iteration, padding included
+            tok_iter = tokens / (
+                iter_num - last_log
+            )  # tokens actually fed per iteration, padding included
             t_log, last_log, tokens = t, iter_num, 0
             eta = (c.max_iters - iter_num) * (t - t_start) / (iter_num - start_iter)
             # achieved FLOP/s per token: 6N + attention, or 4N + attention when only adapters train (frozen weights)
             flops = model.estimate_mfu(tok_iter, dt_iter, 1.0, frozen_weights=bool(c.adapter))
             peak = c.peak_flops or (312e12 if device_type == 'cuda' else 0)
             mfu = f", mfu {100 * flops / peak:.1f}%" if peak else ''
-            print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {dt_iter * 1000:.1f} ms/iter, "
-                  f"{tok_iter / dt_iter:,.0f} tok/s, {flops / 1e9:.1f} GFLOP/s{mfu}, eta {eta:.0f}s")
+            print(
+                f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {dt_iter * 1000:.1f} ms/iter, "
+                f"{tok_iter / dt_iter:,.0f} tok/s, {flops / 1e9:.1f} GFLOP/s{mfu}, eta {eta:.0f}s"
+            )
 
     elapsed = time.time() - t_start
-    summary = {'iters': iter_num, 'train_time_s': elapsed, 'val_loss': val_loss, 'best_val_loss': best_val_loss,
-               'losses': losses, 'trainable_params': n_train, 'total_params': n_total}
+    summary = {
+        'iters': iter_num,
+        'train_time_s': elapsed,
+        'val_loss': val_loss,
+        'best_val_loss': best_val_loss,
+        'losses': losses,
+        'trainable_params': n_train,
+        'total_params': n_total,
+    }
     print(f"done: {iter_num - start_iter} iterations in {elapsed:.1f}s; val loss {val_loss:.4f}")
     if not ds.tasks:  # a plain corpus: compare with what counting tokens alone achieves
         summary['unigram_entropy'] = unigram_entropy(ds, c)
-        print(f"unigram entropy of the data {summary['unigram_entropy']:.4f} nats/token vs val loss {val_loss:.4f}")
+        print(
+            f"unigram entropy of the data {summary['unigram_entropy']:.4f} nats/token vs val loss {val_loss:.4f}"
+        )
     elif c.final_eval:
         model.eval()
-        with adapters.merged(model), autocast:  # merged in fp32 first; then evaluated in the training precision
-            summary['eval'] = ds.evaluate(model, split=c.eval_split, max_items=c.eval_max_items or None)
+        with (
+            adapters.merged(model),
+            autocast,
+        ):  # merged in fp32 first; then evaluated in the training precision
+            summary['eval'] = ds.evaluate(
+                model, split=c.eval_split, max_items=c.eval_max_items or None
+            )
         print(data.format_results(summary['eval']))
         with open(os.path.join(c.out_dir, 'eval.json'), 'w') as f:
             json.dump(summary['eval'], f, indent=1)
@@ -478,9 +649,15 @@ def unigram_entropy(ds, c, n_batches=50):
 
 
 if __name__ == '__main__':
-    sys.stdout.reconfigure(line_buffering=True)  # progress lines show up at once, also through | tee
+    sys.stdout.reconfigure(
+        line_buffering=True
+    )  # progress lines show up at once, also through | tee
     try:
         main(sys.argv[1:])
-    except (ValueError, OSError, RuntimeError) as e:  # OSError: a missing file, no permission to write out_dir, ...
+    except (
+        ValueError,
+        OSError,
+        RuntimeError,
+    ) as e:  # OSError: a missing file, no permission to write out_dir, ...
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

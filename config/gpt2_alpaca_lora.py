@@ -5,21 +5,21 @@
 init_from = 'gpt2-medium'  # Hugging Face weights from the download cache, or a local HF directory
 tokenizer = 'gpt2'
 out_dir = 'out/gpt2_alpaca_lora'
-dataset = 'alpaca'       # data.py reads <data_dir>/alpaca/alpaca_data.json
-block_size = 512         # longer items are cropped from the left of the prompt
+dataset = 'alpaca'  # data.py reads <data_dir>/alpaca/alpaca_data.json
+block_size = 512  # longer items are cropped from the left of the prompt
 adapter = 'lora'
 lora_r = 12
-lora_alpha = 24.0        # s = 2
+lora_alpha = 24.0  # s = 2
 lora_dropout = 0.05
 learning_rate = 2e-4
 weight_decay = 0.01
 batch_size = 8
 gradient_accumulation_steps = 2  # 16 items per step
-max_iters = 9000         # about 3 epochs of Alpaca's 52k items at 16 per step (our choice)
+max_iters = 9000  # about 3 epochs of Alpaca's 52k items at 16 per step (our choice)
 warmup_iters = 100
 min_lr = 0.0
 eval_interval = 1000
 eval_iters = 50
 log_interval = 100
 device = 'cuda'
-dtype = 'bfloat16'       # on a GPU without bf16: --dtype=float16 (trains with a GradScaler)
+dtype = 'bfloat16'  # on a GPU without bf16: --dtype=float16 (trains with a GradScaler)

@@ -6,5 +6,5 @@ out_dir = 'out/gpt2_alpaca_multilora'
 adapter = 'multilora'
 multilora_n = 3
 multilora_r = 4
-multilora_alpha = 8.0    # s = alpha / r = 2
+multilora_alpha = 8.0  # s = alpha / r = 2
 multilora_dropout = 0.05

@@ -5,8 +5,8 @@
 exec(open('config/gpt2_alpaca_lora.py').read())  # that run; what differs follows
 out_dir = 'out/gpt2_alpaca_nola'
 adapter = 'nola'
-nola_alpha = 8.0         # rank 8 (the default): s = alpha / r = 1
+nola_alpha = 8.0  # rank 8 (the default): s = alpha / r = 1
 nola_k = 512
 nola_l = 512
-learning_rate = 5e-3     # and no weight decay, no dropout on the NOLA branch
+learning_rate = 5e-3  # and no weight decay, no dropout on the NOLA branch
 weight_decay = 0.0

@@ -6,5 +6,5 @@ out_dir = 'out/gpt2_e2e_multilora'
 adapter = 'multilora'
 multilora_n = 2
 multilora_r = 2
-multilora_alpha = 16.0   # s = alpha / r = 8
+multilora_alpha = 16.0  # s = alpha / r = 8
 multilora_dropout = 0.1

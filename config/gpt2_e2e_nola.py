@@ -9,7 +9,7 @@ exec(open('config/gpt2_e2e_lora.py').read())  # that run; what differs follows
 out_dir = 'out/gpt2_e2e_nola'
 adapter = 'nola'
 nola_r = 8
-nola_alpha = 8.0         # s = alpha / r = 1
+nola_alpha = 8.0  # s = alpha / r = 1
 nola_k = 512
 nola_l = 512
 learning_rate = 5e-3

@@ -4,12 +4,13 @@ init_from = 'out/base/ckpt.pt'
 out_dir = 'out/lora_skill1'
 dataset = 'skill1'
 adapter = 'lora'
-adapter_targets = 'attn.q,attn.k,attn.v,attn.c_proj,mlp.c_fc,mlp.c_proj'  # every Linear: q,v alone learn these skills only after ~1000 steps
+# every Linear: q,v alone learn these skills only after ~1000 steps
+adapter_targets = 'attn.q,attn.k,attn.v,attn.c_proj,mlp.c_fc,mlp.c_proj'
 lora_r = 8
 lora_alpha = 16.0
-learning_rate = 3e-3     # measured: 3e-3 learns the skills, 1e-2 overshoots (ΔW several times W0)
+learning_rate = 3e-3  # measured: 3e-3 learns the skills, 1e-2 overshoots (ΔW several times W0)
 min_lr = 3e-4
 weight_decay = 0.0
-max_iters = 300          # the study's budget (study.py)
+max_iters = 300  # the study's budget (study.py)
 warmup_iters = 30
 eval_interval = 300

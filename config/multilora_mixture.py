@@ -6,6 +6,8 @@ exec(open('config/lora_mixture.py').read())  # that run; what differs follows
 out_dir = 'out/multilora_mixture'
 adapter = 'multilora'
 multilora_n = 3
-multilora_gate = 'scalar'  # one gate per module, as the paper's figure (our choice); 'channel' per output
-multilora_r = 4          # per module
-multilora_alpha = 8.0    # s = alpha / r = 2, as LoRA's
+multilora_gate = (
+    'scalar'  # one gate per module, as the paper's figure (our choice); 'channel' per output
+)
+multilora_r = 4  # per module
+multilora_alpha = 8.0  # s = alpha / r = 2, as LoRA's

@@ -3,6 +3,7 @@ GPT-2 from the Hugging Face hub: the four model names, a one-time download into 
 the conversion of HF's GPT-2 weights (Conv1D layout, fused c_attn) into model.py's names.
 GPT.from_pretrained calls read_hf_gpt2; formats/interop.py writes the other direction.
 """
+
 import json
 import os
 import zipfile
@@ -17,22 +18,29 @@ HF_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 def hf_download(name, cache_dir=None):
     """Fetch config.json + model.safetensors for a GPT-2 name once into a cache folder."""
     if name not in HF_MODELS:
-        raise ValueError(f"unknown model {name!r}: give a directory with config.json + model.safetensors, "
-                         f"or one of {', '.join(HF_MODELS)}")
-    cache_dir = cache_dir or os.environ.get("GPT2_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "lorafamily"))
+        raise ValueError(
+            f"unknown model {name!r}: give a directory with config.json + model.safetensors, "
+            f"or one of {', '.join(HF_MODELS)}"
+        )
+    cache_dir = cache_dir or os.environ.get(
+        "GPT2_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "lorafamily")
+    )
     path = os.path.join(cache_dir, name)
     files = ("config.json", "model.safetensors")
     if all(os.path.exists(os.path.join(path, f)) for f in files):
         return path
     os.makedirs(path, exist_ok=True)
     import urllib.request
+
     for f in files:
         url = f"https://huggingface.co/{name}/resolve/main/{f}"
         try:
             urllib.request.urlretrieve(url, os.path.join(path, f + ".tmp"))
         except OSError:
-            raise RuntimeError(f"cannot download {name} (offline?): put config.json and model.safetensors "
-                               f"from huggingface.co/{name} into {path}/") from None
+            raise RuntimeError(
+                f"cannot download {name} (offline?): put config.json and model.safetensors "
+                f"from huggingface.co/{name} into {path}/"
+            ) from None
         os.replace(os.path.join(path, f + ".tmp"), os.path.join(path, f))
     return path
 
@@ -43,15 +51,24 @@ def read_hf_gpt2(name_or_dir):
     path = name_or_dir if os.path.isdir(name_or_dir) else hf_download(name_or_dir)
     with open(os.path.join(path, "config.json")) as f:
         hf = json.load(f)
-    args = dict(block_size=hf["n_positions"], vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
-                n_head=hf["n_head"], n_embd=hf["n_embd"])
+    args = dict(
+        block_size=hf["n_positions"],
+        vocab_size=hf["vocab_size"],
+        n_layer=hf["n_layer"],
+        n_head=hf["n_head"],
+        n_embd=hf["n_embd"],
+    )
     st, binf = os.path.join(path, "model.safetensors"), os.path.join(path, "pytorch_model.bin")
     if os.path.exists(st):
         sd_hf = read_safetensors(st)  # memory-mapped: read page by page as each weight is copied
     elif os.path.exists(binf):  # a zip-format .bin is memory-mapped too; a legacy one is read whole
-        sd_hf = torch.load(binf, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(binf))
+        sd_hf = torch.load(
+            binf, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(binf)
+        )
     else:
-        raise FileNotFoundError(f"{path} has config.json but neither model.safetensors nor pytorch_model.bin")
+        raise FileNotFoundError(
+            f"{path} has config.json but neither model.safetensors nor pytorch_model.bin"
+        )
     return args, sd_hf
 
 
@@ -67,7 +84,10 @@ def convert_hf_gpt2(sd_hf, n_layer, consume=False):
         sd_hf[k.removeprefix("transformer.")] = sd_hf.pop(k)
     own = lambda t: torch.empty(t.shape, dtype=torch.get_default_dtype()).copy_(t)
     wte = own(sd_hf.pop("wte.weight"))
-    sd = {"lm_head.weight": wte, "transformer.wte.weight": wte}  # tied: GPT-2 files may omit lm_head
+    sd = {
+        "lm_head.weight": wte,
+        "transformer.wte.weight": wte,
+    }  # tied: GPT-2 files may omit lm_head
     for k in ("wpe.weight", "ln_f.weight", "ln_f.bias"):
         sd["transformer." + k] = own(sd_hf.pop(k))
     for i in range(n_layer):

@@ -32,6 +32,7 @@ import-peft  a PEFT LoRA on GPT-2 (c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj, an
              counterpart here is refused with one line naming it: DoRA, biases, modules_to_save,
              embedding or lm_head adapters, other architectures, inits that change the base (PiSSA...).
 """
+
 import argparse
 import json
 import os
@@ -47,20 +48,56 @@ from formats.huggingface import HF_MODELS
 from formats.safetensors import read_safetensors, write_safetensors
 
 # project module -> (GPT-2 module, row block of c_attn or None)
-HF_MODULE = {"attn.q": ("attn.c_attn", 0), "attn.k": ("attn.c_attn", 1), "attn.v": ("attn.c_attn", 2),
-             "attn.c_proj": ("attn.c_proj", None), "mlp.c_fc": ("mlp.c_fc", None), "mlp.c_proj": ("mlp.c_proj", None)}
+HF_MODULE = {
+    "attn.q": ("attn.c_attn", 0),
+    "attn.k": ("attn.c_attn", 1),
+    "attn.v": ("attn.c_attn", 2),
+    "attn.c_proj": ("attn.c_proj", None),
+    "mlp.c_fc": ("mlp.c_fc", None),
+    "mlp.c_proj": ("mlp.c_proj", None),
+}
 _KIND_ORDER = ["attn.q", "attn.k", "attn.v", "attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
 _OURS = re.compile(r"transformer\.h\.(\d+)\.(attn\.[qkv]|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)")
-_PEFT_KEY = re.compile(r"base_model\.model\.(?:transformer\.)?h\.(\d+)\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)"
-                       r"\.lora_([AB])\.weight")
+_PEFT_KEY = re.compile(
+    r"base_model\.model\.(?:transformer\.)?h\.(\d+)\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)"
+    r"\.lora_([AB])\.weight"
+)
 # adapter_config.json fields that do not change what a saved LoRA computes (metadata, or how it was
 # initialised before training); any other field set to something non-empty is refused
-_PEFT_INERT = {"peft_type", "task_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision",
-               "inference_mode", "r", "lora_alpha", "target_modules", "exclude_modules", "lora_dropout",
-               "fan_in_fan_out", "bias", "use_rslora", "init_lora_weights", "layers_to_transform",
-               "layers_pattern", "rank_pattern", "alpha_pattern", "runtime_config", "megatron_core",
-               "qalora_group_size", "eva_config", "ensure_weight_tying"}
-_INERT_INITS = (True, False, "gaussian", "eva", "orthogonal")  # the others (PiSSA, OLoRA, LoftQ...) change W0
+_PEFT_INERT = {
+    "peft_type",
+    "task_type",
+    "auto_mapping",
+    "peft_version",
+    "base_model_name_or_path",
+    "revision",
+    "inference_mode",
+    "r",
+    "lora_alpha",
+    "target_modules",
+    "exclude_modules",
+    "lora_dropout",
+    "fan_in_fan_out",
+    "bias",
+    "use_rslora",
+    "init_lora_weights",
+    "layers_to_transform",
+    "layers_pattern",
+    "rank_pattern",
+    "alpha_pattern",
+    "runtime_config",
+    "megatron_core",
+    "qalora_group_size",
+    "eva_config",
+    "ensure_weight_tying",
+}
+_INERT_INITS = (
+    True,
+    False,
+    "gaussian",
+    "eva",
+    "orthogonal",
+)  # the others (PiSSA, OLoRA, LoftQ...) change W0
 
 
 def _targets(layer_kinds, n_layer):
@@ -75,17 +112,36 @@ def _targets(layer_kinds, n_layer):
 def gpt2_config(config, dtype=torch.float32):
     """config.json of the Hugging Face GPT-2 with this GPTConfig's architecture."""
     if not config.bias:
-        raise ValueError("this model has bias=False, which Hugging Face GPT-2 cannot express (its Linears and "
-                         "LayerNorms always have biases): only models trained with bias=True export")
-    hf = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocab_size,
-          "n_positions": config.block_size, "n_ctx": config.block_size, "n_embd": config.n_embd,
-          "n_layer": config.n_layer, "n_head": config.n_head, "n_inner": None,
-          "activation_function": "gelu_new",  # the tanh approximation, as model.MLP
-          "layer_norm_epsilon": 1e-5, "initializer_range": 0.02, "resid_pdrop": config.dropout,
-          "embd_pdrop": config.dropout, "attn_pdrop": config.dropout, "scale_attn_weights": True,
-          "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
-          "tie_word_embeddings": True, "use_cache": True, "torch_dtype": str(dtype).removeprefix("torch.")}
-    eot = 50256 if config.vocab_size > 50256 else None  # GPT-2's <|endoftext|>; another tokenizer's is not known here
+        raise ValueError(
+            "this model has bias=False, which Hugging Face GPT-2 cannot express (its Linears and "
+            "LayerNorms always have biases): only models trained with bias=True export"
+        )
+    hf = {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_ctx": config.block_size,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": None,
+        "activation_function": "gelu_new",  # the tanh approximation, as model.MLP
+        "layer_norm_epsilon": 1e-5,
+        "initializer_range": 0.02,
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "tie_word_embeddings": True,
+        "use_cache": True,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+    eot = (
+        50256 if config.vocab_size > 50256 else None
+    )  # GPT-2's <|endoftext|>; another tokenizer's is not known here
     return {**hf, "bos_token_id": eot, "eos_token_id": eot}
 
 
@@ -93,7 +149,10 @@ def gpt2_state_dict(model):
     """The model's weights in Hugging Face GPT-2 names and Conv1D (in, out) layout, c_attn fused.
     Transposed weights are views: write_safetensors copies them one at a time."""
     sd = model.state_dict()
-    out = {f"transformer.{k}": sd[f"transformer.{k}"] for k in ("wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias")}
+    out = {
+        f"transformer.{k}": sd[f"transformer.{k}"]
+        for k in ("wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias")
+    }
     for i in range(model.config.n_layer):
         p = f"transformer.h.{i}."
         for k in ("ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias"):
@@ -101,7 +160,10 @@ def gpt2_state_dict(model):
         out[p + "attn.c_attn.weight"] = torch.cat([sd[p + f"attn.{n}.weight"] for n in "qkv"]).t()
         out[p + "attn.c_attn.bias"] = torch.cat([sd[p + f"attn.{n}.bias"] for n in "qkv"])
         for k in ("attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
-            out[p + k + ".weight"], out[p + k + ".bias"] = sd[p + k + ".weight"].t(), sd[p + k + ".bias"]
+            out[p + k + ".weight"], out[p + k + ".bias"] = (
+                sd[p + k + ".weight"].t(),
+                sd[p + k + ".bias"],
+            )
     return out
 
 
@@ -113,7 +175,9 @@ def peft_lora(model):
         if not match:
             raise ValueError(f"the adapter on {name} has no counterpart in Hugging Face GPT-2")
         layer, (hf_kind, block) = int(match[1]), HF_MODULE[match[2]]
-        B, A = (t.detach().float() for t in m.factors())  # scale and gates folded into A: ΔW = B @ A
+        B, A = (
+            t.detach().float() for t in m.factors()
+        )  # scale and gates folded into A: ΔW = B @ A
         groups.setdefault((layer, hf_kind), []).append((block, B, A))
         layer_kinds.setdefault(layer, set()).add(hf_kind)
     if not groups:
@@ -128,17 +192,35 @@ def peft_lora(model):
             C = model.config.n_embd
             B, col = A.new_zeros(3 * C, A.shape[0]), 0
             for block, b, _ in parts:
-                B[block * C:(block + 1) * C, col:col + b.shape[1]] = b
+                B[block * C : (block + 1) * C, col : col + b.shape[1]] = b
                 col += b.shape[1]
         key = f"base_model.model.transformer.h.{layer}.{hf_kind}"
-        tensors[key + ".lora_A.weight"], tensors[key + ".lora_B.weight"] = A.contiguous(), B.contiguous()
+        tensors[key + ".lora_A.weight"], tensors[key + ".lora_B.weight"] = (
+            A.contiguous(),
+            B.contiguous(),
+        )
         ranks[f"h.{layer}.{hf_kind}"] = A.shape[0]
     r = Counter(ranks.values()).most_common(1)[0][0]
-    pattern = {k: R for k, R in ranks.items() if R != r}  # PEFT matches these as regexes on the module name
-    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": r, "rank_pattern": pattern,
-              "alpha_pattern": dict(pattern), "target_modules": _targets(layer_kinds, model.config.n_layer),
-              "fan_in_fan_out": True, "bias": "none", "lora_dropout": 0.0, "use_rslora": False, "use_dora": False,
-              "modules_to_save": None, "init_lora_weights": True, "inference_mode": True}
+    pattern = {
+        k: R for k, R in ranks.items() if R != r
+    }  # PEFT matches these as regexes on the module name
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": r,
+        "lora_alpha": r,
+        "rank_pattern": pattern,
+        "alpha_pattern": dict(pattern),
+        "target_modules": _targets(layer_kinds, model.config.n_layer),
+        "fan_in_fan_out": True,
+        "bias": "none",
+        "lora_dropout": 0.0,
+        "use_rslora": False,
+        "use_dora": False,
+        "modules_to_save": None,
+        "init_lora_weights": True,
+        "inference_mode": True,
+    }
     return config, tensors
 
 
@@ -161,7 +243,9 @@ def _write_json(path, obj):
 def _adapter_base(ck, ckpt_path, base):
     path = base or ck["base"].get("path")
     if not path:
-        raise ValueError(f"{ckpt_path} names no base model: pass --base=PATH (the model it was trained on)")
+        raise ValueError(
+            f"{ckpt_path} names no base model: pass --base=PATH (the model it was trained on)"
+        )
     return path
 
 
@@ -172,13 +256,18 @@ def export_peft(ckpt_path, out, base=None):
     base = _adapter_base(ck, ckpt_path, base)
     model, base_ckpt = load_model(base)
     if base_ckpt:
-        raise ValueError(f"the base {base} is a train.py checkpoint, which PEFT cannot load: write it as a Hugging Face "
-                         f"directory first (python -m formats.interop export-hf {base} DIR) and pass --base=DIR")
+        raise ValueError(
+            f"the base {base} is a train.py checkpoint, which PEFT cannot load: write it as a Hugging Face "
+            f"directory first (python -m formats.interop export-hf {base} DIR) and pass --base=DIR"
+        )
     adapters.load_adapter_checkpoint(ckpt_path, model)  # refuses a base with another fingerprint
     config, tensors = peft_lora(model)
     os.makedirs(out)
     write_safetensors(os.path.join(out, "adapter_model.safetensors"), tensors)
-    _write_json(os.path.join(out, "adapter_config.json"), {"base_model_name_or_path": _base_name(base), **config})
+    _write_json(
+        os.path.join(out, "adapter_config.json"),
+        {"base_model_name_or_path": _base_name(base), **config},
+    )
     return model
 
 
@@ -211,16 +300,22 @@ def _check_peft_config(cfg, where):
     if cfg.get("peft_type") != "LORA":
         raise ValueError(f"{where}: peft_type={cfg.get('peft_type')!r}: only LoRA adapters import")
     if cfg.get("bias", "none") != "none":
-        raise ValueError(f"{where}: bias={cfg['bias']!r} trains biases, which this project's LoRA has not: "
-                         "only bias='none' imports")
+        raise ValueError(
+            f"{where}: bias={cfg['bias']!r} trains biases, which this project's LoRA has not: "
+            "only bias='none' imports"
+        )
     if cfg.get("init_lora_weights", True) not in _INERT_INITS:
-        raise ValueError(f"{where}: init_lora_weights={cfg['init_lora_weights']!r} changes the base weights, so the "
-                         "adapter is not a LoRA on the original GPT-2: convert it in PEFT first "
-                         "(save_pretrained(path_initial_model_for_weight_conversion=...))")
+        raise ValueError(
+            f"{where}: init_lora_weights={cfg['init_lora_weights']!r} changes the base weights, so the "
+            "adapter is not a LoRA on the original GPT-2: convert it in PEFT first "
+            "(save_pretrained(path_initial_model_for_weight_conversion=...))"
+        )
     for k, v in cfg.items():
         if k not in _PEFT_INERT and v not in (None, False, {}, [], "", "none"):
-            raise ValueError(f"{where}: {k}={json.dumps(v)[:60]} has no counterpart in this project's LoRA "
-                             "(a plain LoRA on GPT-2's c_attn, c_proj and c_fc imports)")
+            raise ValueError(
+                f"{where}: {k}={json.dumps(v)[:60]} has no counterpart in this project's LoRA "
+                "(a plain LoRA on GPT-2's c_attn, c_proj and c_fc imports)"
+            )
 
 
 def _pattern_value(pattern, name, default):
@@ -235,38 +330,60 @@ def read_peft_lora(peft_dir):
     """(adapter_config, {(layer, GPT-2 module): (B (out, r), A (r, in), scale)}) of a PEFT LoRA directory."""
     cfg_path = os.path.join(peft_dir, "adapter_config.json")
     if not os.path.isfile(cfg_path):
-        raise FileNotFoundError(f"no adapter_config.json in {peft_dir}: give the directory PEFT's save_pretrained wrote")
+        raise FileNotFoundError(
+            f"no adapter_config.json in {peft_dir}: give the directory PEFT's save_pretrained wrote"
+        )
     with open(cfg_path) as f:
         try:
             cfg = json.load(f)
         except ValueError:
             raise ValueError(f"{cfg_path}: not JSON") from None
     _check_peft_config(cfg, cfg_path)
-    st, binf = os.path.join(peft_dir, "adapter_model.safetensors"), os.path.join(peft_dir, "adapter_model.bin")
+    st, binf = (
+        os.path.join(peft_dir, "adapter_model.safetensors"),
+        os.path.join(peft_dir, "adapter_model.bin"),
+    )
     if os.path.isfile(st):
         weights, where = read_safetensors(st), st
     elif os.path.isfile(binf):
         weights, where = read_checkpoint(binf), binf
     else:
-        raise FileNotFoundError(f"{peft_dir} has adapter_config.json but neither adapter_model.safetensors nor adapter_model.bin")
+        raise FileNotFoundError(
+            f"{peft_dir} has adapter_config.json but neither adapter_model.safetensors nor adapter_model.bin"
+        )
     found = {}
     for key, t in weights.items():
         match = _PEFT_KEY.fullmatch(key)
         if not match:
-            raise ValueError(f"{where}: {key} is not a LoRA on GPT-2's attn.c_attn, attn.c_proj, mlp.c_fc or mlp.c_proj "
-                             "(DoRA, biases, embeddings, lm_head and other architectures do not import)")
+            raise ValueError(
+                f"{where}: {key} is not a LoRA on GPT-2's attn.c_attn, attn.c_proj, mlp.c_fc or mlp.c_proj "
+                "(DoRA, biases, embeddings, lm_head and other architectures do not import)"
+            )
         found.setdefault((int(match[1]), match[2]), {})[match[3]] = t.float()
     modules = {}
     for (layer, kind), ab in sorted(found.items()):
-        if set(ab) != {"A", "B"} or ab["A"].dim() != 2 or ab["B"].dim() != 2 or ab["A"].shape[0] != ab["B"].shape[1]:
-            raise ValueError(f"{where}: h.{layer}.{kind} needs lora_A (r, in) and lora_B (out, r), got "
-                             f"{ {k: tuple(v.shape) for k, v in ab.items()} }")
+        if (
+            set(ab) != {"A", "B"}
+            or ab["A"].dim() != 2
+            or ab["B"].dim() != 2
+            or ab["A"].shape[0] != ab["B"].shape[1]
+        ):
+            raise ValueError(
+                f"{where}: h.{layer}.{kind} needs lora_A (r, in) and lora_B (out, r), got "
+                f"{ {k: tuple(v.shape) for k, v in ab.items()} }"
+            )
         r, name = ab["A"].shape[0], f"transformer.h.{layer}.{kind}"
         if _pattern_value(cfg.get("rank_pattern") or {}, name, cfg.get("r", r)) != r:
-            raise ValueError(f"{where}: h.{layer}.{kind} has rank {r} but adapter_config.json says "
-                             f"{_pattern_value(cfg.get('rank_pattern') or {}, name, cfg.get('r'))}")
+            raise ValueError(
+                f"{where}: h.{layer}.{kind} has rank {r} but adapter_config.json says "
+                f"{_pattern_value(cfg.get('rank_pattern') or {}, name, cfg.get('r'))}"
+            )
         alpha = _pattern_value(cfg.get("alpha_pattern") or {}, name, cfg.get("lora_alpha", 8))
-        modules[(layer, kind)] = (ab["B"], ab["A"], adapters.lora_scale(alpha, r, cfg.get("use_rslora", False)))
+        modules[(layer, kind)] = (
+            ab["B"],
+            ab["A"],
+            adapters.lora_scale(alpha, r, cfg.get("use_rslora", False)),
+        )
     if not modules:
         raise ValueError(f"{where} holds no LoRA weights")
     return cfg, modules
@@ -278,30 +395,48 @@ def import_peft(peft_dir, out, base=None):
     cfg, modules = read_peft_lora(peft_dir)
     base = base or cfg.get("base_model_name_or_path")
     if not base:
-        raise ValueError(f"{peft_dir}/adapter_config.json names no base model: pass --base=DIR (its GPT-2 directory)")
+        raise ValueError(
+            f"{peft_dir}/adapter_config.json names no base model: pass --base=DIR (its GPT-2 directory)"
+        )
     model, _ = load_model(base)
     fingerprint = model.fingerprint()  # of W0, before any adapter
     C, n_layer = model.config.n_embd, model.config.n_layer
     ours, trimmed = {}, False  # project module name -> (B, A, scale)
     for (layer, kind), (B, A, s) in modules.items():
-        d_out, d_in = {"attn.c_attn": (3 * C, C), "attn.c_proj": (C, C), "mlp.c_fc": (4 * C, C), "mlp.c_proj": (C, 4 * C)}[kind]
+        d_out, d_in = {
+            "attn.c_attn": (3 * C, C),
+            "attn.c_proj": (C, C),
+            "mlp.c_fc": (4 * C, C),
+            "mlp.c_proj": (C, 4 * C),
+        }[kind]
         if layer >= n_layer or B.shape[0] != d_out or A.shape[1] != d_in:
-            raise ValueError(f"{peft_dir}: h.{layer}.{kind} (lora_B {tuple(B.shape)}, lora_A {tuple(A.shape)}) does not fit "
-                             f"the base {base} ({n_layer} layers, n_embd {C}): another model size?")
+            raise ValueError(
+                f"{peft_dir}: h.{layer}.{kind} (lora_B {tuple(B.shape)}, lora_A {tuple(A.shape)}) does not fit "
+                f"the base {base} ({n_layer} layers, n_embd {C}): another model size?"
+            )
         if kind != "attn.c_attn":
             ours[f"transformer.h.{layer}.{kind}"] = (B, A, s)
             continue
         for block, sub in enumerate("qkv"):  # rows block·C .. (block+1)·C of ΔW are W_q, W_k, W_v's
-            Bj = B[block * C:(block + 1) * C]
-            used = Bj.abs().amax(0) > 0  # rank directions this block uses (zero columns add nothing)
+            Bj = B[block * C : (block + 1) * C]
+            used = (
+                Bj.abs().amax(0) > 0
+            )  # rank directions this block uses (zero columns add nothing)
             trimmed |= not bool(used.all())
             if used.any():
                 ours[f"transformer.h.{layer}.attn.{sub}"] = (Bj[:, used], A[used], s)
     if not ours:
-        raise ValueError(f"{peft_dir}: every lora_B is zero (an untrained adapter): nothing to import")
+        raise ValueError(
+            f"{peft_dir}: every lora_B is zero (an untrained adapter): nothing to import"
+        )
     ranks = {A.shape[0] for _, A, _ in ours.values()}
-    if not trimmed and len(ranks) == 1 and len({s for *_, s in ours.values()}) == 1:  # one r and alpha: keep them
-        r, opts = ranks.pop(), dict(alpha=float(cfg.get("lora_alpha", 8)), rslora=bool(cfg.get("use_rslora")))
+    if (
+        not trimmed and len(ranks) == 1 and len({s for *_, s in ours.values()}) == 1
+    ):  # one r and alpha: keep them
+        r, opts = (
+            ranks.pop(),
+            dict(alpha=float(cfg.get("lora_alpha", 8)), rslora=bool(cfg.get("use_rslora"))),
+        )
     else:  # fold each scale into A, pad to the largest rank with zeros: exact, scale 1
         r = max(ranks)
         opts = dict(alpha=float(r), rslora=False)
@@ -310,15 +445,25 @@ def import_peft(peft_dir, out, base=None):
     for name in ours:
         match = _OURS.fullmatch(name)
         layer_kinds.setdefault(int(match[1]), set()).add(match[2])
-    adapters.add_adapters(model, "lora", targets=_targets(layer_kinds, n_layer), r=r,
-                          dropout=float(cfg.get("lora_dropout") or 0.0), **opts)
+    adapters.add_adapters(
+        model,
+        "lora",
+        targets=_targets(layer_kinds, n_layer),
+        r=r,
+        dropout=float(cfg.get("lora_dropout") or 0.0),
+        **opts,
+    )
     with torch.no_grad():
         for name, m in adapters.adapted_modules(model).items():
             B, A, _ = ours[name]
-            m.lora_A.zero_()[:A.shape[0]] = A
-            m.lora_B.zero_()[:, :B.shape[1]] = B
-    save_adapter(out, model, {"path": _base_name(base), "fingerprint": fingerprint},
-                 source={"peft": os.path.abspath(peft_dir)})
+            m.lora_A.zero_()[: A.shape[0]] = A
+            m.lora_B.zero_()[:, : B.shape[1]] = B
+    save_adapter(
+        out,
+        model,
+        {"path": _base_name(base), "fingerprint": fingerprint},
+        source={"peft": os.path.abspath(peft_dir)},
+    )
     return model
 
 
@@ -330,30 +475,59 @@ def save_adapter(path, model, base, **extra):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m formats.interop", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     description=__doc__.split("\n\n")[0].strip(), epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{export-peft,export-hf,import-peft}")
+    parser = argparse.ArgumentParser(
+        prog="python -m formats.interop",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n\n")[0].strip(),
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{export-peft,export-hf,import-peft}"
+    )
     base_help = "the base model (a GPT-2 directory or name, or a train.py checkpoint); default: the one the input names"
-    p = sub.add_parser("export-peft", help="adapter checkpoint -> PEFT LoRA directory (adapter_config.json + adapter_model.safetensors)")
-    p.add_argument("adapter", help="an adapter checkpoint (train.py's ckpt.pt, any method) on a Hugging Face GPT-2 base")
+    p = sub.add_parser(
+        "export-peft",
+        help="adapter checkpoint -> PEFT LoRA directory (adapter_config.json + adapter_model.safetensors)",
+    )
+    p.add_argument(
+        "adapter",
+        help="an adapter checkpoint (train.py's ckpt.pt, any method) on a Hugging Face GPT-2 base",
+    )
     p.add_argument("out", help="the directory to create")
     p.add_argument("--base", help=base_help)
-    p = sub.add_parser("export-hf", help="merged model -> Hugging Face GPT-2 directory (config.json + model.safetensors)")
-    p.add_argument("model", help="an adapter checkpoint (merged into its base), a train.py full-model checkpoint, or a GPT-2 directory")
+    p = sub.add_parser(
+        "export-hf",
+        help="merged model -> Hugging Face GPT-2 directory (config.json + model.safetensors)",
+    )
+    p.add_argument(
+        "model",
+        help="an adapter checkpoint (merged into its base), a train.py full-model checkpoint, or a GPT-2 directory",
+    )
     p.add_argument("out", help="the directory to create")
     p.add_argument("--base", help=base_help)
-    p = sub.add_parser("import-peft", help="PEFT LoRA directory -> adapter checkpoint of this project")
-    p.add_argument("peft_dir", help="a directory written by PEFT's save_pretrained (a LoRA on GPT-2)")
+    p = sub.add_parser(
+        "import-peft", help="PEFT LoRA directory -> adapter checkpoint of this project"
+    )
+    p.add_argument(
+        "peft_dir", help="a directory written by PEFT's save_pretrained (a LoRA on GPT-2)"
+    )
     p.add_argument("out", help="the adapter checkpoint to create (a .pt file)")
-    p.add_argument("--base", help="the GPT-2 directory the adapter was trained on; default: its base_model_name_or_path")
+    p.add_argument(
+        "--base",
+        help="the GPT-2 directory the adapter was trained on; default: its base_model_name_or_path",
+    )
     a = parser.parse_args(argv)
     try:
         if a.command == "export-peft":
             export_peft(a.adapter, a.out, a.base)
-            print(f"wrote {a.out}/adapter_config.json and adapter_model.safetensors (PeftModel.from_pretrained)")
+            print(
+                f"wrote {a.out}/adapter_config.json and adapter_model.safetensors (PeftModel.from_pretrained)"
+            )
         elif a.command == "export-hf":
             export_hf(a.model, a.out, a.base)
-            print(f"wrote {a.out}/config.json and model.safetensors (GPT2LMHeadModel.from_pretrained)")
+            print(
+                f"wrote {a.out}/config.json and model.safetensors (GPT2LMHeadModel.from_pretrained)"
+            )
         else:
             model = import_peft(a.peft_dir, a.out, a.base)
             cfg = adapters.adapter_config(model)

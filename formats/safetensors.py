@@ -4,6 +4,7 @@ safetensors package). The format: an 8-byte little-endian header length, a JSON 
 {name: {dtype, shape, data_offsets}} (and an optional "__metadata__"), then the raw little-endian
 tensor bytes, back to back.
 """
+
 import json
 import math
 import mmap
@@ -12,9 +13,18 @@ import struct
 
 import torch
 
-_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
-              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-              "U8": torch.uint8, "BOOL": torch.bool}
+_ST_DTYPES = {
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F64": torch.float64,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 def read_safetensors(path):
@@ -27,10 +37,14 @@ def read_safetensors(path):
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size < 8:
-            raise ValueError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
+            raise ValueError(
+                f"{path}: not a safetensors file (shorter than its 8-byte header length)"
+            )
         (n,) = struct.unpack("<Q", f.read(8))
         if n > size - 8:
-            raise ValueError(f"{path}: corrupt safetensors file (header length {n} exceeds file size)")
+            raise ValueError(
+                f"{path}: corrupt safetensors file (header length {n} exceeds file size)"
+            )
         try:
             header = json.loads(f.read(n))
         except ValueError:
@@ -44,10 +58,18 @@ def read_safetensors(path):
             info = info if isinstance(info, dict) else {}
             dtype, shape = _ST_DTYPES.get(info.get("dtype")), info.get("shape")
             offsets = info.get("data_offsets")
-            start, end = offsets if isinstance(offsets, list) and len(offsets) == 2 else (None, None)
-            ints = isinstance(shape, list) and all(type(v) is int and v >= 0 for v in [*shape, start, end])
-            if dtype is None or not ints or not start <= end <= body_len or \
-                    end - start != math.prod(shape) * torch.empty((), dtype=dtype).element_size():
+            start, end = (
+                offsets if isinstance(offsets, list) and len(offsets) == 2 else (None, None)
+            )
+            ints = isinstance(shape, list) and all(
+                type(v) is int and v >= 0 for v in [*shape, start, end]
+            )
+            if (
+                dtype is None
+                or not ints
+                or not start <= end <= body_len
+                or end - start != math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+            ):
                 raise ValueError(f"{path}: corrupt safetensors entry {name!r}")
             out[name] = _map_tensor(f, body + start, end - start, dtype).reshape(shape)
     return out
@@ -60,8 +82,10 @@ def _map_tensor(f, offset, nbytes, dtype):
     buf = mmap.mmap(f.fileno(), offset + nbytes - page, access=mmap.ACCESS_COPY, offset=page)
     skip, itemsize = offset - page, torch.empty((), dtype=dtype).element_size()
     if skip % itemsize:  # misaligned (a file written without alignment): copy this one tensor
-        return torch.frombuffer(bytearray(buf[skip:skip + nbytes]), dtype=dtype)
-    return torch.frombuffer(buf, dtype=dtype, count=nbytes // itemsize, offset=skip)  # holds buf open
+        return torch.frombuffer(bytearray(buf[skip : skip + nbytes]), dtype=dtype)
+    return torch.frombuffer(
+        buf, dtype=dtype, count=nbytes // itemsize, offset=skip
+    )  # holds buf open
 
 
 def write_safetensors(path, tensors, metadata=None):
@@ -75,9 +99,15 @@ def write_safetensors(path, tensors, metadata=None):
     for name in order:
         t = tensors[name]
         if t.dtype not in names:
-            raise ValueError(f"write_safetensors: {name!r} has dtype {t.dtype}, which safetensors files here do not hold")
+            raise ValueError(
+                f"write_safetensors: {name!r} has dtype {t.dtype}, which safetensors files here do not hold"
+            )
         nbytes = t.numel() * t.element_size()
-        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
+        header[name] = {
+            "dtype": names[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
         offset += nbytes
     h = json.dumps(header).encode()
     h += b" " * (-(8 + len(h)) % 8)

@@ -4,6 +4,7 @@ Alpaca instruction JSON, E2E NLG CSV; a download when a known file is missing an
 read_source gives what each file dataset is made of ('text', 'shakespeare', 'alpaca', 'e2e'), which
 data.get_dataset tokenises (this module needs neither torch nor data.py).
 """
+
 import csv
 import io
 import json
@@ -11,9 +12,15 @@ import os
 import random
 
 PATH_HINT = 'pass --data_path=FILE to train.py (path=FILE to data.get_dataset)'
-URLS = {'shakespeare': 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt',
-        'alpaca': 'https://raw.githubusercontent.com/tatsu-lab/stanford_alpaca/main/alpaca_data.json'}
-DEFAULT_PATHS = {'shakespeare': 'shakespeare/input.txt', 'alpaca': 'alpaca/alpaca_data.json', 'e2e': 'e2e'}
+URLS = {
+    'shakespeare': 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt',
+    'alpaca': 'https://raw.githubusercontent.com/tatsu-lab/stanford_alpaca/main/alpaca_data.json',
+}
+DEFAULT_PATHS = {
+    'shakespeare': 'shakespeare/input.txt',
+    'alpaca': 'alpaca/alpaca_data.json',
+    'e2e': 'e2e',
+}
 
 
 def fetch(path, url=None):
@@ -24,11 +31,14 @@ def fetch(path, url=None):
         raise FileNotFoundError(f'{path} not found: put the file there, or {PATH_HINT}')
     try:
         import urllib.request
+
         with urllib.request.urlopen(url, timeout=15) as r:
             blob = r.read()
     except Exception as e:
-        raise FileNotFoundError(f'{path} not found and {url} could not be downloaded ({type(e).__name__}): '
-                                f'put the file there, or {PATH_HINT}') from None
+        raise FileNotFoundError(
+            f'{path} not found and {url} could not be downloaded ({type(e).__name__}): '
+            f'put the file there, or {PATH_HINT}'
+        ) from None
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     with open(path + '.tmp', 'wb') as f:
         f.write(blob)
@@ -46,8 +56,10 @@ def read_text(path):
         return blob.decode('utf-8')
     except UnicodeDecodeError as e:
         line = blob.count(b'\n', 0, e.start) + 1
-        raise ValueError(f'{path} is not UTF-8 text (byte {e.start}, line {line}: {blob[e.start:e.start + 1]!r}): '
-                         f'save it as UTF-8') from None
+        raise ValueError(
+            f'{path} is not UTF-8 text (byte {e.start}, line {line}: {blob[e.start : e.start + 1]!r}): '
+            f'save it as UTF-8'
+        ) from None
 
 
 ALPACA = 'Alpaca format: a JSON list of {"instruction", "input", "output"} strings'
@@ -58,7 +70,9 @@ def read_alpaca(path):
     try:
         rows = json.loads(read_text(path).lstrip('\ufeff'))
     except json.JSONDecodeError as e:
-        raise ValueError(f'{path} is not valid JSON ({e.msg} at line {e.lineno}): expected {ALPACA}') from None
+        raise ValueError(
+            f'{path} is not valid JSON ({e.msg} at line {e.lineno}): expected {ALPACA}'
+        ) from None
     if not isinstance(rows, list):
         raise ValueError(f'{path}: expected {ALPACA}, got a JSON {type(rows).__name__}')
     for i, r in enumerate(rows):
@@ -70,8 +84,14 @@ def read_alpaca(path):
                 bad = f'has "{k}": {json.dumps(r[k])[:40]}, not a string'
         if bad:
             raise ValueError(f'{path}: item {i} {bad} ({ALPACA}): fix or remove that item')
-    return [(r['instruction'].strip() + ('\n' + r['input'].strip() if r.get('input', '').strip() else ''),
-             r['output'].strip()) for r in rows]
+    return [
+        (
+            r['instruction'].strip()
+            + ('\n' + r['input'].strip() if r.get('input', '').strip() else ''),
+            r['output'].strip(),
+        )
+        for r in rows
+    ]
 
 
 def read_e2e(path):
@@ -80,17 +100,23 @@ def read_e2e(path):
     pairs, line = [], 0
     try:
         if not reader.fieldnames or not {'mr', 'ref'} <= set(reader.fieldnames):
-            raise ValueError(f'{path}: expected a CSV with columns mr,ref (E2E NLG), got {reader.fieldnames}: '
-                             f'start it with the header line mr,ref')
+            raise ValueError(
+                f'{path}: expected a CSV with columns mr,ref (E2E NLG), got {reader.fieldnames}: '
+                f'start it with the header line mr,ref'
+            )
         line = reader.line_num
         for r in reader:
             if r['ref'] is None:
-                raise ValueError(f'{path} line {reader.line_num}: the row has no ref: give every row an mr and a ref')
+                raise ValueError(
+                    f'{path} line {reader.line_num}: the row has no ref: give every row an mr and a ref'
+                )
             pairs.append((f"describe: {r['mr'].strip()}", r['ref'].strip()))
             line = reader.line_num
     except csv.Error as e:  # the row after `line` opens a quote it never closes, or misplaces one
-        raise ValueError(f'{path} line {line + 1}: {e} (a bad quote?): close each quoted field, '
-                         f'writing a quote inside it as ""') from None
+        raise ValueError(
+            f'{path} line {line + 1}: {e} (a bad quote?): close each quoted field, '
+            f'writing a quote inside it as ""'
+        ) from None
     return pairs
 
 
@@ -117,19 +143,28 @@ def read_source(name, data_dir, seed, path=None):
     if name == 'alpaca':
         splits = split_by_question(read_alpaca(fetch(path, URLS['alpaca'])), seed)
     elif os.path.isdir(path):  # e2e: a folder with the official splits
-        files = {s: [os.path.join(path, f) for f in fs if os.path.exists(os.path.join(path, f))] for s, fs in
-                 (('train', ['trainset.csv']), ('val', ['devset.csv']),
-                  ('test', ['testset_w_refs.csv', 'testset.csv']))}
+        files = {
+            s: [os.path.join(path, f) for f in fs if os.path.exists(os.path.join(path, f))]
+            for s, fs in (
+                ('train', ['trainset.csv']),
+                ('val', ['devset.csv']),
+                ('test', ['testset_w_refs.csv', 'testset.csv']),
+            )
+        }
         missing = [s for s, fs in files.items() if not fs]
         if missing:
-            raise FileNotFoundError(f'{path} lacks the E2E {"/".join(missing)} CSV (trainset.csv, devset.csv, '
-                                    f'testset_w_refs.csv from github.com/tuetschek/e2e-dataset): put them there')
+            raise FileNotFoundError(
+                f'{path} lacks the E2E {"/".join(missing)} CSV (trainset.csv, devset.csv, '
+                f'testset_w_refs.csv from github.com/tuetschek/e2e-dataset): put them there'
+            )
         splits = {s: read_e2e(fs[0]) for s, fs in files.items()}
     elif os.path.exists(path):  # e2e: one CSV that we split ourselves
         splits = split_by_question(read_e2e(path), seed)
     else:
-        raise FileNotFoundError(f'{path} not found: put the E2E CSVs (trainset.csv, devset.csv, testset_w_refs.csv '
-                                f'from github.com/tuetschek/e2e-dataset) in a folder there, or {PATH_HINT}')
+        raise FileNotFoundError(
+            f'{path} not found: put the E2E CSVs (trainset.csv, devset.csv, testset_w_refs.csv '
+            f'from github.com/tuetschek/e2e-dataset) in a folder there, or {PATH_HINT}'
+        )
     for s, items in splits.items():
         if not items:
             raise ValueError(f'{path}: too few items for a {s} split')

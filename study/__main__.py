@@ -1,4 +1,5 @@
 """python -m study: the reproduction study (study/run.py), run from the repository's root."""
+
 import sys
 
 from study.run import cli

@@ -21,6 +21,7 @@ Every training run goes through train.main. Each finished run's numbers go to st
 where it stopped, and a run whose checkpoint is gone is retrained only where a later step needs the
 checkpoint. Verdicts, gates and the write-up: study/verdicts.py.
 """
+
 import argparse
 import contextlib
 import io
@@ -34,42 +35,91 @@ import torch
 
 import adapters
 import analyze
-from study import baselines
 import data
 import train
-from sources import world
 from formats.checkpoint import load_model, read_checkpoint
-from study.verdicts import (CI_LEVEL, CLAIMS, EQUIV_MARGIN, FLOOR_GATE, GATES, UPPER_BOUND, direction,  # noqa: F401
-                            equivalence, format_gates, gate_failures, gates, mean, most_common_answer_baseline,
-                            paired_diff_ci, pm, sd, verdicts, write_report)
+from sources import world
+from study import baselines
+from study.verdicts import (
+    UPPER_BOUND,
+    format_gates,
+    mean,
+    most_common_answer_baseline,
+    pm,
+    verdicts,
+    write_report,
+)
 
-WORLD_SEED = 1337  # the synthetic world every run trains and is evaluated on (data.get_dataset's seed)
+# the synthetic world every run trains and is evaluated on (data.get_dataset's seed)
+WORLD_SEED = 1337
 ALL = 'attn.q,attn.k,attn.v,attn.c_proj,mlp.c_fc,mlp.c_proj'  # every Linear of a block
 
 # budgets, chosen by measurement: an 800-iteration base recalls 0.97 of its facts (a 500-iteration one 0.89);
 # a skill LoRA learns its skill in 600 iterations (manual recall 1.0, known_qa 0.92); the upper bound
 # reaches 0.34 / 0.50 on the composite after 1,000 / 3,000 iterations (lr 3e-3; 1e-2 forgets the manual):
 # short of its 0.8 gate either way, so the study spends 1,000
-FULL = dict(seeds=[0, 1, 2], base_dir='out/study/base', base_args=['--max_iters=800', '--eval_interval=200'],
-            R=12, mix_iters=1500, sweep_iters=1500, skill_iters=600, datamix_iters=1200, upper_iters=1000, cat_iters=300,
-            control_iters=300, control_cat_iters=60, eval_iters=10, eval_items=0,
-            lr_grid={'full': [1e-4, 3e-4, 1e-3], 'lora': [1e-3, 3e-3, 1e-2]},  # adapters: 'lora'
-            lr_widen=2,  # a grid grows by up to this many rates past an edge its best rate sits on
-            out='out/study', results='study/results')
-QUICK = dict(seeds=[0], base_dir='out/study-quick/base',
-             base_args=['--n_layer=2', '--n_head=2', '--n_embd=64', '--max_iters=40', '--eval_interval=40',
-                        '--eval_iters=2', '--batch_size=16', '--warmup_iters=4'],
-             R=12, mix_iters=6, sweep_iters=6, skill_iters=6, datamix_iters=6, upper_iters=6, cat_iters=4, control_iters=4,
-             control_cat_iters=2, eval_iters=2, eval_items=4, lr_grid={'full': [1e-3], 'lora': [3e-3, 1e-2]}, lr_widen=0,
-             out='out/study-quick', results='out/study-quick/results')
+FULL = dict(
+    seeds=[0, 1, 2],
+    base_dir='out/study/base',
+    base_args=['--max_iters=800', '--eval_interval=200'],
+    R=12,
+    mix_iters=1500,
+    sweep_iters=1500,
+    skill_iters=600,
+    datamix_iters=1200,
+    upper_iters=1000,
+    cat_iters=300,
+    control_iters=300,
+    control_cat_iters=60,
+    eval_iters=10,
+    eval_items=0,
+    lr_grid={'full': [1e-4, 3e-4, 1e-3], 'lora': [1e-3, 3e-3, 1e-2]},  # adapters: 'lora'
+    lr_widen=2,  # a grid grows by up to this many rates past an edge its best rate sits on
+    out='out/study',
+    results='study/results',
+)
+QUICK = dict(
+    seeds=[0],
+    base_dir='out/study-quick/base',
+    base_args=[
+        '--n_layer=2',
+        '--n_head=2',
+        '--n_embd=64',
+        '--max_iters=40',
+        '--eval_interval=40',
+        '--eval_iters=2',
+        '--batch_size=16',
+        '--warmup_iters=4',
+    ],
+    R=12,
+    mix_iters=6,
+    sweep_iters=6,
+    skill_iters=6,
+    datamix_iters=6,
+    upper_iters=6,
+    cat_iters=4,
+    control_iters=4,
+    control_cat_iters=2,
+    eval_iters=2,
+    eval_items=4,
+    lr_grid={'full': [1e-3], 'lora': [3e-3, 1e-2]},
+    lr_widen=0,
+    out='out/study-quick',
+    results='out/study-quick/results',
+)
 COMPOSITION_LR, CAT_LR = 3e-3, 1e-2
-LAMBDAS = {'task arithmetic': [0.5, 0.75, 1.0, 1.25, 1.5], 'TIES': [0.5, 1.0, 1.5, 2.0, 3.0]}  # tuned on the composite split
+LAMBDAS = {
+    'task arithmetic': [0.5, 0.75, 1.0, 1.25, 1.5],
+    'TIES': [0.5, 1.0, 1.5, 2.0, 3.0],
+}  # tuned on the composite split
 
 
 def next_rate(lr, up):
     """lr's neighbour on the 1-3-10 ladder the grids are drawn from (..., 1e-3, 3e-3, 1e-2, 3e-2, ...)."""
     k = round(2 * math.log10(lr)) + (1 if up else -1)
-    return float(f'{(1, 3)[k % 2]}e{k // 2}')  # the same float as the literal 3e-4, not 3 * 10 ** -4
+    return float(
+        f'{(1, 3)[k % 2]}e{k // 2}'
+    )  # the same float as the literal 3e-4, not 3 * 10 ** -4
 
 
 def tune_lr(grid, score, widen):
@@ -82,21 +132,50 @@ def tune_lr(grid, score, widen):
         best = max(grid, key=scores.get)
         if len(grid) < 2 or best not in (grid[0], grid[-1]):
             break
-        grid = grid + [next_rate(best, up=True)] if best == grid[-1] else [next_rate(best, up=False)] + grid
+        grid = (
+            grid + [next_rate(best, up=True)]
+            if best == grid[-1]
+            else [next_rate(best, up=False)] + grid
+        )
     return [lr for lr in grid if lr in scores], best, scores
 
 
 def mixture_methods(R, n_embd):
-    """name -> (config, extra options). All adapters but lora_qv adapt every Linear (lora_qv: the papers' GPT-2 setting)."""
-    half = n_embd // 2  # NOLA: k + l = d per matrix, fewer trainable numbers than LoRA rank 1 at any width
-    return {'full': ('config/finetune_mixture.py', []),
-            f'lora_qv_r{R}': ('config/lora_mixture.py', [f'--lora_r={R}', f'--lora_alpha={2.0 * R}']),
-            f'lora_r{R}': ('config/lora_mixture.py', [f'--adapter_targets={ALL}', f'--lora_r={R}', f'--lora_alpha={2.0 * R}']),
-            f'multilora_3x{R // 3}': ('config/multilora_mixture.py', [f'--adapter_targets={ALL}', '--multilora_n=3',
-                                                                    f'--multilora_r={R // 3}', f'--multilora_alpha={2.0 * (R // 3)}']),
-            'lora_r1': ('config/lora_mixture.py', [f'--adapter_targets={ALL}', '--lora_r=1', '--lora_alpha=2.0']),
-            'nola': ('config/nola_mixture.py', [f'--adapter_targets={ALL}', f'--nola_k={half}', f'--nola_l={half}',
-                                                '--nola_stored_basis=True'])}  # the same bases, kept: 2x faster on a CPU
+    """name -> (config, extra options). All adapters but lora_qv adapt every Linear
+    (lora_qv: the papers' GPT-2 setting)."""
+    half = (
+        n_embd // 2
+    )  # NOLA: k + l = d per matrix, fewer trainable numbers than LoRA rank 1 at any width
+    return {
+        'full': ('config/finetune_mixture.py', []),
+        f'lora_qv_r{R}': ('config/lora_mixture.py', [f'--lora_r={R}', f'--lora_alpha={2.0 * R}']),
+        f'lora_r{R}': (
+            'config/lora_mixture.py',
+            [f'--adapter_targets={ALL}', f'--lora_r={R}', f'--lora_alpha={2.0 * R}'],
+        ),
+        f'multilora_3x{R // 3}': (
+            'config/multilora_mixture.py',
+            [
+                f'--adapter_targets={ALL}',
+                '--multilora_n=3',
+                f'--multilora_r={R // 3}',
+                f'--multilora_alpha={2.0 * (R // 3)}',
+            ],
+        ),
+        'lora_r1': (
+            'config/lora_mixture.py',
+            [f'--adapter_targets={ALL}', '--lora_r=1', '--lora_alpha=2.0'],
+        ),
+        'nola': (
+            'config/nola_mixture.py',
+            [
+                f'--adapter_targets={ALL}',
+                f'--nola_k={half}',
+                f'--nola_l={half}',
+                '--nola_stored_basis=True',
+            ],
+        ),
+    }  # the same bases, kept: 2x faster on a CPU
 
 
 def nbytes(obj):
@@ -115,7 +194,9 @@ def payload(sd_):
 def world_dataset(name):
     """The study's world (WORLD_SEED) as train.py's defaults read it."""
     c = train.parse_args([])
-    return data.get_dataset(name, c['block_size'], tokenizer=c['tokenizer'], data_dir=c['data_dir'], seed=WORLD_SEED)
+    return data.get_dataset(
+        name, c['block_size'], tokenizer=c['tokenizer'], data_dir=c['data_dir'], seed=WORLD_SEED
+    )
 
 
 @torch.no_grad()
@@ -133,20 +214,30 @@ def answer_rates(model, ds, task, split='test', max_items=None):
     """Per item of a Q/A task: exact match, format-correct (the answer is one value of the asked kind,
     whichever) and content-correct (the right value appears anywhere in what the model wrote)."""
     items = ds.data[task][split][:max_items]
-    text = ds.text[task][split][:len(items)]
+    text = ds.text[task][split][: len(items)]
     max_new = min(max(len(a) for _, a in items) + 4, ds.block_size // 2)
     preds = [ds.decode(p).strip() for p in ds.generate(model, [p for p, _ in items], max_new)]
-    valid = set(a for s in ds.text[task].values() for _, a in s) | set(world.MANUAL_JOBS + world.JOBS)
-    valid |= set(a for t in ('known_qa',) if t in ds.text for s in ds.text[t].values() for _, a in s)
+    valid = set(a for s in ds.text[task].values() for _, a in s) | set(
+        world.MANUAL_JOBS + world.JOBS
+    )
+    valid |= set(
+        a for t in ('known_qa',) if t in ds.text for s in ds.text[t].values() for _, a in s
+    )
     em = [int(p == a) for p, (_, a) in zip(preds, text)]
-    return {'em': em, 'format': mean([p in valid for p in preds]),
-            'content': mean([a in p.replace('.', ' ').split() for p, (_, a) in zip(preds, text)]), 'examples': preds[:3]}
+    return {
+        'em': em,
+        'format': mean([p in valid for p in preds]),
+        'content': mean([a in p.replace('.', ' ').split() for p, (_, a) in zip(preds, text)]),
+        'examples': preds[:3],
+    }
 
 
 class Study:
     def __init__(self, S, fresh=False, log=print):
         self.S, self.fresh, self.log = argparse.Namespace(**S), fresh, log
-        self.trained = set()  # runs this invocation trained: --fresh retrains a run once, then reuses it
+        self.trained = (
+            set()
+        )  # runs this invocation trained: --fresh retrains a run once, then reuses it
         self.base_path = os.path.join(self.S.base_dir, 'ckpt.pt')
         self.runs_dir = os.path.join(self.S.results, 'runs')
         os.makedirs(self.runs_dir, exist_ok=True)
@@ -164,14 +255,18 @@ class Study:
             return rec
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, 'train.log'), 'w') as f, contextlib.redirect_stdout(f):
-            summary = train.main(argv + ['--overwrite=True'])  # a stale or --fresh run of the study's own
+            summary = train.main(
+                argv + ['--overwrite=True']
+            )  # a stale or --fresh run of the study's own
         summary.pop('losses', None)
         rec = {'key': key, 'summary': summary}
         self.save_record(name, rec)
         self.trained.add(name)
         acc = summary.get('eval', {}).get('avg', {}).get('acc', float('nan'))
-        self.log(f'  {name:<34} {summary["train_time_s"]:6.1f}s  val loss {summary["val_loss"]:.3f}  '
-                 f'{"val" if "--eval_split=val" in argv else "test"} acc {acc:.3f}')
+        self.log(
+            f'  {name:<34} {summary["train_time_s"]:6.1f}s  val loss {summary["val_loss"]:.3f}  '
+            f'{"val" if "--eval_split=val" in argv else "test"} acc {acc:.3f}'
+        )
         return rec
 
     def record(self, name):
@@ -189,10 +284,22 @@ class Study:
 
     def run(self, name, config, seed, iters, extra=(), need_ckpt=False):
         S = self.S
-        return self.train(name, [config, f'--init_from={self.base_path}', f'--seed={seed}', f'--max_iters={iters}',
-                                 f'--warmup_iters={max(1, iters // 10)}', f'--eval_interval={iters}',
-                                 f'--eval_iters={S.eval_iters}', f'--log_interval={max(1, iters // 5)}',
-                                 f'--eval_max_items={S.eval_items}', *extra], need_ckpt)
+        return self.train(
+            name,
+            [
+                config,
+                f'--init_from={self.base_path}',
+                f'--seed={seed}',
+                f'--max_iters={iters}',
+                f'--warmup_iters={max(1, iters // 10)}',
+                f'--eval_interval={iters}',
+                f'--eval_iters={S.eval_iters}',
+                f'--log_interval={max(1, iters // 5)}',
+                f'--eval_max_items={S.eval_items}',
+                *extra,
+            ],
+            need_ckpt,
+        )
 
     def ckpt(self, name):
         return os.path.join(self.S.out, name, 'ckpt.pt')
@@ -207,45 +314,105 @@ class Study:
 
     def finetuned(self, name):
         """The model a mixture run trained: base + adapter, or the fully fine-tuned weights."""
-        return self.adapted(name) if 'adapter' in read_checkpoint(self.ckpt(name)) else load_model(self.ckpt(name))[0]
+        return (
+            self.adapted(name)
+            if 'adapter' in read_checkpoint(self.ckpt(name))
+            else load_model(self.ckpt(name))[0]
+        )
 
     # ---- base -------------------------------------------------------------------------------------
     def stage_base(self):
-        want = train.parse_args(self.S.base_args + [f'--out_dir={self.S.base_dir}', f'--data_seed={WORLD_SEED}'])
-        ds = data.get_dataset(want['dataset'], want['block_size'], tokenizer=want['tokenizer'],
-                              data_dir=want['data_dir'], seed=want['data_seed'])
-        ignore = {'out_dir', 'device', 'compile', 'log_interval', 'final_eval', 'eval_max_items', 'eval_split', 'overwrite'}
+        want = train.parse_args(
+            self.S.base_args + [f'--out_dir={self.S.base_dir}', f'--data_seed={WORLD_SEED}']
+        )
+        ds = data.get_dataset(
+            want['dataset'],
+            want['block_size'],
+            tokenizer=want['tokenizer'],
+            data_dir=want['data_dir'],
+            seed=want['data_seed'],
+        )
+        ignore = {
+            'out_dir',
+            'device',
+            'compile',
+            'log_interval',
+            'final_eval',
+            'eval_max_items',
+            'eval_split',
+            'overwrite',
+        }
         reuse = False
         if os.path.exists(self.base_path) and not self.fresh:
             ck = read_checkpoint(self.base_path)
-            old = {**train.DEFAULTS, **ck.get('config', {})}  # keys newer than the checkpoint: their defaults
-            same_cfg = all(old[k] == v for k, v in want.items() if k not in ignore
-                           and not k.startswith(('lora_', 'multilora_', 'nola_', 'cat_')))  # adapters: not the base
+            old = {
+                **train.DEFAULTS,
+                **ck.get('config', {}),
+            }  # keys newer than the checkpoint: their defaults
+            same_cfg = all(
+                old[k] == v
+                for k, v in want.items()
+                if k not in ignore and not k.startswith(('lora_', 'multilora_', 'nola_', 'cat_'))
+            )  # adapters: not the base
             same_data = ck.get('data', {}).get('fingerprint') == ds.fingerprint
-            reuse = same_cfg and same_data and ck.get('iter_num') == want['max_iters'] and 'model' in ck
-            summary = {'reused': True, 'iters': ck.get('iter_num'), 'val_loss': ck.get('best_val_loss')}
-            self.log(f'  base at {self.base_path}: config {"same" if same_cfg else "differs"}, data fingerprint '
-                     f'{"same" if same_data else "differs"} -> {"reused" if reuse else "retrained"}')
+            reuse = (
+                same_cfg and same_data and ck.get('iter_num') == want['max_iters'] and 'model' in ck
+            )
+            summary = {
+                'reused': True,
+                'iters': ck.get('iter_num'),
+                'val_loss': ck.get('best_val_loss'),
+            }
+            self.log(
+                f'  base at {self.base_path}: config {"same" if same_cfg else "differs"}, data fingerprint '
+                f'{"same" if same_data else "differs"} -> {"reused" if reuse else "retrained"}'
+            )
         if not reuse:
             os.makedirs(self.S.base_dir, exist_ok=True)
-            with open(os.path.join(self.S.base_dir, 'train.log'), 'w') as f, contextlib.redirect_stdout(f):
-                summary = train.main(self.S.base_args + [f'--out_dir={self.S.base_dir}', f'--data_seed={WORLD_SEED}',
-                                                         '--overwrite=True'])
+            with (
+                open(os.path.join(self.S.base_dir, 'train.log'), 'w') as f,
+                contextlib.redirect_stdout(f),
+            ):
+                summary = train.main(
+                    self.S.base_args
+                    + [
+                        f'--out_dir={self.S.base_dir}',
+                        f'--data_seed={WORLD_SEED}',
+                        '--overwrite=True',
+                    ]
+                )
             summary.pop('losses', None)
             summary['reused'] = False
-            self.log(f'  base pretrained in {summary["train_time_s"]:.1f}s, val loss {summary["val_loss"]:.3f}')
+            self.log(
+                f'  base pretrained in {summary["train_time_s"]:.1f}s, val loss {summary["val_loss"]:.3f}'
+            )
         base = self.base_model()
         self.base_fp = base.fingerprint()
-        self.base_shape = {k: getattr(base.config, k) for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'vocab_size')}
+        self.base_shape = {
+            k: getattr(base.config, k)
+            for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'vocab_size')
+        }
         people = self.world()['people']
         qa = self.dataset('known_qa')  # its tokenizer and batched generation, for the recall probes
         rec = {k: recall(base, qa, world.recall_probes(people, [k])) for k in world.FACT_TEMPLATES}
         rec['all'] = mean(list(rec.values()))
-        rec['manual'] = recall(base, qa, world.recall_probes(world.make_manual(self.world())))  # never read: ~0
-        self.log(f'  base fact recall {rec["all"]:.3f} (' + ', '.join(f'{k} {v:.2f}' for k, v in rec.items()) + ')')
-        return {'path': self.base_path, 'fingerprint': self.base_fp, 'data_fingerprint': ds.fingerprint,
-                'model_args': self.base_shape, 'params': sum(p.numel() for p in base.parameters()), 'recall': rec,
-                **summary}
+        rec['manual'] = recall(
+            base, qa, world.recall_probes(world.make_manual(self.world()))
+        )  # never read: ~0
+        self.log(
+            f'  base fact recall {rec["all"]:.3f} ('
+            + ', '.join(f'{k} {v:.2f}' for k, v in rec.items())
+            + ')'
+        )
+        return {
+            'path': self.base_path,
+            'fingerprint': self.base_fp,
+            'data_fingerprint': ds.fingerprint,
+            'model_args': self.base_shape,
+            'params': sum(p.numel() for p in base.parameters()),
+            'recall': rec,
+            **summary,
+        }
 
     def world(self):
         if not hasattr(self, '_world'):
@@ -260,14 +427,17 @@ class Study:
         if method == 'nola':
             extra.append(f'--nola_seed={seed}')
         return f'mix_{method}_lr{lr:g}_it{iters}_s{seed}', self.run(
-            f'mix_{method}_lr{lr:g}_it{iters}_s{seed}', config, seed, iters, extra, need_ckpt)
+            f'mix_{method}_lr{lr:g}_it{iters}_s{seed}', config, seed, iters, extra, need_ckpt
+        )
 
     def test_eval(self, name, ds):
         """Exact match on every test item (per item kept), stored beside the run's numbers."""
         rec = self.record(name)
         if 'test' not in rec:
             with adapters.merged(model := self.finetuned(name)):
-                rec['test'] = ds.evaluate(model.eval(), split='test', max_items=self.S.eval_items or None)
+                rec['test'] = ds.evaluate(
+                    model.eval(), split='test', max_items=self.S.eval_items or None
+                )
             self.save_record(name, rec)
         return rec['test']
 
@@ -277,27 +447,46 @@ class Study:
         for method in mixture_methods(S.R, self.base_shape['n_embd']):
             runs = {}
 
-            def score(lr):  # val exact match, ties broken by val loss
+            def score(lr, runs=runs, method=method):  # val exact match, ties broken by val loss
                 runs[lr] = self.mixture_run(method, lr, S.seeds[0], S.sweep_iters)[1]['summary']
                 return runs[lr]['eval']['avg']['acc'], -runs[lr]['val_loss']
-            grid, best, _ = tune_lr(S.lr_grid['full' if method == 'full' else 'lora'], score, S.lr_widen)
-            sweep[method] = {'grid': grid, 'iters': S.sweep_iters, 'seed': S.seeds[0], 'chosen': best,
-                             'val_acc': [runs[lr]['eval']['avg']['acc'] for lr in grid],
-                             'val_loss': [runs[lr]['val_loss'] for lr in grid]}
-            self.log(f'  {method}: lr {best:g} (val exact match ' +
-                     ', '.join(f'{lr:g}: {a:.3f}' for lr, a in zip(grid, sweep[method]['val_acc'])) + ')')
+
+            grid, best, _ = tune_lr(
+                S.lr_grid['full' if method == 'full' else 'lora'], score, S.lr_widen
+            )
+            sweep[method] = {
+                'grid': grid,
+                'iters': S.sweep_iters,
+                'seed': S.seeds[0],
+                'chosen': best,
+                'val_acc': [runs[lr]['eval']['avg']['acc'] for lr in grid],
+                'val_loss': [runs[lr]['val_loss'] for lr in grid],
+            }
+            self.log(
+                f'  {method}: lr {best:g} (val exact match '
+                + ', '.join(f'{lr:g}: {a:.3f}' for lr, a in zip(grid, sweep[method]['val_acc']))
+                + ')'
+            )
             rows = []
             for s in S.seeds:
                 name, rec = self.mixture_run(method, best, s, S.mix_iters, need_ckpt=True)
                 ev, summ = self.test_eval(name, ds), rec['summary']
                 state = read_checkpoint(self.ckpt(name))
                 state = state['adapter']['state'] if 'adapter' in state else state['model']
-                rows.append({'seed': s, 'name': name, 'lr': best,
-                             'acc': {t: r['acc'] for t, r in ev.items()},
-                             'correct': {t: r['correct'] for t, r in ev.items() if 'correct' in r},
-                             'val_loss': summ['val_loss'], 'train_time_s': summ['train_time_s'],
-                             'trainable_params': summ['trainable_params'], 'file_bytes': nbytes(state),
-                             'payload_bytes': payload(state)})
+                rows.append(
+                    {
+                        'seed': s,
+                        'name': name,
+                        'lr': best,
+                        'acc': {t: r['acc'] for t, r in ev.items()},
+                        'correct': {t: r['correct'] for t, r in ev.items() if 'correct' in r},
+                        'val_loss': summ['val_loss'],
+                        'train_time_s': summ['train_time_s'],
+                        'trainable_params': summ['trainable_params'],
+                        'file_bytes': nbytes(state),
+                        'payload_bytes': payload(state),
+                    }
+                )
             self.log(f'  {method}: test exact match {pm([r["acc"]["avg"] for r in rows])}')
             out[method] = rows
         return out, sweep
@@ -308,24 +497,39 @@ class Study:
         for i, s in enumerate(self.S.seeds):
             names = {m: rows[i]['name'] for m, rows in mix.items() if not m.startswith('lora_qv')}
             paths = [self.mixture_ckpt(mix, m, i) for m in names]
-            result, _, _ = analyze.run(self.base_path, paths, out=os.path.join(self.S.out, f'spectra_s{s}'))
+            result, _, _ = analyze.run(
+                self.base_path, paths, out=os.path.join(self.S.out, f'spectra_s{s}')
+            )
             qv = next(m for m in mix if m.startswith('lora_qv'))
-            result_qv, _, _ = analyze.run(self.base_path, [self.mixture_ckpt(mix, qv, i), self.mixture_ckpt(mix, 'full', i)],
-                                          matrices='attn.q,attn.v', out=os.path.join(self.S.out, f'spectra_qv_s{s}'))
+            result_qv, _, _ = analyze.run(
+                self.base_path,
+                [self.mixture_ckpt(mix, qv, i), self.mixture_ckpt(mix, 'full', i)],
+                matrices='attn.q,attn.v',
+                out=os.path.join(self.S.out, f'spectra_qv_s{s}'),
+            )
             for m, r in zip(names, result['runs']):
                 r['label'] = m
-            if i == 0:  # the figure and its numbers: the first seed, labelled by this study's method names
+            if (
+                i == 0
+            ):  # the figure and its numbers: the first seed, labelled by this study's method names
                 files = analyze.write_outputs(result, os.path.join(self.S.results, 'spectra'))
                 table = analyze.format_table(result)
             per_seed.append({m: r['aggregate'] for m, r in zip(names, result['runs'])})
             per_seed_qv.append({m: r['aggregate'] for m, r in zip((qv, 'full'), result_qv['runs'])})
         keys = ('effective_rank_mean', 'top_share_mean', 'energy_rank_mean', 'rel_norm_mean')
+
         def summary(ps):
             out = {m: {k: [p[m][k] for p in ps] for k in keys} for m in ps[0]}
             for m in out:
                 out[m]['intruders_0.5'] = [p[m]['intruders_per_matrix']['0.5'] for p in ps]
             return out
-        return {'per_method': summary(per_seed), 'qv': summary(per_seed_qv), 'figure': files[1], 'table_seed0': table}
+
+        return {
+            'per_method': summary(per_seed),
+            'qv': summary(per_seed_qv),
+            'figure': files[1],
+            'table_seed0': table,
+        }
 
     def mixture_ckpt(self, mix, method, i):
         """The checkpoint of mixture row i, retrained when it is gone (its numbers are in results/runs/)."""
@@ -345,66 +549,159 @@ class Study:
             adapters.load_adapter_state_dict(fresh, baselines.dequantize_nola_state(sd_q, fresh))
             with adapters.merged(fresh):
                 ev = ds.evaluate(fresh.eval(), split='test', max_items=self.S.eval_items or None)
-            rows.append({'seed': s, 'acc': {t: r['acc'] for t, r in ev.items()},
-                         'correct': {t: r['correct'] for t, r in ev.items() if 'correct' in r},
-                         'file_bytes': nbytes(sd_q), 'payload_bytes': payload(sd_q)})
+            rows.append(
+                {
+                    'seed': s,
+                    'acc': {t: r['acc'] for t, r in ev.items()},
+                    'correct': {t: r['correct'] for t, r in ev.items() if 'correct' in r},
+                    'file_bytes': nbytes(sd_q),
+                    'payload_bytes': payload(sd_q),
+                }
+            )
         pick = lambda m, k: [r[k] for r in mix[m]]
-        entry = lambda m: {'acc': [r['acc']['avg'] for r in mix[m]], 'file_bytes': pick(m, 'file_bytes'),
-                           'payload_bytes': pick(m, 'payload_bytes'), 'trainable_params': mix[m][0]['trainable_params']}
-        return {'nola_fp32': entry('nola'), 'lora_r1': entry('lora_r1'),
-                'nola_4bit': {'acc': [r['acc']['avg'] for r in rows], 'rows': rows,
-                              'file_bytes': [r['file_bytes'] for r in rows], 'payload_bytes': [r['payload_bytes'] for r in rows],
-                              'trainable_params': mix['nola'][0]['trainable_params']}}
+        entry = lambda m: {
+            'acc': [r['acc']['avg'] for r in mix[m]],
+            'file_bytes': pick(m, 'file_bytes'),
+            'payload_bytes': pick(m, 'payload_bytes'),
+            'trainable_params': mix[m][0]['trainable_params'],
+        }
+        return {
+            'nola_fp32': entry('nola'),
+            'lora_r1': entry('lora_r1'),
+            'nola_4bit': {
+                'acc': [r['acc']['avg'] for r in rows],
+                'rows': rows,
+                'file_bytes': [r['file_bytes'] for r in rows],
+                'payload_bytes': [r['payload_bytes'] for r in rows],
+                'trainable_params': mix['nola'][0]['trainable_params'],
+            },
+        }
 
     # ---- composition: LoRA Soups' Q/A bot on a manual ------------------------------------------
     def stage_composition(self):
         S, ds = self.S, self.dataset('manual_upper')  # evaluates known_qa and manual_qa
         n = S.eval_items or None
         manual = world.recall_probes(world.make_manual(self.world()))[:n]
-        lora = [f'--adapter_targets={ALL}', '--lora_r=8', '--lora_alpha=16.0', f'--learning_rate={COMPOSITION_LR}',
-                f'--min_lr={COMPOSITION_LR / 10}', '--weight_decay=0.0']
+        lora = [
+            f'--adapter_targets={ALL}',
+            '--lora_r=8',
+            '--lora_alpha=16.0',
+            f'--learning_rate={COMPOSITION_LR}',
+            f'--min_lr={COMPOSITION_LR / 10}',
+            '--weight_decay=0.0',
+        ]
         cfg = 'config/lora_skill1.py'
+
         def score(model, lam=None):
             with adapters.merged(model):
                 model.eval()
                 qa = answer_rates(model, ds, 'manual_qa', max_items=n)
                 known = ds.evaluate(model, split='test', max_items=n, tasks=['known_qa'])
-                return {'manual_qa': mean(qa['em']), 'correct': qa['em'], 'format': qa['format'], 'content': qa['content'],
-                        'known_qa': known['known_qa']['acc'], 'recall': recall(model, ds, manual), 'lambda': lam,
-                        'examples': qa['examples']}
+                return {
+                    'manual_qa': mean(qa['em']),
+                    'correct': qa['em'],
+                    'format': qa['format'],
+                    'content': qa['content'],
+                    'known_qa': known['known_qa']['acc'],
+                    'recall': recall(model, ds, manual),
+                    'lambda': lam,
+                    'examples': qa['examples'],
+                }
+
         def tune(how, deltas, grid):
             """λ with the best exact match on the composite's train split (what CAT learns its weights on)."""
             best = None
             for lam in grid:
-                model = baselines.apply_deltas(self.base_model(), baselines.merge_deltas(deltas, how, lam=lam))
-                em = mean(answer_rates(model.eval(), ds, 'manual_qa', split='train', max_items=n)['em'])
+                model = baselines.apply_deltas(
+                    self.base_model(), baselines.merge_deltas(deltas, how, lam=lam)
+                )
+                em = mean(
+                    answer_rates(model.eval(), ds, 'manual_qa', split='train', max_items=n)['em']
+                )
                 if best is None or em > best[1]:
                     best = (lam, em, model)
             return score(best[2], best[0])
-        runs = {k: [] for k in ('base', 'skill A alone', 'skill B alone', UPPER_BOUND, 'CAT', 'CAT (softmax)',
-                                'task arithmetic', 'ΔW averaging', 'TIES', 'data mixing', 'data mixing + composite split')}
+
+        runs = {
+            k: []
+            for k in (
+                'base',
+                'skill A alone',
+                'skill B alone',
+                UPPER_BOUND,
+                'CAT',
+                'CAT (softmax)',
+                'task arithmetic',
+                'ΔW averaging',
+                'TIES',
+                'data mixing',
+                'data mixing + composite split',
+            )
+        }
         trainable = {}
         for s in S.seeds:
-            name = lambda what: f'comp_{what}_s{s}'
-            trained = {'skill A alone': self.run(name('manual'), cfg, s, S.skill_iters, lora + ['--dataset=manual'], True),
-                       'skill B alone': self.run(name('known_qa'), cfg, s, S.skill_iters, lora + ['--dataset=known_qa'], True),
-                       UPPER_BOUND: self.run(name('upper'), cfg, s, S.upper_iters, lora + ['--dataset=manual_upper'], True),
-                       'data mixing': self.run(name('mix'), cfg, s, S.datamix_iters, lora + ['--dataset=manual_mix'], True),
-                       'data mixing + composite split': self.run(name('mix_qa'), cfg, s, S.datamix_iters,
-                                                                 lora + ['--dataset=manual_mix_qa'], True)}
+            name = lambda what: f'comp_{what}_s{s}'  # noqa: B023 (used in this iteration only)
+            trained = {
+                'skill A alone': self.run(
+                    name('manual'), cfg, s, S.skill_iters, lora + ['--dataset=manual'], True
+                ),
+                'skill B alone': self.run(
+                    name('known_qa'), cfg, s, S.skill_iters, lora + ['--dataset=known_qa'], True
+                ),
+                UPPER_BOUND: self.run(
+                    name('upper'), cfg, s, S.upper_iters, lora + ['--dataset=manual_upper'], True
+                ),
+                'data mixing': self.run(
+                    name('mix'), cfg, s, S.datamix_iters, lora + ['--dataset=manual_mix'], True
+                ),
+                'data mixing + composite split': self.run(
+                    name('mix_qa'),
+                    cfg,
+                    s,
+                    S.datamix_iters,
+                    lora + ['--dataset=manual_mix_qa'],
+                    True,
+                ),
+            }
             skills = f'--cat_adapters={self.ckpt(name("manual"))},{self.ckpt(name("known_qa"))}'
             for label, w in (('CAT', 'plain'), ('CAT (softmax)', 'softmax')):
-                trained[label] = self.run(name(f'cat_{w}'), 'config/cat_composite.py', s, S.cat_iters,
-                                          ['--dataset=manual_qa', skills, f'--cat_weights={w}', f'--learning_rate={CAT_LR}',
-                                           f'--min_lr={CAT_LR / 10}'], True)
-            ckpts = {'skill A alone': 'manual', 'skill B alone': 'known_qa', UPPER_BOUND: 'upper', 'data mixing': 'mix',
-                     'data mixing + composite split': 'mix_qa', 'CAT': 'cat_plain', 'CAT (softmax)': 'cat_softmax'}
+                trained[label] = self.run(
+                    name(f'cat_{w}'),
+                    'config/cat_composite.py',
+                    s,
+                    S.cat_iters,
+                    [
+                        '--dataset=manual_qa',
+                        skills,
+                        f'--cat_weights={w}',
+                        f'--learning_rate={CAT_LR}',
+                        f'--min_lr={CAT_LR / 10}',
+                    ],
+                    True,
+                )
+            ckpts = {
+                'skill A alone': 'manual',
+                'skill B alone': 'known_qa',
+                UPPER_BOUND: 'upper',
+                'data mixing': 'mix',
+                'data mixing + composite split': 'mix_qa',
+                'CAT': 'cat_plain',
+                'CAT (softmax)': 'cat_softmax',
+            }
             for label, run_name in ckpts.items():
                 runs[label].append({'seed': s, **score(self.adapted(name(run_name)))})
                 trainable[label] = trained[label]['summary']['trainable_params']
             deltas = [baselines.lora_deltas(self.ckpt(name(k))) for k in ('manual', 'known_qa')]
-            runs['ΔW averaging'].append({'seed': s, **score(baselines.apply_deltas(self.base_model(),
-                                                                                  baselines.merge_deltas(deltas, 'mean')))})
+            runs['ΔW averaging'].append(
+                {
+                    'seed': s,
+                    **score(
+                        baselines.apply_deltas(
+                            self.base_model(), baselines.merge_deltas(deltas, 'mean')
+                        )
+                    ),
+                }
+            )
             # task arithmetic: W0 + λ (ΔA + ΔB), which merge_deltas' mean gives as 2λ · mean
             ta = tune('mean', deltas, [2 * lam for lam in LAMBDAS['task arithmetic']])
             ta['lambda'] /= 2
@@ -413,12 +710,17 @@ class Study:
             runs['base'].append({'seed': s, **score(self.base_model())})
             for label in runs:
                 r = runs[label][-1]
-                self.log(f'  s{s} {label:<30} composite {r["manual_qa"]:.3f} (format {r["format"]:.2f}, content '
-                         f'{r["content"]:.2f})  known_qa {r["known_qa"]:.3f}  manual recall {r["recall"]:.3f}')
+                self.log(
+                    f'  s{s} {label:<30} composite {r["manual_qa"]:.3f} (format {r["format"]:.2f}, content '
+                    f'{r["content"]:.2f})  known_qa {r["known_qa"]:.3f}  manual recall {r["recall"]:.3f}'
+                )
         trainable.update({'base': 0, 'task arithmetic': 0, 'ΔW averaging': 0, 'TIES': 0})
-        return {'runs': runs, 'trainable': trainable,
-                'baseline': most_common_answer_baseline(ds.text, S.eval_items or None)['manual_qa'],
-                'sizes': {t: {k: len(v) for k, v in ds.text[t].items()} for t in ds.text}}
+        return {
+            'runs': runs,
+            'trainable': trainable,
+            'baseline': most_common_answer_baseline(ds.text, S.eval_items or None)['manual_qa'],
+            'sizes': {t: {k: len(v) for k, v in ds.text[t].items()} for t in ds.text},
+        }
 
     # ---- control: shift-then-reverse, two hops ---------------------------------------------------
     def stage_control(self):
@@ -426,19 +728,36 @@ class Study:
         it = S.control_iters
         self.run(f'ctl_skill1_s{s}', 'config/lora_skill1.py', s, it, need_ckpt=True)
         self.run(f'ctl_skill2_s{s}', 'config/lora_skill2.py', s, it, need_ckpt=True)
-        cat = self.run(f'ctl_cat_s{s}', 'config/cat_composite.py', s, S.control_cat_iters,
-                       [f'--cat_adapters={self.ckpt(f"ctl_skill1_s{s}")},{self.ckpt(f"ctl_skill2_s{s}")}'])
+        cat = self.run(
+            f'ctl_cat_s{s}',
+            'config/cat_composite.py',
+            s,
+            S.control_cat_iters,
+            [f'--cat_adapters={self.ckpt(f"ctl_skill1_s{s}")},{self.ckpt(f"ctl_skill2_s{s}")}'],
+        )
         tasks = [data.SKILL1, data.SKILL2, data.COMPOSITE]
+
         def ev(model):
             with adapters.merged(model):
                 r = comp.evaluate(model.eval(), split='test', max_items=S.eval_items or None)
             return {t: r[t]['acc'] for t in tasks}
+
         deltas = [baselines.lora_deltas(self.ckpt(f'ctl_skill{i}_s{s}')) for i in (1, 2)]
-        return {'tasks': tasks, 'seed': s, 'acc': {
-            'base': ev(self.base_model()), 'skill1 alone': ev(self.adapted(f'ctl_skill1_s{s}')),
-            'skill2 alone': ev(self.adapted(f'ctl_skill2_s{s}')),
-            'CAT': {t: cat['summary']['eval'][t]['acc'] for t in tasks},
-            'ΔW averaging': ev(baselines.apply_deltas(self.base_model(), baselines.merge_deltas(deltas, 'mean')))}}
+        return {
+            'tasks': tasks,
+            'seed': s,
+            'acc': {
+                'base': ev(self.base_model()),
+                'skill1 alone': ev(self.adapted(f'ctl_skill1_s{s}')),
+                'skill2 alone': ev(self.adapted(f'ctl_skill2_s{s}')),
+                'CAT': {t: cat['summary']['eval'][t]['acc'] for t in tasks},
+                'ΔW averaging': ev(
+                    baselines.apply_deltas(
+                        self.base_model(), baselines.merge_deltas(deltas, 'mean')
+                    )
+                ),
+            },
+        }
 
     def dataset(self, name):
         return world_dataset(name)
@@ -457,7 +776,9 @@ def run_stages(study, res, stages):
             res['base'] = study.stage_base()
         elif stage == 'mixture':
             res['mixture'], res['lr'] = study.stage_mixture()
-            res['baseline'] = most_common_answer_baseline(study.dataset('mixture'), study.S.eval_items or None)
+            res['baseline'] = most_common_answer_baseline(
+                study.dataset('mixture'), study.S.eval_items or None
+            )
         elif stage in ('spectra', 'compression'):
             if 'mixture' not in res:
                 res['mixture'], res['lr'] = study.stage_mixture()
@@ -471,6 +792,7 @@ def run_stages(study, res, stages):
 
 def check(res):
     """The smoke test's assertion: every stage produced finite numbers (not what they are)."""
+
     def walk(x, where):
         if isinstance(x, dict):
             for k, v in x.items():
@@ -480,22 +802,42 @@ def check(res):
                 yield from walk(v, f'{where}[{i}]')
         elif isinstance(x, float) and not math.isfinite(x):
             yield where
+
     for stage in STAGES + ('baseline', 'gates', 'verdicts'):
         if not res.get(stage):
             raise RuntimeError(f'stage {stage} produced no numbers')
         bad = list(walk(res[stage], stage))
         if bad:
-            raise RuntimeError(f'stage {stage} produced non-finite numbers at {bad[0]} ({len(bad)} in all)')
+            raise RuntimeError(
+                f'stage {stage} produced non-finite numbers at {bad[0]} ({len(bad)} in all)'
+            )
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description='The small-scale study of LoRA, MultiLoRA, NOLA and CAT.')
-    p.add_argument('--quick', action='store_true', help='tiny budgets, every stage (the CI smoke test)')
-    p.add_argument('--stage', choices=STAGES, help='run this stage only (with the finished runs it builds on)')
-    p.add_argument('--fresh', action='store_true', help='retrain every run instead of reusing finished ones')
-    p.add_argument('--out', help='where runs go (default out/study, or out/study-quick with --quick)')
-    p.add_argument('--results', help='where STUDY.md, study.json, runs/ and the figure go (default study/results/)')
-    p.add_argument('--report', action='store_true', help='only rewrite STUDY.md (verdicts recomputed) from study.json')
+    p = argparse.ArgumentParser(
+        description='The small-scale study of LoRA, MultiLoRA, NOLA and CAT.'
+    )
+    p.add_argument(
+        '--quick', action='store_true', help='tiny budgets, every stage (the CI smoke test)'
+    )
+    p.add_argument(
+        '--stage', choices=STAGES, help='run this stage only (with the finished runs it builds on)'
+    )
+    p.add_argument(
+        '--fresh', action='store_true', help='retrain every run instead of reusing finished ones'
+    )
+    p.add_argument(
+        '--out', help='where runs go (default out/study, or out/study-quick with --quick)'
+    )
+    p.add_argument(
+        '--results',
+        help='where STUDY.md, study.json, runs/ and the figure go (default study/results/)',
+    )
+    p.add_argument(
+        '--report',
+        action='store_true',
+        help='only rewrite STUDY.md (verdicts recomputed) from study.json',
+    )
     a = p.parse_args(argv)
     S = dict(QUICK if a.quick else FULL)
     if a.out:
@@ -513,7 +855,9 @@ def main(argv=None):
         raise FileNotFoundError(f'{path} not found: run python -m study first')
     if not a.report:
         t0 = time.time()
-        study = Study(S, fresh=a.fresh, log=lambda s: print(f'[{time.time() - t0:6.0f}s] {s}', flush=True))
+        study = Study(
+            S, fresh=a.fresh, log=lambda s: print(f'[{time.time() - t0:6.0f}s] {s}', flush=True)
+        )
         res.update({'settings': S, 'torch_threads': torch.get_num_threads()})
         run_stages(study, res, [a.stage] if a.stage else STAGES)
         os.makedirs(S['results'], exist_ok=True)
@@ -528,7 +872,9 @@ def main(argv=None):
         print(f"wrote {S['results']}/STUDY.md and study.json")
         print_outcome(res)
     else:
-        print(f"wrote {path}; STUDY.md waits for the stages not yet run: {', '.join(s for s in STAGES if s not in res)}")
+        print(
+            f"wrote {path}; STUDY.md waits for the stages not yet run: {', '.join(s for s in STAGES if s not in res)}"
+        )
     return res
 
 

@@ -1,5 +1,6 @@
 """Lets any test file run alone (`pytest tests/test_model.py`): the project's modules live in the
 repository root and the shared test helpers in tests/helpers.py."""
+
 import os
 import sys
 

@@ -1,4 +1,5 @@
 """Helpers shared by several test files (import them as `from helpers import ...`)."""
+
 import torch
 
 
@@ -7,12 +8,28 @@ def hf_state_dict(n_layer=2, n_embd=16, vocab=61, n_pos=32, seed=0):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g) * 0.1
     C = n_embd
-    sd = {"wte.weight": r(vocab, C), "wpe.weight": r(n_pos, C), "ln_f.weight": 1 + r(C), "ln_f.bias": r(C)}
+    sd = {
+        "wte.weight": r(vocab, C),
+        "wpe.weight": r(n_pos, C),
+        "ln_f.weight": 1 + r(C),
+        "ln_f.bias": r(C),
+    }
     for i in range(n_layer):
         p = f"h.{i}."
-        sd.update({p + "ln_1.weight": 1 + r(C), p + "ln_1.bias": r(C), p + "ln_2.weight": 1 + r(C), p + "ln_2.bias": r(C),
-                   p + "attn.c_attn.weight": r(C, 3 * C), p + "attn.c_attn.bias": r(3 * C),
-                   p + "attn.c_proj.weight": r(C, C), p + "attn.c_proj.bias": r(C),
-                   p + "mlp.c_fc.weight": r(C, 4 * C), p + "mlp.c_fc.bias": r(4 * C),
-                   p + "mlp.c_proj.weight": r(4 * C, C), p + "mlp.c_proj.bias": r(C)})
+        sd.update(
+            {
+                p + "ln_1.weight": 1 + r(C),
+                p + "ln_1.bias": r(C),
+                p + "ln_2.weight": 1 + r(C),
+                p + "ln_2.bias": r(C),
+                p + "attn.c_attn.weight": r(C, 3 * C),
+                p + "attn.c_attn.bias": r(3 * C),
+                p + "attn.c_proj.weight": r(C, C),
+                p + "attn.c_proj.bias": r(C),
+                p + "mlp.c_fc.weight": r(C, 4 * C),
+                p + "mlp.c_fc.bias": r(4 * C),
+                p + "mlp.c_proj.weight": r(4 * C, C),
+                p + "mlp.c_proj.bias": r(C),
+            }
+        )
     return sd

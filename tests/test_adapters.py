@@ -1,4 +1,5 @@
 """adapters.py: the shared protocol for every method, each method's own claims, the public API's errors."""
+
 import copy
 import inspect
 import os
@@ -8,9 +9,8 @@ import torch
 import torch.nn as nn
 
 import adapters as ad
-from study import baselines
-import train
 from model import GPT, GPTConfig
+from study import baselines
 
 torch.set_num_threads(1)
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50)
@@ -39,7 +39,9 @@ def randomize(model, std=0.3, seed=1):
 
 
 def save_ckpt(path, model, base):
-    return ad.save_adapter_checkpoint(path, model, {"path": "tiny", "fingerprint": base.fingerprint()})
+    return ad.save_adapter_checkpoint(
+        path, model, {"path": "tiny", "fingerprint": base.fingerprint()}
+    )
 
 
 def skill(tmp_path, base, name, r, seed, targets="attn.q,attn.v"):
@@ -67,6 +69,7 @@ def adapted(variant, seed=1):
 
 
 # --- the shared protocol, every method ---------------------------------------
+
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_delta_zero_at_init_and_model_unchanged(variant):
@@ -171,14 +174,17 @@ def gpt2_small_meta():
         return GPT(GPTConfig())
 
 
-@pytest.mark.parametrize("method,opts,expected", [
-    ("lora", dict(r=4), 36_864 * 4),
-    ("lora", dict(r=8), 36_864 * 8),
-    ("multilora", dict(n=3, r=2), 36_864 * 3 * 2 + 24 * 3),
-    ("multilora", dict(n=2, r=4), 36_864 * 2 * 4 + 24 * 2),
-    ("nola", dict(k=64, l=32), 24 * (64 + 32)),
-    ("cat", dict(ranks=[4, 8, 2]), 24 * 3),
-])
+@pytest.mark.parametrize(
+    "method,opts,expected",
+    [
+        ("lora", dict(r=4), 36_864 * 4),
+        ("lora", dict(r=8), 36_864 * 8),
+        ("multilora", dict(n=3, r=2), 36_864 * 3 * 2 + 24 * 3),
+        ("multilora", dict(n=2, r=4), 36_864 * 2 * 4 + 24 * 2),
+        ("nola", dict(k=64, l=32), 24 * (64 + 32)),
+        ("cat", dict(ranks=[4, 8, 2]), 24 * 3),
+    ],
+)
 def test_trainable_counts_gpt2_small(method, opts, expected):
     m = gpt2_small_meta()
     summary = ad.add_adapters(m, method, **opts)
@@ -189,13 +195,16 @@ def test_trainable_counts_gpt2_small(method, opts, expected):
 
 # --- MultiLoRA -----------------------------------------------------------------
 
+
 def test_multilora_is_sum_of_gated_modules():
     m, _ = adapted("multilora")
     randomize(m)
     mod = ad.adapted_modules(m)["transformer.h.1.attn.v"]
     r, s = mod.r, mod.scale
-    expected = sum(mod.gate[i] * s * mod.lora_B[:, i * r:(i + 1) * r] @ mod.lora_A[i * r:(i + 1) * r]
-                   for i in range(mod.n))
+    expected = sum(
+        mod.gate[i] * s * mod.lora_B[:, i * r : (i + 1) * r] @ mod.lora_A[i * r : (i + 1) * r]
+        for i in range(mod.n)
+    )
     torch.testing.assert_close(mod.delta_weight(), expected.detach(), rtol=1e-5, atol=1e-6)
 
 
@@ -211,6 +220,7 @@ def test_multilora_init_b_nonzero_and_only_gates_move_first():
 
 # --- NOLA ------------------------------------------------------------------------
 
+
 def test_nola_mixbases_gradcheck_float64():
     coef = torch.randn(5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda c: ad.MixBases.apply(c, 1234, (3, 4)), (coef,))
@@ -221,13 +231,16 @@ def test_nola_regenerated_equals_stored_forward_and_grads_float64():
     x = torch.randn(4, 12, dtype=torch.float64)
     mods = [ad.NOLALinear(base, k=7, l=5, r=3, seed=3, stored_basis=s) for s in (False, True)]
     g = torch.Generator().manual_seed(0)
-    coefs = [torch.randn(7, generator=g, dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64)]
+    coefs = [
+        torch.randn(7, generator=g, dtype=torch.float64),
+        torch.randn(5, generator=g, dtype=torch.float64),
+    ]
     outs, grads = [], []
     for mod in mods:
         with torch.no_grad():
             mod.coef_A.copy_(coefs[0]), mod.coef_B.copy_(coefs[1])
         y = mod(x)
-        (y ** 2).sum().backward()
+        (y**2).sum().backward()
         outs.append(y.detach())
         grads.append((mod.coef_A.grad, mod.coef_B.grad))
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-12, atol=1e-12)
@@ -235,7 +248,9 @@ def test_nola_regenerated_equals_stored_forward_and_grads_float64():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     # d loss / d(α, β) through the regenerated path (MixBases.backward) on a loss that needs both factors
     a, b = (c.clone().requires_grad_() for c in coefs)
-    loss = lambda a, b: torch.func.functional_call(mods[0], {"coef_A": a, "coef_B": b}, (x,)).sin().sum()
+    loss = lambda a, b: (
+        torch.func.functional_call(mods[0], {"coef_A": a, "coef_B": b}, (x,)).sin().sum()
+    )
     assert torch.autograd.gradcheck(loss, (a, b))
 
 
@@ -255,7 +270,9 @@ def test_nola_reload_from_seeds_and_coefficients():
 
 def test_nola_seeds_differ_and_global_rng_untouched():
     m, _ = adapted("nola")
-    seeds = [int(getattr(mod, s)) for mod in ad.adapted_modules(m).values() for s in ("seed_A", "seed_B")]
+    seeds = [
+        int(getattr(mod, s)) for mod in ad.adapted_modules(m).values() for s in ("seed_A", "seed_B")
+    ]
     assert len(set(seeds)) == len(seeds) == 8
     randomize(m)
     state = torch.get_rng_state()
@@ -299,11 +316,14 @@ def test_nola_4bit_export_is_close_and_small():
     for n, mod in ad.adapted_modules(m).items():
         c, c4 = mod.coef_A.detach(), ad.adapted_modules(fresh)[n].coef_A.detach()
         assert (c - c4).abs().max() <= c.abs().max() / 14 + 1e-7  # half a quantisation step
-        err = (ad.adapted_modules(fresh)[n].delta_weight() - mod.delta_weight()).norm() / mod.delta_weight().norm()
+        err = (
+            ad.adapted_modules(fresh)[n].delta_weight() - mod.delta_weight()
+        ).norm() / mod.delta_weight().norm()
         assert 0 < err < 0.2
 
 
 # --- CAT ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("weights", ["plain", "softmax"])
 def test_cat_delta_is_weighted_sum_of_skill_loras(tmp_path, weights):
@@ -325,7 +345,9 @@ def test_cat_plain_starts_at_sum_and_exports_as_one_lora(cat_model, tmp_path):
     m, base, paths = cat_model
     skills = [baselines.lora_deltas(p) for p in paths]
     for name, mod in ad.adapted_modules(m).items():
-        torch.testing.assert_close(mod.delta_weight(), skills[0][name] + skills[1][name], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            mod.delta_weight(), skills[0][name] + skills[1][name], rtol=1e-5, atol=1e-6
+        )
     randomize(m)
     idx = torch.randint(0, 50, (2, 16))
     out = m(idx)[0]
@@ -345,6 +367,7 @@ def test_cat_plain_starts_at_sum_and_exports_as_one_lora(cat_model, tmp_path):
 
 # --- merge baselines ---------------------------------------------------------------
 
+
 def test_ties_and_mean_by_hand():
     d1 = {"w": torch.tensor([[4.0, -1.0, 0.5, 2.0]])}
     d2 = {"w": torch.tensor([[-3.0, -2.0, 0.1, 1.0]])}
@@ -359,10 +382,13 @@ def test_apply_deltas_adds_into_plain_model(cat_model):
     deltas = baselines.merge_deltas([baselines.lora_deltas(p) for p in paths], "mean")
     m = baselines.apply_deltas(copy.deepcopy(base), deltas)
     w = m.transformer.h[1].attn.v.weight
-    torch.testing.assert_close(w, base.transformer.h[1].attn.v.weight + deltas["transformer.h.1.attn.v"])
+    torch.testing.assert_close(
+        w, base.transformer.h[1].attn.v.weight + deltas["transformer.h.1.attn.v"]
+    )
 
 
 # --- errors: one line each ---------------------------------------------------------
+
 
 def one_line_error(exc, match, fn, *a, **kw):
     with pytest.raises(exc, match=match) as e:
@@ -370,23 +396,34 @@ def one_line_error(exc, match, fn, *a, **kw):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("method,opts,match", [
-    ("lora", dict(r=0), "r must be a positive integer, got 0"),
-    ("multilora", dict(n=0), "n must be a positive integer"),
-    ("multilora", dict(r=-1), "r must be a positive integer"),
-    ("nola", dict(k=0), "k must be a positive integer"),
-    ("nola", dict(l=0), "l must be a positive integer"),
-    ("dora", {}, "unknown adapter method 'dora'"),
-    ("lora", dict(rank=4), r"unknown lora option\(s\) \['rank'\]: known are \['r', 'alpha', 'dropout', 'rslora'\]"),
-    ("lora", dict(k=4), r"unknown lora option\(s\) \['k'\]"),  # another method's option is refused too
-    ("multilora", dict(gate="row"), "gate must be 'scalar' or 'channel'"),
-    ("lora", dict(dropout=1.5), r"dropout must be in \[0, 1\)"),
-    ("nola", dict(basis_device="tpu"), "basis_device must be 'cpu' or"),
-    ("lora", dict(targets="attn.z"), "matches no nn.Linear"),
-    ("lora", dict(targets="lm_head"), "tied to transformer.wte"),
-    ("cat", {}, "cat needs its skill LoRAs: .*load_cat_skills"),
-    ("cat", dict(ranks=[2], weights="mean"), "cat weights must be 'plain' or 'softmax'"),
-])
+@pytest.mark.parametrize(
+    "method,opts,match",
+    [
+        ("lora", dict(r=0), "r must be a positive integer, got 0"),
+        ("multilora", dict(n=0), "n must be a positive integer"),
+        ("multilora", dict(r=-1), "r must be a positive integer"),
+        ("nola", dict(k=0), "k must be a positive integer"),
+        ("nola", dict(l=0), "l must be a positive integer"),
+        ("dora", {}, "unknown adapter method 'dora'"),
+        (
+            "lora",
+            dict(rank=4),
+            r"unknown lora option\(s\) \['rank'\]: known are \['r', 'alpha', 'dropout', 'rslora'\]",
+        ),
+        (
+            "lora",
+            dict(k=4),
+            r"unknown lora option\(s\) \['k'\]",
+        ),  # another method's option is refused too
+        ("multilora", dict(gate="row"), "gate must be 'scalar' or 'channel'"),
+        ("lora", dict(dropout=1.5), r"dropout must be in \[0, 1\)"),
+        ("nola", dict(basis_device="tpu"), "basis_device must be 'cpu' or"),
+        ("lora", dict(targets="attn.z"), "matches no nn.Linear"),
+        ("lora", dict(targets="lm_head"), "tied to transformer.wte"),
+        ("cat", {}, "cat needs its skill LoRAs: .*load_cat_skills"),
+        ("cat", dict(ranks=[2], weights="mean"), "cat weights must be 'plain' or 'softmax'"),
+    ],
+)
 def test_bad_options(method, opts, match):
     one_line_error(ValueError, match, ad.add_adapters, tiny_base(), method, **opts)
 
@@ -400,16 +437,30 @@ def test_double_add_and_missing_config():
 def test_checkpoint_for_another_base_or_shape(tmp_path):
     m, base = adapted("lora")
     ck = save_ckpt(str(tmp_path / "a.pt"), m, base)
-    one_line_error(ValueError, "another base model", ad.load_adapter_checkpoint, ck, tiny_base(seed=5))
-    one_line_error(FileNotFoundError, "no checkpoint at", ad.load_adapter_checkpoint, str(tmp_path / "none.pt"))
+    one_line_error(
+        ValueError, "another base model", ad.load_adapter_checkpoint, ck, tiny_base(seed=5)
+    )
+    one_line_error(
+        FileNotFoundError, "no checkpoint at", ad.load_adapter_checkpoint, str(tmp_path / "none.pt")
+    )
     torch.save({"model": {}}, tmp_path / "full.pt")
-    one_line_error(ValueError, "holds no adapter", ad.load_adapter_checkpoint, str(tmp_path / "full.pt"))
+    one_line_error(
+        ValueError, "holds no adapter", ad.load_adapter_checkpoint, str(tmp_path / "full.pt")
+    )
     wider = tiny_base(n_embd=64)
     ad.add_adapters(wider, "lora", r=4)
-    one_line_error(ValueError, "shape mismatch", ad.load_adapter_state_dict, wider, ad.adapter_state_dict(m))
+    one_line_error(
+        ValueError, "shape mismatch", ad.load_adapter_state_dict, wider, ad.adapter_state_dict(m)
+    )
     other = tiny_base()
     ad.add_adapters(other, "nola")
-    one_line_error(ValueError, "does not fit this model", ad.load_adapter_state_dict, other, ad.adapter_state_dict(m))
+    one_line_error(
+        ValueError,
+        "does not fit this model",
+        ad.load_adapter_state_dict,
+        other,
+        ad.adapter_state_dict(m),
+    )
     ok = copy.deepcopy(base)
     ad.load_adapter_checkpoint(ck, ok)  # the right base loads
     idx = torch.randint(0, 50, (1, 8))
@@ -427,34 +478,61 @@ def test_cat_refuses_mixed_targets_and_non_lora(tmp_path):
     one_line_error(ValueError, "composes LoRA adapters", ad.load_cat_skills, f"{a},{c}", base)
     one_line_error(ValueError, "another base model", ad.load_cat_skills, [a], tiny_base(seed=3))
     one_line_error(ValueError, "cat needs cat_adapters", ad.load_cat_skills, "", base)
-    targets, skills = ad.load_cat_skills([a], base)  # skills for other modules than the targets given
-    one_line_error(ValueError, "adapt 4 modules, this model has 2", ad.add_adapters, copy.deepcopy(base), "cat",
-                   "attn.q", skills=skills)
+    targets, skills = ad.load_cat_skills(
+        [a], base
+    )  # skills for other modules than the targets given
+    one_line_error(
+        ValueError,
+        "adapt 4 modules, this model has 2",
+        ad.add_adapters,
+        copy.deepcopy(base),
+        "cat",
+        "attn.q",
+        skills=skills,
+    )
 
 
 # --- options, checkpoints ------------------------------------------------------------
+
 
 def test_options_are_the_class_defaults_each_with_help():
     assert set(ad.METHODS) == {"lora", "multilora", "nola", "cat"}
     for method, cls in ad.METHODS.items():
         sig = inspect.signature(cls).parameters
         mine = {k.split("_", 1)[1]: v for k, v in ad.OPTIONS.items() if k.startswith(method + "_")}
-        assert mine == {a: p.default for a, p in sig.items() if a != "base" and p.default is not p.empty}
+        assert mine == {
+            a: p.default for a, p in sig.items() if a != "base" and p.default is not p.empty
+        }
     assert set(ad.OPTION_HELP) == set(ad.OPTIONS) and all(ad.OPTION_HELP.values())
-    assert {"lora_r", "multilora_r", "nola_alpha", "nola_seed", "cat_seed", "cat_weights"} <= set(ad.OPTIONS)
+    assert {"lora_r", "multilora_r", "nola_alpha", "nola_seed", "cat_seed", "cat_weights"} <= set(
+        ad.OPTIONS
+    )
     assert "cat_ranks" not in ad.OPTIONS  # set by the skill LoRAs, not by hand
     m, _ = adapted("nola")  # the config records every option, defaults included
-    assert ad.adapter_config(m) == {"method": "nola", "targets": "attn.q,attn.v", **ad.method_defaults("nola"),
-                                    "k": 8, "l": 6, "r": 4}
-    assert ad.adapter_config(adapted("lora")[0]) == {"method": "lora", "targets": "attn.q,attn.v", "r": 4,
-                                                     "alpha": 8.0, "dropout": 0.0, "rslora": False}
+    assert ad.adapter_config(m) == {
+        "method": "nola",
+        "targets": "attn.q,attn.v",
+        **ad.method_defaults("nola"),
+        "k": 8,
+        "l": 6,
+        "r": 4,
+    }
+    assert ad.adapter_config(adapted("lora")[0]) == {
+        "method": "lora",
+        "targets": "attn.q,attn.v",
+        "r": 4,
+        "alpha": 8.0,
+        "dropout": 0.0,
+        "rslora": False,
+    }
 
 
 def test_adapter_checkpoint_format_roundtrip(tmp_path):
     m, base = adapted("multilora")
     randomize(m)
-    path = ad.save_adapter_checkpoint(str(tmp_path / "a.pt"), m, {"path": "b.pt", "fingerprint": base.fingerprint()},
-                                      iter_num=7)
+    path = ad.save_adapter_checkpoint(
+        str(tmp_path / "a.pt"), m, {"path": "b.pt", "fingerprint": base.fingerprint()}, iter_num=7
+    )
     raw = torch.load(path, weights_only=True)
     assert set(raw) == {"adapter", "base", "model_args", "iter_num"} and raw["iter_num"] == 7
     assert raw["adapter"]["config"]["method"] == "multilora" and raw["model_args"]["n_embd"] == 32
@@ -471,12 +549,22 @@ def test_adapter_checkpoint_format_roundtrip(tmp_path):
 def test_damaged_or_hostile_adapter_files_are_one_line_errors(tmp_path, content):
     path = tmp_path / "skill.pt"
     if content == "hostile":  # a pickle that would run code on load
+
         class Evil:
             def __reduce__(self):
                 return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
         torch.save({"adapter": Evil()}, path)
     else:
         path.write_bytes(content)
-    one_line_error(ValueError, f"{path}: not a loadable checkpoint", ad.load_adapter_checkpoint, str(path))
-    one_line_error(ValueError, f"{path}: not a loadable checkpoint", ad.load_cat_skills, [str(path)], tiny_base())
+    one_line_error(
+        ValueError, f"{path}: not a loadable checkpoint", ad.load_adapter_checkpoint, str(path)
+    )
+    one_line_error(
+        ValueError,
+        f"{path}: not a loadable checkpoint",
+        ad.load_cat_skills,
+        [str(path)],
+        tiny_base(),
+    )
     assert not (tmp_path / "pwned").exists()

@@ -1,5 +1,6 @@
 """model.py: causality, GPT-2 (Hugging Face layout) loading checked against an independent reference
 forward, the safetensors reader on hostile input, the KV cache, and overfitting a tiny batch."""
+
 import json
 import math
 import os
@@ -8,12 +9,12 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import hf_state_dict
 
 from formats.checkpoint import load_model
 from formats.huggingface import convert_hf_gpt2, hf_download
 from formats.safetensors import read_safetensors, write_safetensors
 from model import GPT, GPTConfig, linear_names
-from helpers import hf_state_dict
 
 TINY = dict(block_size=32, vocab_size=61, n_layer=2, n_head=2, n_embd=16)
 
@@ -37,7 +38,9 @@ def reference_gpt2(sd, idx, n_layer, n_head):
         y = (att @ v).transpose(1, 2).reshape(B, T, C)
         x = x + conv(y, p + "attn.c_proj")
         h = conv(ln(x, p + "ln_2"), p + "mlp.c_fc")
-        h = 0.5 * h * (1 + torch.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h ** 3)))  # GPT-2's gelu
+        h = (
+            0.5 * h * (1 + torch.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h**3)))
+        )  # GPT-2's gelu
         x = x + conv(h, p + "mlp.c_proj")
     return ln(x, "ln_f") @ sd["wte.weight"].t()
 
@@ -47,7 +50,9 @@ def write_hf_dir(path, sd, fmt="safetensors"):
     cfg = {"n_positions": 32, "vocab_size": 61, "n_layer": 2, "n_head": 2, "n_embd": 16}
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(cfg, f)
-    full = {"transformer." + k: v for k, v in sd.items()}  # HF files prefix names with 'transformer.'
+    full = {
+        "transformer." + k: v for k, v in sd.items()
+    }  # HF files prefix names with 'transformer.'
     if fmt == "safetensors":
         write_safetensors(os.path.join(path, "model.safetensors"), full)
     else:
@@ -65,7 +70,9 @@ def test_hf_gpt2_logits_match_reference(tmp_path, fmt):
     assert logits.shape == (3, 20, 61)
     assert torch.allclose(logits, ref, atol=1e-4, rtol=0), (logits - ref).abs().max()
     # q, k, v are the three column blocks of c_attn, transposed into nn.Linear's (out, in) layout
-    assert torch.equal(model.transformer.h[1].attn.v.weight, sd["h.1.attn.c_attn.weight"][:, 32:].t())
+    assert torch.equal(
+        model.transformer.h[1].attn.v.weight, sd["h.1.attn.c_attn.weight"][:, 32:].t()
+    )
     assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
 
 
@@ -98,7 +105,9 @@ def test_generate_stops_and_pads_with_stop_token():
     first = model.generate(idx, 1, temperature=0)[:, -1]
     stop = int(first[0])
     out = model.generate(idx, 12, temperature=0, stop_token=stop)
-    assert out[0, 5] == stop and (out[0, 5:] == stop).all()  # row 0 stopped at once and stays stopped
+    assert (
+        out[0, 5] == stop and (out[0, 5:] == stop).all()
+    )  # row 0 stopped at once and stays stopped
     with pytest.raises(ValueError, match="exceeds block_size"):
         model.generate(idx, 40)
 
@@ -132,16 +141,24 @@ def test_ignore_index_masks_positions():
 
 
 def test_safetensors_roundtrip_and_corruption(tmp_path):
-    t = {"a": torch.randn(3, 4), "b": torch.arange(5, dtype=torch.int64), "c": torch.randn(2).to(torch.bfloat16)}
+    t = {
+        "a": torch.randn(3, 4),
+        "b": torch.arange(5, dtype=torch.int64),
+        "c": torch.randn(2).to(torch.bfloat16),
+    }
     p = tmp_path / "x.safetensors"
     write_safetensors(p, t)
     back = read_safetensors(p)
     assert all(torch.equal(t[k], back[k]) for k in t)
     raw = p.read_bytes()
     (tmp_path / "short").write_bytes(raw[:4])
-    (tmp_path / "huge").write_bytes((10 ** 12).to_bytes(8, "little") + raw[8:])
+    (tmp_path / "huge").write_bytes((10**12).to_bytes(8, "little") + raw[8:])
     (tmp_path / "trunc").write_bytes(raw[:-8])
-    for name, msg in [("short", "not a safetensors"), ("huge", "header length"), ("trunc", "corrupt safetensors entry")]:
+    for name, msg in [
+        ("short", "not a safetensors"),
+        ("huge", "header length"),
+        ("trunc", "corrupt safetensors entry"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             read_safetensors(tmp_path / name)
 
@@ -171,7 +188,9 @@ def test_bad_paths_and_names(tmp_path):
     with pytest.raises(ValueError, match="not a full-model checkpoint"):
         load_model(str(tmp_path / "other.pt"))
     os.makedirs(tmp_path / "empty")
-    (tmp_path / "empty" / "config.json").write_text(json.dumps({"n_positions": 8, "vocab_size": 5, "n_layer": 1, "n_head": 1, "n_embd": 4}))
+    (tmp_path / "empty" / "config.json").write_text(
+        json.dumps({"n_positions": 8, "vocab_size": 5, "n_layer": 1, "n_head": 1, "n_embd": 4})
+    )
     with pytest.raises(FileNotFoundError, match="neither model.safetensors nor pytorch_model.bin"):
         GPT.from_pretrained(str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="divisible by n_head"):
@@ -183,8 +202,11 @@ def test_offline_download_fails_with_one_line(tmp_path, monkeypatch):
 
     def no_network(*a, **k):
         raise OSError("network is unreachable")
+
     monkeypatch.setattr(urllib.request, "urlretrieve", no_network)
-    with pytest.raises(RuntimeError, match=r"put config.json and model.safetensors .* into .*gpt2/") as e:
+    with pytest.raises(
+        RuntimeError, match=r"put config.json and model.safetensors .* into .*gpt2/"
+    ) as e:
         hf_download("gpt2", cache_dir=str(tmp_path))
     assert "\n" not in str(e.value)
 
@@ -192,8 +214,12 @@ def test_offline_download_fails_with_one_line(tmp_path, monkeypatch):
 def full_logit_loss(model, x, y, label_smoothing=0.0):
     """The loss as the head used to compute it: logits at every position, then -1 targets ignored."""
     logits = model(x)[0]
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), ignore_index=-1,
-                           label_smoothing=label_smoothing)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(),
+        y.reshape(-1),
+        ignore_index=-1,
+        label_smoothing=label_smoothing,
+    )
 
 
 def answer_batch(prompt_share, seed=0, B=4, T=24):
@@ -202,7 +228,7 @@ def answer_batch(prompt_share, seed=0, B=4, T=24):
     x, y = torch.randint(0, 61, (B, T), generator=g), torch.randint(0, 61, (B, T), generator=g)
     if prompt_share:
         for b in range(B):
-            y[b, :int(prompt_share * T) + b - B // 2] = -1
+            y[b, : int(prompt_share * T) + b - B // 2] = -1
     return x, y
 
 
@@ -220,7 +246,10 @@ def test_answer_only_head_gives_the_full_logit_loss_and_gradients(prompt_share, 
     ref.backward()
     assert abs(loss.item() - ref.item()) <= 1e-6 * ref.item(), (loss.item(), ref.item())
     for n, p in model.named_parameters():
-        assert torch.allclose(grads[n], p.grad, rtol=1e-5, atol=1e-7), (n, (grads[n] - p.grad).abs().max())
+        assert torch.allclose(grads[n], p.grad, rtol=1e-5, atol=1e-7), (
+            n,
+            (grads[n] - p.grad).abs().max(),
+        )
 
 
 def test_logits_with_targets_are_those_of_the_counted_positions():
@@ -237,6 +266,7 @@ def test_generation_and_evaluation_read_full_logits(tmp_path):
     """Greedy generation and data.evaluate's answer-token loss against an independent reference forward
     (reference_gpt2 on the same Hugging Face tensors), which always computes every position's logits."""
     import data
+
     enc = data.get_tokenizer("world-bytes")
     sd = hf_state_dict(vocab=enc.n_vocab, n_pos=64, seed=3)
     model = GPT(GPTConfig(block_size=64, vocab_size=enc.n_vocab, n_layer=2, n_head=2, n_embd=16))
@@ -250,17 +280,28 @@ def test_generation_and_evaluation_read_full_logits(tmp_path):
     items = {"t": {"test": [("a b", "c"), ("dd e", "ff g"), ("h", "ijk"), ("lm no p", "q")]}}
     ds = data.InstructDataset(items, 64, enc, "world-bytes", ["t"])
     x, y = ds.collate(ds.data["t"]["test"])
-    want = F.cross_entropy(reference_gpt2(sd, x, 2, 2).reshape(-1, enc.n_vocab), y.reshape(-1), ignore_index=-1)
+    want = F.cross_entropy(
+        reference_gpt2(sd, x, 2, 2).reshape(-1, enc.n_vocab), y.reshape(-1), ignore_index=-1
+    )
     got = ds.evaluate(model, split="test")["t"]["loss"]
     assert got == pytest.approx(want.item(), rel=1e-5)
 
 
 def test_linear_names_select_by_suffix_or_glob_and_refuse_each_unmatched_pattern():
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=32))
-    assert linear_names(model, " attn.v, attn.q") == [f"transformer.h.{i}.attn.{k}" for i in range(2) for k in "qv"]
-    assert linear_names(model, ["h.1.mlp.*"]) == ["transformer.h.1.mlp.c_fc", "transformer.h.1.mlp.c_proj"]
-    assert len(linear_names(model, "*")) == 2 * 6 + 1   # q, k, v, c_proj, c_fc, mlp c_proj per layer; lm_head
-    with pytest.raises(ValueError, match=r"^target 'attn.z' matches no nn.Linear in the model \(names look like "):
-        linear_names(model, "attn.q,attn.z")   # one bad pattern among good ones is still refused
+    assert linear_names(model, " attn.v, attn.q") == [
+        f"transformer.h.{i}.attn.{k}" for i in range(2) for k in "qv"
+    ]
+    assert linear_names(model, ["h.1.mlp.*"]) == [
+        "transformer.h.1.mlp.c_fc",
+        "transformer.h.1.mlp.c_proj",
+    ]
+    assert (
+        len(linear_names(model, "*")) == 2 * 6 + 1
+    )  # q, k, v, c_proj, c_fc, mlp c_proj per layer; lm_head
+    with pytest.raises(
+        ValueError, match=r"^target 'attn.z' matches no nn.Linear in the model \(names look like "
+    ):
+        linear_names(model, "attn.q,attn.z")  # one bad pattern among good ones is still refused
     with pytest.raises(ValueError, match="targets are empty"):
         linear_names(model, " , ")

@@ -3,6 +3,7 @@ same code path as the real run, tiny sizes); study_verdicts' statistics, gates, 
 numbers in study.json's layout (per-item correctness, 3 seeds): the paired bootstrap CI, the equivalence margin,
 the floor rule against the most-common-answer baseline, the gates and the verdicts they make inconclusive.
 `python -m study --quick` (the smoke test of the real pipeline) runs in .ci/run, not here."""
+
 import csv
 import glob
 import json
@@ -24,8 +25,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 'config', '*.py')))
 # skill LoRAs first: the CAT config composes them
 CONFIGS.sort(key=lambda p: (os.path.basename(p).startswith('cat_'), p))
-TINY = ['--max_iters=2', '--eval_interval=2', '--eval_iters=1', '--log_interval=1', '--batch_size=2',
-        '--block_size=32', '--final_eval=False', '--device=cpu', '--n_layer=1', '--n_head=2', '--n_embd=16']
+TINY = [
+    '--max_iters=2',
+    '--eval_interval=2',
+    '--eval_iters=1',
+    '--log_interval=1',
+    '--batch_size=2',
+    '--block_size=32',
+    '--final_eval=False',
+    '--device=cpu',
+    '--n_layer=1',
+    '--n_head=2',
+    '--n_embd=16',
+]
 N_LAYER, N_EMBD = 2, 16
 
 
@@ -35,8 +47,19 @@ def write_hf_dir(path, vocab, n_layer=N_LAYER, n_embd=N_EMBD, n_pos=64, seed=0):
     C = n_embd
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, 'config.json'), 'w') as f:
-        json.dump({'n_positions': n_pos, 'vocab_size': vocab, 'n_layer': n_layer, 'n_head': 2, 'n_embd': C}, f)
-    torch.save({'transformer.' + k: v for k, v in sd.items()}, os.path.join(path, 'pytorch_model.bin'))
+        json.dump(
+            {
+                'n_positions': n_pos,
+                'vocab_size': vocab,
+                'n_layer': n_layer,
+                'n_head': 2,
+                'n_embd': C,
+            },
+            f,
+        )
+    torch.save(
+        {'transformer.' + k: v for k, v in sd.items()}, os.path.join(path, 'pytorch_model.bin')
+    )
 
 
 def write_real_data(root):
@@ -47,9 +70,21 @@ def write_real_data(root):
             w = csv.writer(f)
             w.writerow(['mr', 'ref'])
             for i in range(6):
-                w.writerow([f'name[The Cat {i}], food[cheap], area[town]', f'The Cat {i} is a cheap place in town.'])
+                w.writerow(
+                    [
+                        f'name[The Cat {i}], food[cheap], area[town]',
+                        f'The Cat {i} is a cheap place in town.',
+                    ]
+                )
     os.makedirs(os.path.join(root, 'alpaca'))
-    rows = [{'instruction': f'add {i} and {i}', 'input': '' if i % 2 else 'numbers', 'output': str(2 * i)} for i in range(40)]
+    rows = [
+        {
+            'instruction': f'add {i} and {i}',
+            'input': '' if i % 2 else 'numbers',
+            'output': str(2 * i),
+        }
+        for i in range(40)
+    ]
     with open(os.path.join(root, 'alpaca', 'alpaca_data.json'), 'w') as f:
         json.dump(rows, f)
 
@@ -61,38 +96,74 @@ def env(tmp_path_factory):
     vocab = data.get_tokenizer('world').n_vocab
     torch.manual_seed(0)
     base = GPT(GPTConfig(block_size=64, vocab_size=vocab, n_layer=N_LAYER, n_head=2, n_embd=N_EMBD))
-    torch.save({'model_args': vars(base.config).copy(), 'model': base.state_dict()}, tmp / 'base.pt')
+    torch.save(
+        {'model_args': vars(base.config).copy(), 'model': base.state_dict()}, tmp / 'base.pt'
+    )
     write_hf_dir(str(tmp / 'gpt2-tiny'), vocab)
     write_real_data(str(tmp / 'realdata'))
     return tmp
 
 
 def expected_trainable(c, d=N_EMBD, n_layer=N_LAYER, total=None):
-    """Trainable counts from docs/methods.md's formulas, per adapted matrix (d_in + d_out over the targets of every layer)."""
-    io = {'attn.q': 2 * d, 'attn.k': 2 * d, 'attn.v': 2 * d, 'attn.c_proj': 2 * d, 'mlp.c_fc': 5 * d, 'mlp.c_proj': 5 * d}
+    """Trainable counts from docs/methods.md's formulas, per adapted matrix
+    (d_in + d_out over the targets of every layer)."""
+    io = {
+        'attn.q': 2 * d,
+        'attn.k': 2 * d,
+        'attn.v': 2 * d,
+        'attn.c_proj': 2 * d,
+        'mlp.c_fc': 5 * d,
+        'mlp.c_proj': 5 * d,
+    }
     targets = c['adapter_targets'].split(',')
     m, dio = n_layer * len(targets), n_layer * sum(io[t] for t in targets)
-    return {'lora': c['lora_r'] * dio, 'multilora': c['multilora_n'] * c['multilora_r'] * dio + m * c['multilora_n'],
-            'nola': m * (c['nola_k'] + c['nola_l']), 'cat': m * 2, '': total}[c['adapter']]
+    return {
+        'lora': c['lora_r'] * dio,
+        'multilora': c['multilora_n'] * c['multilora_r'] * dio + m * c['multilora_n'],
+        'nola': m * (c['nola_k'] + c['nola_l']),
+        'cat': m * 2,
+        '': total,
+    }[c['adapter']]
 
 
 @pytest.mark.parametrize('config', CONFIGS)
 def test_config_parses_and_trains_two_iterations(config, env):
     c = train.parse_args([config])
-    skills = ('lora_skill1', 'lora_skill2', 'cat_composite')  # the skill LoRAs adapt every Linear (config comments)
-    assert c['adapter_targets'] == ('attn.q,attn.k,attn.v,attn.c_proj,mlp.c_fc,mlp.c_proj'
-                                    if any(k in config for k in skills) else 'attn.q,attn.v')  # the GPT-2 papers' q, v
+    skills = (
+        'lora_skill1',
+        'lora_skill2',
+        'cat_composite',
+    )  # the skill LoRAs adapt every Linear (config comments)
+    assert c['adapter_targets'] == (
+        'attn.q,attn.k,attn.v,attn.c_proj,mlp.c_fc,mlp.c_proj'
+        if any(k in config for k in skills)
+        else 'attn.q,attn.v'
+    )  # the GPT-2 papers' q, v
     name = os.path.basename(config)[:-3]
     args = [config, *TINY, f'--out_dir={env / name}']
-    if c['init_from'].startswith('gpt2'):  # real GPT-2 on real data: a tiny HF directory and tiny files
-        assert c['tokenizer'] == 'gpt2' and c['dtype'] == 'bfloat16' and c['dataset'] in ('e2e', 'alpaca')
-        args += [f'--init_from={env / "gpt2-tiny"}', '--tokenizer=world', f'--data_dir={env / "realdata"}']
+    if c['init_from'].startswith(
+        'gpt2'
+    ):  # real GPT-2 on real data: a tiny HF directory and tiny files
+        assert (
+            c['tokenizer'] == 'gpt2'
+            and c['dtype'] == 'bfloat16'
+            and c['dataset'] in ('e2e', 'alpaca')
+        )
+        args += [
+            f'--init_from={env / "gpt2-tiny"}',
+            '--tokenizer=world',
+            f'--data_dir={env / "realdata"}',
+        ]
     else:
-        assert c['init_from'] == 'out/base/ckpt.pt'  # the default base, what `python train.py` writes
+        assert (
+            c['init_from'] == 'out/base/ckpt.pt'
+        )  # the default base, what `python train.py` writes
         args += [f'--init_from={env / "base.pt"}']
     if c['adapter'] == 'cat':
         assert c['cat_adapters'] == 'out/lora_skill1/ckpt.pt,out/lora_skill2/ckpt.pt'
-        args += [f'--cat_adapters={env / "lora_skill1" / "ckpt.pt"},{env / "lora_skill2" / "ckpt.pt"}']
+        args += [
+            f'--cat_adapters={env / "lora_skill1" / "ckpt.pt"},{env / "lora_skill2" / "ckpt.pt"}'
+        ]
     s = train.main(args)
     assert s['iters'] == 2 and math.isfinite(s['val_loss'])
     assert s['trainable_params'] == expected_trainable(c, total=s['total_params'])
@@ -106,8 +177,15 @@ def test_config_parses_and_trains_two_iterations(config, env):
 
 def test_config_names_cover_the_study():
     names = {os.path.basename(p) for p in CONFIGS}
-    need = {'finetune_mixture.py', 'lora_mixture.py', 'multilora_mixture.py', 'nola_mixture.py', 'lora_skill1.py',
-            'lora_skill2.py', 'cat_composite.py'}
+    need = {
+        'finetune_mixture.py',
+        'lora_mixture.py',
+        'multilora_mixture.py',
+        'nola_mixture.py',
+        'lora_skill1.py',
+        'lora_skill2.py',
+        'cat_composite.py',
+    }
     need |= {f'gpt2_{d}_{a}.py' for d in ('e2e', 'alpaca') for a in ('lora', 'multilora', 'nola')}
     assert need <= names, need - names
     # NOLA's point: fewer trainable numbers than LoRA rank 1 at the mixture's shape
@@ -117,93 +195,176 @@ def test_config_names_cover_the_study():
 
 def test_gpu_configs_follow_the_reference_settings():
     for d in ('e2e', 'alpaca'):
-        lora, multi, nola = (train.parse_args([f'config/gpt2_{d}_{a}.py']) for a in ('lora', 'multilora', 'nola'))
-        for k in ('init_from', 'dataset', 'adapter_targets', 'batch_size', 'max_iters', 'warmup_iters', 'label_smoothing'):
+        lora, multi, nola = (
+            train.parse_args([f'config/gpt2_{d}_{a}.py']) for a in ('lora', 'multilora', 'nola')
+        )
+        for k in (
+            'init_from',
+            'dataset',
+            'adapter_targets',
+            'batch_size',
+            'max_iters',
+            'warmup_iters',
+            'label_smoothing',
+        ):
             assert lora[k] == multi[k] == nola[k], k  # one run, three adapters
         assert lora['init_from'] == 'gpt2-medium' and lora['adapter_targets'] == 'attn.q,attn.v'
         assert multi['multilora_n'] * multi['multilora_r'] == lora['lora_r']  # LoRA's A/B budget
-        assert multi['multilora_alpha'] / multi['multilora_r'] == lora['lora_alpha'] / lora['lora_r']  # and its s
+        assert (
+            multi['multilora_alpha'] / multi['multilora_r'] == lora['lora_alpha'] / lora['lora_r']
+        )  # and its s
         # NOLA's reference settings for GPT-2 M: rank 8, k = l = 512, s = 1, lr 5e-3, no decay, no dropout
-        assert (nola['nola_r'], nola['nola_k'], nola['nola_l'], nola['nola_alpha'] / nola['nola_r']) == (8, 512, 512, 1.0)
-        assert (nola['learning_rate'], nola['weight_decay'], nola['nola_dropout']) == (5e-3, 0.0, 0.0)
+        assert (
+            nola['nola_r'],
+            nola['nola_k'],
+            nola['nola_l'],
+            nola['nola_alpha'] / nola['nola_r'],
+        ) == (8, 512, 512, 1.0)
+        assert (nola['learning_rate'], nola['weight_decay'], nola['nola_dropout']) == (
+            5e-3,
+            0.0,
+            0.0,
+        )
     e2e = train.parse_args(['config/gpt2_e2e_lora.py'])  # the LoRA paper's E2E settings
-    assert (e2e['lora_r'], e2e['lora_alpha'], e2e['lora_dropout'], e2e['learning_rate'], e2e['weight_decay'],
-            e2e['label_smoothing'], e2e['batch_size']) == (4, 32.0, 0.1, 2e-4, 0.01, 0.1, 8)
-    large = train.parse_args(['config/gpt2_e2e_nola.py', '--init_from=gpt2-large', '--nola_k=256', '--nola_l=256',
-                              '--nola_alpha=2.0', '--learning_rate=1e-2'])  # the GPT-2 L line of its comment
-    assert large['nola_alpha'] / large['nola_r'] == 0.25 and large['nola_k'] == large['nola_l'] == 256
+    assert (
+        e2e['lora_r'],
+        e2e['lora_alpha'],
+        e2e['lora_dropout'],
+        e2e['learning_rate'],
+        e2e['weight_decay'],
+        e2e['label_smoothing'],
+        e2e['batch_size'],
+    ) == (4, 32.0, 0.1, 2e-4, 0.01, 0.1, 8)
+    large = train.parse_args(
+        [
+            'config/gpt2_e2e_nola.py',
+            '--init_from=gpt2-large',
+            '--nola_k=256',
+            '--nola_l=256',
+            '--nola_alpha=2.0',
+            '--learning_rate=1e-2',
+        ]
+    )  # the GPT-2 L line of its comment
+    assert (
+        large['nola_alpha'] / large['nola_r'] == 0.25 and large['nola_k'] == large['nola_l'] == 256
+    )
 
 
 def test_mean_sd_pm():
-    assert abs(study.sd([1.0, 2.0, 3.0]) - 1.0) < 1e-12 and study.sd([5.0]) == 0.0
-    assert study.pm([1.0, 3.0]) == '2.000 ± 1.414'
+    assert abs(study_verdicts.sd([1.0, 2.0, 3.0]) - 1.0) < 1e-12 and study_verdicts.sd([5.0]) == 0.0
+    assert study_verdicts.pm([1.0, 3.0]) == '2.000 ± 1.414'
 
 
 def test_most_common_answer_baseline_on_planted_items():
-    items = {'x': {'train': [('q', 'a'), ('q', 'a'), ('q', 'b')], 'test': [('q', 'a'), ('q', 'b'), ('q', 'a'), ('q', 'c')]},
-             'y': {'train': [('q', 'b'), ('q', 'a'), ('q', 'b'), ('q', 'a')], 'test': [('q', 'a'), ('q', 'b')]}}
-    b = study.most_common_answer_baseline(items)
-    assert b == {'x': 0.5, 'y': 0.5, 'avg': 0.5}  # y: a 2-2 tie goes to the alphabetically first answer, 'a'
-    b2 = study.most_common_answer_baseline(items, max_items=1)  # only the items the study evaluates
+    items = {
+        'x': {
+            'train': [('q', 'a'), ('q', 'a'), ('q', 'b')],
+            'test': [('q', 'a'), ('q', 'b'), ('q', 'a'), ('q', 'c')],
+        },
+        'y': {
+            'train': [('q', 'b'), ('q', 'a'), ('q', 'b'), ('q', 'a')],
+            'test': [('q', 'a'), ('q', 'b')],
+        },
+    }
+    b = study_verdicts.most_common_answer_baseline(items)
+    assert b == {
+        'x': 0.5,
+        'y': 0.5,
+        'avg': 0.5,
+    }  # y: a 2-2 tie goes to the alphabetically first answer, 'a'
+    b2 = study_verdicts.most_common_answer_baseline(
+        items, max_items=1
+    )  # only the items the study evaluates
     assert b2 == {'x': 1.0, 'y': 1.0, 'avg': 1.0}
     with pytest.raises(ValueError, match="task 'z' has no train items"):
-        study.most_common_answer_baseline({'z': {'train': [], 'test': [('q', 'a')]}})
+        study_verdicts.most_common_answer_baseline({'z': {'train': [], 'test': [('q', 'a')]}})
 
 
 def noisy_rows(rng, means, sd_item=0.0, seeds=3, seed_effect=0.0, tasks=12):
     """One {task: exact match} per seed: task means + a per-seed shift shared by every method (seed_effect)."""
     shift = [seed_effect * (s - 1) for s in range(seeds)]
-    return [{f't{j}': means[j] + shift[s] + rng.normal(0, sd_item) if sd_item else means[j] + shift[s]
-             for j in range(tasks)} for s in range(seeds)]
+    return [
+        {
+            f't{j}': means[j] + shift[s] + rng.normal(0, sd_item)
+            if sd_item
+            else means[j] + shift[s]
+            for j in range(tasks)
+        }
+        for s in range(seeds)
+    ]
 
 
 def test_paired_bootstrap_covers_a_known_difference_and_is_deterministic():
     rng = np.random.default_rng(1)
     task_means = rng.uniform(0.2, 0.8, 12)
-    b = [{t: v + 0.25 * (s - 1) for t, v in zip((f't{j}' for j in range(12)), task_means)} for s in range(3)]
-    a = [{t: v + 0.10 + rng.normal(0, 0.01) for t, v in row.items()} for row in b]  # a = b + 0.1, paired
-    diff, lo, hi = study.paired_diff_ci(a, b)
-    assert abs(diff - 0.10) < 0.01 and lo < 0.10 < hi and hi - lo < 0.03  # the seed shift (±0.25) cancels in pairs
-    assert study.paired_diff_ci(a, b) == (diff, lo, hi)                     # fixed RNG: the same CI every time
-    assert study.paired_diff_ci(a, b, seed=7) != (diff, lo, hi)             # ... drawn from that RNG
+    b = [
+        {t: v + 0.25 * (s - 1) for t, v in zip((f't{j}' for j in range(12)), task_means)}
+        for s in range(3)
+    ]
+    a = [
+        {t: v + 0.10 + rng.normal(0, 0.01) for t, v in row.items()} for row in b
+    ]  # a = b + 0.1, paired
+    diff, lo, hi = study_verdicts.paired_diff_ci(a, b)
+    assert (
+        abs(diff - 0.10) < 0.01 and lo < 0.10 < hi and hi - lo < 0.03
+    )  # the seed shift (±0.25) cancels in pairs
+    assert study_verdicts.paired_diff_ci(a, b) == (
+        diff,
+        lo,
+        hi,
+    )  # fixed RNG: the same CI every time
+    assert study_verdicts.paired_diff_ci(a, b, seed=7) != (diff, lo, hi)  # ... drawn from that RNG
     # per-item correctness (0/1 per item): items are resampled too, the CI still covers the difference
     items_b = [{t: [1.0] * 50 + [0.0] * 50 for t in ('u', 'v')} for _ in range(3)]
     items_a = [{t: [1.0] * 60 + [0.0] * 40 for t in ('u', 'v')} for _ in range(3)]
-    d2, lo2, hi2 = study.paired_diff_ci(items_a, items_b)
+    d2, lo2, hi2 = study_verdicts.paired_diff_ci(items_a, items_b)
     assert abs(d2 - 0.10) < 1e-12 and 0.0 < lo2 < 0.10 < hi2
     with pytest.raises(ValueError, match='one row per seed'):
-        study.paired_diff_ci([0.5, 0.6], [0.4, 0.5, 0.6])
+        study_verdicts.paired_diff_ci([0.5, 0.6], [0.4, 0.5, 0.6])
     with pytest.raises(ValueError, match='different units'):
-        study.paired_diff_ci([{'t0': 0.5}], [{'t1': 0.5}])
+        study_verdicts.paired_diff_ci([{'t0': 0.5}], [{'t1': 0.5}])
 
 
 def test_equivalence_margin_floor_rule_and_gates():
     rng = np.random.default_rng(2)
     means = rng.uniform(0.4, 0.8, 12)
     b = noisy_rows(rng, means, seed_effect=0.05)
-    shifted = lambda d, sd_item=0.002: [{t: v + d + rng.normal(0, sd_item) for t, v in row.items()} for row in b]
-    off = {'a': 0.30, 'b': 0.29}   # both well above the baseline
-    ci = study.paired_diff_ci(shifted(0.01), b)
-    assert study.equivalence(ci, off)[0] == 'matches' and ci[2] < study.EQUIV_MARGIN
-    ci5 = study.paired_diff_ci(shifted(0.05), b)
-    status, text = study.equivalence(ci5, off)
+    shifted = lambda d, sd_item=0.002: [
+        {t: v + d + rng.normal(0, sd_item) for t, v in row.items()} for row in b
+    ]
+    off = {'a': 0.30, 'b': 0.29}  # both well above the baseline
+    ci = study_verdicts.paired_diff_ci(shifted(0.01), b)
+    assert (
+        study_verdicts.equivalence(ci, off)[0] == 'matches' and ci[2] < study_verdicts.EQUIV_MARGIN
+    )
+    ci5 = study_verdicts.paired_diff_ci(shifted(0.05), b)
+    status, text = study_verdicts.equivalence(ci5, off)
     assert status == 'differs' and text.startswith('differs (CI [+0.0')
-    wide = study.paired_diff_ci(shifted(0.01, sd_item=0.15), b)
-    status, text = study.equivalence(wide, off)
+    wide = study_verdicts.paired_diff_ci(shifted(0.01, sd_item=0.15), b)
+    status, text = study_verdicts.equivalence(wide, off)
     assert status == 'inconclusive' and 'wider than ±0.03' in text and wide[2] - wide[1] > 0.06
     # the floor: two methods that agree closely, both at the most-common-answer baseline
-    status, text = study.equivalence(ci, {'lora': 0.02, 'full': 0.01})
-    assert status == 'inconclusive' and text.startswith('inconclusive (at the floor: lora only +0.020, full only +0.010')
-    status, text = study.equivalence(ci, {'lora': 0.30, 'full': 0.095})
-    assert status == 'inconclusive' and 'full only +0.095' in text and 'lora' not in text  # 0.10 is the gate
+    status, text = study_verdicts.equivalence(ci, {'lora': 0.02, 'full': 0.01})
+    assert status == 'inconclusive' and text.startswith(
+        'inconclusive (at the floor: lora only +0.020, full only +0.010'
+    )
+    status, text = study_verdicts.equivalence(ci, {'lora': 0.30, 'full': 0.095})
+    assert (
+        status == 'inconclusive' and 'full only +0.095' in text and 'lora' not in text
+    )  # 0.10 is the gate
     # a failed gate makes an otherwise matching pair inconclusive, naming the gate and its value
     res = planted(mix={'full': 0.50})
-    failed = study.gate_failures(study.gates(res), ('full_ft', 'best_adapter'))
+    failed = study_verdicts.gate_failures(study_verdicts.gates(res), ('full_ft', 'best_adapter'))
     assert failed == ['gate failed: mixture: full fine-tuning, avg exact match 0.500, needs ≥ 0.55']
-    assert study.equivalence(ci, off, failed_gates=failed) == ('inconclusive', f'inconclusive ({failed[0]})')
-    assert study.direction((0.1, 0.01, 0.2)) == 'higher' and study.direction((-0.1, -0.2, -0.01)) == 'lower'
-    assert study.direction((0.1, -0.01, 0.2)) == 'no difference'
-
+    assert study_verdicts.equivalence(ci, off, failed_gates=failed) == (
+        'inconclusive',
+        f'inconclusive ({failed[0]})',
+    )
+    assert (
+        study_verdicts.direction((0.1, 0.01, 0.2)) == 'higher'
+        and study_verdicts.direction((-0.1, -0.2, -0.01)) == 'lower'
+    )
+    assert study_verdicts.direction((0.1, -0.01, 0.2)) == 'no difference'
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -211,12 +372,29 @@ def test_equivalence_margin_floor_rule_and_gates():
 
 SEEDS, N_ITEMS, R = (0, 1, 2), 40, 12
 QV, LORA, MULTI = f'lora_qv_r{R}', f'lora_r{R}', f'multilora_3x{R // 3}'
-MIX = {'full': 0.70, QV: 0.70, LORA: 0.70, MULTI: 0.80, 'lora_r1': 0.60, 'nola': 0.60}  # exact match per task
-EFF = {'full': 30.0, LORA: 4.0, MULTI: 10.0, 'lora_r1': 1.0, 'nola': 7.0}               # effective rank of ΔW
-COMP = {'base': 0.0, 'skill A alone': 0.0, 'skill B alone': 0.0, study.UPPER_BOUND: 0.9, 'CAT': 0.8,
-        'CAT (softmax)': 0.7, 'task arithmetic': 0.3, 'ΔW averaging': 0.2, 'TIES': 0.35, 'data mixing': 0.4,
-        'data mixing + composite split': 0.45}   # composite (manual_qa) exact match
-PARAMS = {'full': 10 ** 6, QV: 3072, LORA: 6144, MULTI: 6156, 'lora_r1': 512, 'nola': 256}
+MIX = {
+    'full': 0.70,
+    QV: 0.70,
+    LORA: 0.70,
+    MULTI: 0.80,
+    'lora_r1': 0.60,
+    'nola': 0.60,
+}  # exact match per task
+EFF = {'full': 30.0, LORA: 4.0, MULTI: 10.0, 'lora_r1': 1.0, 'nola': 7.0}  # effective rank of ΔW
+COMP = {
+    'base': 0.0,
+    'skill A alone': 0.0,
+    'skill B alone': 0.0,
+    study_verdicts.UPPER_BOUND: 0.9,
+    'CAT': 0.8,
+    'CAT (softmax)': 0.7,
+    'task arithmetic': 0.3,
+    'ΔW averaging': 0.2,
+    'TIES': 0.35,
+    'data mixing': 0.4,
+    'data mixing + composite split': 0.45,
+}  # composite (manual_qa) exact match
+PARAMS = {'full': 10**6, QV: 3072, LORA: 6144, MULTI: 6156, 'lora_r1': 512, 'nola': 256}
 
 
 def items(p, seed, n=N_ITEMS):
@@ -224,56 +402,137 @@ def items(p, seed, n=N_ITEMS):
     items, so two methods planted with the same p have identical per-item correctness)."""
     k = round(p * n)
     row = [1] * k + [0] * (n - k)
-    return row[-7 * seed % n:] + row[:-7 * seed % n]
+    return row[-7 * seed % n :] + row[: -7 * seed % n]
 
 
-def planted(mix=None, comp=None, recall=0.9, baseline=0.2, skill_a_recall=0.9, skill_b_known=0.9, q4=None):
+def planted(
+    mix=None, comp=None, recall=0.9, baseline=0.2, skill_a_recall=0.9, skill_b_known=0.9, q4=None
+):
     """A study result with planted numbers (3 seeds, 2 tasks of N_ITEMS items): every accuracy is computed from the
     planted per-item correctness, as study.py stores it. mix / comp override MIX / COMP (a value None drops the run)."""
     mix, comp = {**MIX, **(mix or {})}, {**COMP, **(comp or {})}
     tasks = ('t1', 't2')
+
     def mix_row(m, p, s):
         correct = {t: items(p, s) for t in tasks}
         acc = {t: mean(c) for t, c in correct.items()}
-        return {'seed': s, 'name': f'mix_{m}_s{s}', 'lr': 1e-3, 'acc': {**acc, 'avg': mean(list(acc.values()))},
-                'correct': correct, 'val_loss': 1.0 + s / 10, 'train_time_s': 60.0, 'trainable_params': PARAMS[m],
-                'file_bytes': 4 * PARAMS[m] + 900, 'payload_bytes': 4 * PARAMS[m]}
+        return {
+            'seed': s,
+            'name': f'mix_{m}_s{s}',
+            'lr': 1e-3,
+            'acc': {**acc, 'avg': mean(list(acc.values()))},
+            'correct': correct,
+            'val_loss': 1.0 + s / 10,
+            'train_time_s': 60.0,
+            'trainable_params': PARAMS[m],
+            'file_bytes': 4 * PARAMS[m] + 900,
+            'payload_bytes': 4 * PARAMS[m],
+        }
+
     mixture = {m: [mix_row(m, p, s) for s in SEEDS] for m, p in mix.items()}
     q4_rows = [mix_row('nola', MIX['nola'] if q4 is None else q4, s) for s in SEEDS]
+
     def spec(ms):
-        return {m: {'effective_rank_mean': [EFF.get(m, 3.0) + 0.1 * s for s in SEEDS], 'top_share_mean': [0.3] * 3,
-                    'energy_rank_mean': [2.0] * 3, 'rel_norm_mean': [0.5] * 3, 'intruders_0.5': [0.0] * 3} for m in ms}
+        return {
+            m: {
+                'effective_rank_mean': [EFF.get(m, 3.0) + 0.1 * s for s in SEEDS],
+                'top_share_mean': [0.3] * 3,
+                'energy_rank_mean': [2.0] * 3,
+                'rel_norm_mean': [0.5] * 3,
+                'intruders_0.5': [0.0] * 3,
+            }
+            for m in ms
+        }
+
     def comp_row(label, p, s):
         c = items(p, s)
-        return {'seed': s, 'manual_qa': mean(c), 'correct': c, 'format': 0.9, 'content': mean(c),
-                'known_qa': skill_b_known if label == 'skill B alone' else 0.5,
-                'recall': skill_a_recall if label == 'skill A alone' else 0.5,
-                'lambda': 1.0 if label in ('task arithmetic', 'TIES') else None, 'examples': ['Paris']}
-    entry = lambda m: {'acc': [r['acc']['avg'] for r in mixture[m]], 'file_bytes': [4 * PARAMS[m] + 900] * 3,
-                       'payload_bytes': [4 * PARAMS[m]] * 3, 'trainable_params': PARAMS[m]}
+        return {
+            'seed': s,
+            'manual_qa': mean(c),
+            'correct': c,
+            'format': 0.9,
+            'content': mean(c),
+            'known_qa': skill_b_known if label == 'skill B alone' else 0.5,
+            'recall': skill_a_recall if label == 'skill A alone' else 0.5,
+            'lambda': 1.0 if label in ('task arithmetic', 'TIES') else None,
+            'examples': ['Paris'],
+        }
+
+    entry = lambda m: {
+        'acc': [r['acc']['avg'] for r in mixture[m]],
+        'file_bytes': [4 * PARAMS[m] + 900] * 3,
+        'payload_bytes': [4 * PARAMS[m]] * 3,
+        'trainable_params': PARAMS[m],
+    }
     return {
         'settings': {'R': R, 'seeds': list(SEEDS), 'mix_iters': 1500, 'sweep_iters': 1500},
-        'torch_threads': 1, 'seconds': {'base': 10.0, 'mixture': 20.0},
-        'base': {'path': 'out/study/base/ckpt.pt', 'fingerprint': 'abc123', 'iters': 800, 'reused': False,
-                 'val_loss': 1.234, 'params': 2_000_000,
-                 'model_args': {'n_layer': 4, 'n_head': 4, 'n_embd': 128, 'block_size': 128, 'vocab_size': 500},
-                 'recall': {'lives_in': recall, 'works_as': recall, 'all': recall, 'manual': 0.0}},
+        'torch_threads': 1,
+        'seconds': {'base': 10.0, 'mixture': 20.0},
+        'base': {
+            'path': 'out/study/base/ckpt.pt',
+            'fingerprint': 'abc123',
+            'iters': 800,
+            'reused': False,
+            'val_loss': 1.234,
+            'params': 2_000_000,
+            'model_args': {
+                'n_layer': 4,
+                'n_head': 4,
+                'n_embd': 128,
+                'block_size': 128,
+                'vocab_size': 500,
+            },
+            'recall': {'lives_in': recall, 'works_as': recall, 'all': recall, 'manual': 0.0},
+        },
         'baseline': {'t1': baseline, 't2': baseline, 'avg': baseline},
-        'lr': {m: {'grid': [1e-3, 3e-3, 1e-2], 'iters': 1500, 'seed': 0, 'chosen': 3e-3, 'val_acc': [0.5, 0.61, 0.4],
-                   'val_loss': [1.1, 1.0, 1.2]} for m in mix},
+        'lr': {
+            m: {
+                'grid': [1e-3, 3e-3, 1e-2],
+                'iters': 1500,
+                'seed': 0,
+                'chosen': 3e-3,
+                'val_acc': [0.5, 0.61, 0.4],
+                'val_loss': [1.1, 1.0, 1.2],
+            }
+            for m in mix
+        },
         'mixture': mixture,
-        'spectra': {'per_method': spec([m for m in mix if m != QV]), 'qv': spec([QV, 'full']),
-                    'figure': 'results/spectra/spectra.png', 'table_seed0': 'the table of seed 0'},
-        'compression': {'nola_fp32': entry('nola'), 'lora_r1': entry('lora_r1'),
-                        'nola_4bit': {'acc': [r['acc']['avg'] for r in q4_rows], 'rows': q4_rows,
-                                      'file_bytes': [300] * 3, 'payload_bytes': [200] * 3,
-                                      'trainable_params': PARAMS['nola']}},
-        'composition': {'runs': {k: [comp_row(k, p, s) for s in SEEDS] for k, p in comp.items() if p is not None},
-                        'trainable': {k: 1000 for k in comp}, 'baseline': 0.05,
-                        'sizes': {'manual': {'train': 200}, 'known_qa': {'train': 400},
-                                  'manual_qa': {'train': 30, 'test': N_ITEMS}, 'manual_qa_ample': {'train': 300}}},
-        'control': {'tasks': ['skill1', 'skill2', 'composite'], 'seed': 0,
-                    'acc': {'CAT': {'skill1': 0.9, 'skill2': 0.8, 'composite': 0.0}}}}
+        'spectra': {
+            'per_method': spec([m for m in mix if m != QV]),
+            'qv': spec([QV, 'full']),
+            'figure': 'results/spectra/spectra.png',
+            'table_seed0': 'the table of seed 0',
+        },
+        'compression': {
+            'nola_fp32': entry('nola'),
+            'lora_r1': entry('lora_r1'),
+            'nola_4bit': {
+                'acc': [r['acc']['avg'] for r in q4_rows],
+                'rows': q4_rows,
+                'file_bytes': [300] * 3,
+                'payload_bytes': [200] * 3,
+                'trainable_params': PARAMS['nola'],
+            },
+        },
+        'composition': {
+            'runs': {
+                k: [comp_row(k, p, s) for s in SEEDS] for k, p in comp.items() if p is not None
+            },
+            'trainable': {k: 1000 for k in comp},
+            'baseline': 0.05,
+            'sizes': {
+                'manual': {'train': 200},
+                'known_qa': {'train': 400},
+                'manual_qa': {'train': 30, 'test': N_ITEMS},
+                'manual_qa_ample': {'train': 300},
+            },
+        },
+        'control': {
+            'tasks': ['skill1', 'skill2', 'composite'],
+            'seed': 0,
+            'acc': {'CAT': {'skill1': 0.9, 'skill2': 0.8, 'composite': 0.0}},
+        },
+    }
 
 
 def mean(xs):
@@ -288,15 +547,11 @@ def test_planted_result_is_what_it_says():
     """The builder itself: accuracies follow from the planted items, identical p gives identical items."""
     res = planted()
     full, qv = res['mixture']['full'], res['mixture'][QV]
-    assert [r['acc']['avg'] for r in full] == [0.7] * 3 and [r['correct'] for r in full] == [r['correct'] for r in qv]
+    assert [r['acc']['avg'] for r in full] == [0.7] * 3 and [r['correct'] for r in full] == [
+        r['correct'] for r in qv
+    ]
     assert full[0]['correct']['t1'] != full[1]['correct']['t1']  # the seeds differ item by item
     assert [r['manual_qa'] for r in res['composition']['runs']['CAT']] == [0.8] * 3
-
-
-def test_study_reexports_the_statistics():
-    for name in ('EQUIV_MARGIN', 'FLOOR_GATE', 'GATES', 'UPPER_BOUND', 'paired_diff_ci', 'equivalence', 'direction',
-                 'gates', 'gate_failures', 'format_gates', 'verdicts', 'write_report', 'most_common_answer_baseline'):
-        assert getattr(study, name) is getattr(study_verdicts, name), name
 
 
 def test_lora_agrees_when_identical_items_well_above_the_baseline():
@@ -304,21 +559,34 @@ def test_lora_agrees_when_identical_items_well_above_the_baseline():
     v = verdict_rows(res)
     assert all(g['pass'] for g in res['gates']), res['gates']
     assert v['LoRA']['verdict'] == 'agrees' and v['LoRA']['agrees']
-    assert v['LoRA']['ci'] == (0.0, 0.0, 0.0)  # identical per-item correctness: every paired difference is 0
+    assert v['LoRA']['ci'] == (
+        0.0,
+        0.0,
+        0.0,
+    )  # identical per-item correctness: every paired difference is 0
     assert 'paired diff +0.000, 95% CI [+0.000, +0.000]: matches' in v['LoRA']['finding']
     assert 'minus the baseline 0.200: +0.500 vs +0.500' in v['LoRA']['finding']
     # the other papers, planted to hold: MultiLoRA flatter, closer to full FT, more accurate; NOLA = LoRA r=1
-    assert v['MultiLoRA']['verdict'] == 'agrees' and v['NOLA']['verdict'] == 'agrees', (v['MultiLoRA'], v['NOLA'])
+    assert v['MultiLoRA']['verdict'] == 'agrees' and v['NOLA']['verdict'] == 'agrees', (
+        v['MultiLoRA'],
+        v['NOLA'],
+    )
 
 
 def test_lora_disagrees_when_far_below_full_fine_tuning():
-    res = planted(mix={QV: 0.40})   # +0.20 over the baseline: off the floor, and 0.30 below full FT
+    res = planted(mix={QV: 0.40})  # +0.20 over the baseline: off the floor, and 0.30 below full FT
     v = verdict_rows(res)
     assert all(g['pass'] for g in res['gates']), res['gates']
-    assert v['LoRA']['verdict'] == ('disagrees (LoRA r=12 on W_q,W_v is below full fine-tuning beyond ±0.03; '
-                                    'on all Linears: matches)') and not v['LoRA']['agrees']
+    assert (
+        v['LoRA']['verdict']
+        == (
+            'disagrees (LoRA r=12 on W_q,W_v is below full fine-tuning beyond ±0.03; '
+            'on all Linears: matches)'
+        )
+        and not v['LoRA']['agrees']
+    )
     diff, lo, hi = v['LoRA']['ci']
-    assert abs(diff + 0.30) < 1e-9 and hi < -study.EQUIV_MARGIN
+    assert abs(diff + 0.30) < 1e-9 and hi < -study_verdicts.EQUIV_MARGIN
     # above full fine-tuning by as much is no match either
     v2 = verdict_rows(planted(mix={'full': 0.60, QV: 0.95}))
     assert v2['LoRA']['verdict'].startswith('disagrees (LoRA r=12 on W_q,W_v is above')
@@ -328,18 +596,35 @@ def test_lora_at_the_floor_is_inconclusive_and_names_the_floor(monkeypatch):
     # the baseline is 0.60: full FT and LoRA (identical items, 0.65) pass the gates but sit only +0.05 over it
     res = planted(mix={'full': 0.65, QV: 0.65, LORA: 0.80}, baseline=0.60)
     v = verdict_rows(res)
-    assert all(g['pass'] for g in res['gates']), res['gates']   # the floor alone, no gate, makes it inconclusive
-    assert v['LoRA']['verdict'] == ('inconclusive (at the floor: lora_qv_r12 only +0.050, full only +0.050 over the '
-                                    'most-common-answer baseline (needs ≥ +0.10))') and not v['LoRA']['agrees']
+    assert all(g['pass'] for g in res['gates']), res[
+        'gates'
+    ]  # the floor alone, no gate, makes it inconclusive
+    assert (
+        v['LoRA']['verdict']
+        == (
+            'inconclusive (at the floor: lora_qv_r12 only +0.050, full only +0.050 over the '
+            'most-common-answer baseline (needs ≥ +0.10))'
+        )
+        and not v['LoRA']['agrees']
+    )
     # with a lower floor the same numbers match: the floor rule is what decided
-    monkeypatch.setattr(study_verdicts.equivalence, '__defaults__', (study.EQUIV_MARGIN, 0.01, ()))
+    monkeypatch.setattr(
+        study_verdicts.equivalence, '__defaults__', (study_verdicts.EQUIV_MARGIN, 0.01, ())
+    )
     assert verdict_rows(res)['LoRA']['verdict'] == 'agrees'
     # both at the baseline itself (and full FT below its gate): inconclusive, naming the floor and the gate
     monkeypatch.undo()
     v3 = verdict_rows(planted(mix={m: 0.20 for m in MIX}))
-    assert v3['LoRA']['verdict'].startswith('inconclusive (at the floor: lora_qv_r12 only +0.000, full only +0.000')
-    assert 'gate failed: mixture: full fine-tuning, avg exact match 0.200, needs ≥ 0.55' in v3['LoRA']['verdict']
-    assert v3['NOLA']['verdict'].startswith('inconclusive (at the floor: nola only +0.000, lora_r1 only +0.000')
+    assert v3['LoRA']['verdict'].startswith(
+        'inconclusive (at the floor: lora_qv_r12 only +0.000, full only +0.000'
+    )
+    assert (
+        'gate failed: mixture: full fine-tuning, avg exact match 0.200, needs ≥ 0.55'
+        in v3['LoRA']['verdict']
+    )
+    assert v3['NOLA']['verdict'].startswith(
+        'inconclusive (at the floor: nola only +0.000, lora_r1 only +0.000'
+    )
 
 
 def test_equivalence_margin_decides_the_lora_verdict(monkeypatch):
@@ -347,7 +632,9 @@ def test_equivalence_margin_decides_the_lora_verdict(monkeypatch):
     res = planted(mix={'full': 0.70, QV: 0.675})
     st = verdict_rows(res)['LoRA']['verdict']
     assert st.startswith('inconclusive (CI [') and 'wider than ±0.03' in st
-    monkeypatch.setattr(study_verdicts.equivalence, '__defaults__', (0.10, study.FLOOR_GATE, ()))
+    monkeypatch.setattr(
+        study_verdicts.equivalence, '__defaults__', (0.10, study_verdicts.FLOOR_GATE, ())
+    )
     assert verdict_rows(res)['LoRA']['verdict'] == 'agrees'  # a wider margin holds the whole CI
 
 
@@ -356,62 +643,125 @@ def test_failed_gates_make_the_cat_verdict_inconclusive_and_name_the_gate():
     v = verdict_rows(res)
     want = "gate failed: base: fact recall in the corpus's own wording ('p lives in' -> city) 0.500, needs ≥ 0.7"
     assert v['CAT']['verdict'].startswith(f'inconclusive ({want})') and not v['CAT']['agrees']
-    assert v['CAT']['verdict'].endswith('as measured: beats merging yes, beats data mixing yes')  # what it measured
-    assert v['LoRA']['verdict'] == f'inconclusive ({want})'   # the base gates the mixture verdicts too
-    v2 = verdict_rows(planted(comp={study.UPPER_BOUND: 0.3}))
-    assert v2['CAT']['verdict'].startswith('inconclusive (gate failed: composition: upper-bound LoRA (manual + ample '
-                                           'composite Q/A) on the composite 0.300, needs ≥ 0.8)')
-    assert not v2['CAT']['agrees'] and v2['LoRA']['verdict'] == 'agrees'  # the composition gates are CAT's only
-    v3 = verdict_rows(planted(comp={'skill A alone': 0.1}, skill_b_known=0.5))  # a skill that answers the composite
-    assert 'gate failed: composition: skill A alone on the composite (manual_qa) 0.100, needs ≤ 0.05' in v3['CAT']['verdict']
-    assert 'gate failed: composition: skill B (Q/A LoRA on known people) on its own test (known_qa) 0.500' in v3['CAT']['verdict']
+    assert v['CAT']['verdict'].endswith(
+        'as measured: beats merging yes, beats data mixing yes'
+    )  # what it measured
+    assert (
+        v['LoRA']['verdict'] == f'inconclusive ({want})'
+    )  # the base gates the mixture verdicts too
+    v2 = verdict_rows(planted(comp={study_verdicts.UPPER_BOUND: 0.3}))
+    assert v2['CAT']['verdict'].startswith(
+        'inconclusive (gate failed: composition: upper-bound LoRA (manual + ample '
+        'composite Q/A) on the composite 0.300, needs ≥ 0.8)'
+    )
+    assert (
+        not v2['CAT']['agrees'] and v2['LoRA']['verdict'] == 'agrees'
+    )  # the composition gates are CAT's only
+    v3 = verdict_rows(
+        planted(comp={'skill A alone': 0.1}, skill_b_known=0.5)
+    )  # a skill that answers the composite
+    assert (
+        'gate failed: composition: skill A alone on the composite (manual_qa) 0.100, needs ≤ 0.05'
+        in v3['CAT']['verdict']
+    )
+    assert (
+        'gate failed: composition: skill B (Q/A LoRA on known people) on its own test (known_qa) 0.500'
+        in v3['CAT']['verdict']
+    )
 
 
 def test_cat_verdict_follows_its_paired_items():
     v = verdict_rows(planted())
     assert v['CAT']['verdict'] == 'agrees' and v['CAT']['agrees']
     f = v['CAT']['finding']
-    assert 'CAT vs TIES (the best merge)' in f and 'vs data mixing + composite split (the better data mixing)' in f
-    assert abs(v['CAT']['ci'][0] - 0.45) < 1e-9 and v['CAT']['ci'][1] > 0.3  # 0.80 - 0.35 (TIES), clear margin
+    assert (
+        'CAT vs TIES (the best merge)' in f
+        and 'vs data mixing + composite split (the better data mixing)' in f
+    )
+    assert (
+        abs(v['CAT']['ci'][0] - 0.45) < 1e-9 and v['CAT']['ci'][1] > 0.3
+    )  # 0.80 - 0.35 (TIES), clear margin
     # CAT's softmax weights count when they do better
     v_sm = verdict_rows(planted(comp={'CAT': 0.1, 'CAT (softmax)': 0.8}))
     assert v_sm['CAT']['verdict'] == 'agrees' and 'CAT (softmax) vs TIES' in v_sm['CAT']['finding']
     # below every merge and data mixing: the claim does not reproduce (the gates hold: a finding, not an artefact)
     low = verdict_rows(planted(comp={'CAT': 0.1, 'CAT (softmax)': 0.05}))
     assert low['CAT']['verdict'] == 'does not reproduce: beats merging no, beats data mixing no'
-    assert not low['CAT']['agrees'] and ', 95% CI [' in low['CAT']['finding'] and ': lower)' in low['CAT']['finding']
+    assert (
+        not low['CAT']['agrees']
+        and ', 95% CI [' in low['CAT']['finding']
+        and ': lower)' in low['CAT']['finding']
+    )
     # level with them: no difference is no win either
     tie = verdict_rows(planted(comp={'CAT': 0.45, 'CAT (softmax)': 0.0, 'TIES': 0.45}))
     assert tie['CAT']['verdict'] == 'does not reproduce: beats merging no, beats data mixing no'
-    part = verdict_rows(planted(comp={'CAT': 0.4, 'CAT (softmax)': 0.0, 'data mixing + composite split': 0.6}))
+    part = verdict_rows(
+        planted(comp={'CAT': 0.4, 'CAT (softmax)': 0.0, 'data mixing + composite split': 0.6})
+    )
     assert part['CAT']['verdict'] == 'partly: beats merging yes, beats data mixing no'
 
 
 def test_gates_report_measured_values_and_pass_flags():
-    G = study.gates(planted())
-    assert [g['key'] for g in G] == [k for k, *_ in study.GATES]
+    G = study_verdicts.gates(planted())
+    assert [g['key'] for g in G] == [k for k, *_ in study_verdicts.GATES]
     got = {g['key']: (g['measured'], g['pass']) for g in G}
-    want = {'base_recall': 0.9, 'full_ft': 0.7, 'best_adapter': 0.8, 'skill_a_own': 0.9, 'skill_b_own': 0.9,
-            'skill_a_composite': 0.0, 'skill_b_composite': 0.0, 'upper_bound': 0.9}
+    want = {
+        'base_recall': 0.9,
+        'full_ft': 0.7,
+        'best_adapter': 0.8,
+        'skill_a_own': 0.9,
+        'skill_b_own': 0.9,
+        'skill_a_composite': 0.0,
+        'skill_b_composite': 0.0,
+        'upper_bound': 0.9,
+    }
     assert {k: v for k, (v, _) in got.items()} == pytest.approx(want)
     assert all(ok is True for _, ok in got.values())
-    assert [g['threshold'] for g in G] == ['≥ 0.7', '≥ 0.55', '≥ 0.45', '≥ 0.8', '≥ 0.8', '≤ 0.05', '≤ 0.05', '≥ 0.8']
-    assert next(g for g in G if g['key'] == 'best_adapter')['gate'].endswith(f'({MULTI})')  # which adapter was best
+    assert [g['threshold'] for g in G] == [
+        '≥ 0.7',
+        '≥ 0.55',
+        '≥ 0.45',
+        '≥ 0.8',
+        '≥ 0.8',
+        '≤ 0.05',
+        '≤ 0.05',
+        '≥ 0.8',
+    ]
+    assert next(g for g in G if g['key'] == 'best_adapter')['gate'].endswith(
+        f'({MULTI})'
+    )  # which adapter was best
     # each gate fails on its own side of its threshold; '≤' gates fail above theirs
-    res = planted(mix={'full': 0.5, MULTI: 0.4, QV: 0.4, LORA: 0.4, 'lora_r1': 0.4, 'nola': 0.4}, recall=0.6,
-                  comp={'skill A alone': 0.1, 'skill B alone': 0.025, study.UPPER_BOUND: None},
-                  skill_a_recall=0.7, skill_b_known=0.85)
-    G2 = {g['key']: g for g in study.gates(res)}
+    res = planted(
+        mix={'full': 0.5, MULTI: 0.4, QV: 0.4, LORA: 0.4, 'lora_r1': 0.4, 'nola': 0.4},
+        recall=0.6,
+        comp={'skill A alone': 0.1, 'skill B alone': 0.025, study_verdicts.UPPER_BOUND: None},
+        skill_a_recall=0.7,
+        skill_b_known=0.85,
+    )
+    G2 = {g['key']: g for g in study_verdicts.gates(res)}
     assert {k: g['pass'] for k, g in G2.items()} == {
-        'base_recall': False, 'full_ft': False, 'best_adapter': False, 'skill_a_own': False, 'skill_b_own': True,
-        'skill_a_composite': False, 'skill_b_composite': True, 'upper_bound': None}
-    assert G2['skill_b_composite']['measured'] == pytest.approx(0.025) and G2['upper_bound']['measured'] is None
-    lines = study.format_gates(list(G2.values()))
+        'base_recall': False,
+        'full_ft': False,
+        'best_adapter': False,
+        'skill_a_own': False,
+        'skill_b_own': True,
+        'skill_a_composite': False,
+        'skill_b_composite': True,
+        'upper_bound': None,
+    }
+    assert (
+        G2['skill_b_composite']['measured'] == pytest.approx(0.025)
+        and G2['upper_bound']['measured'] is None
+    )
+    lines = study_verdicts.format_gates(list(G2.values()))
     assert 'gate FAIL: base: fact recall' in lines[0] and lines[0].endswith('≥ 0.7, measured 0.600')
-    assert lines[-1] == ('gate not measured: composition: upper-bound LoRA (manual + ample composite Q/A) on the '
-                         'composite ≥ 0.8, measured -')
-    assert study.gate_failures(list(G2.values()), ('skill_b_own', 'upper_bound')) == [
-        'gate not measured: composition: upper-bound LoRA (manual + ample composite Q/A) on the composite']
+    assert lines[-1] == (
+        'gate not measured: composition: upper-bound LoRA (manual + ample composite Q/A) on the '
+        'composite ≥ 0.8, measured -'
+    )
+    assert study_verdicts.gate_failures(list(G2.values()), ('skill_b_own', 'upper_bound')) == [
+        'gate not measured: composition: upper-bound LoRA (manual + ample composite Q/A) on the composite'
+    ]
 
 
 def test_verdicts_refuse_unpaired_seeds():
@@ -420,26 +770,32 @@ def test_verdicts_refuse_unpaired_seeds():
     with pytest.raises(ValueError, match='mixture runs of nola and full have different seeds'):
         study.verdicts(res)
     with pytest.raises(ValueError, match='pair the same items'):
-        study.paired_diff_ci([{'t': [1, 0, 1]}], [{'t': [1, 0]}])
+        study_verdicts.paired_diff_ci([{'t': [1, 0, 1]}], [{'t': [1, 0]}])
 
 
 def test_write_report_renders_every_gate_table_and_published_number(tmp_path):
-    res = planted(comp={study.UPPER_BOUND: 0.3})
+    res = planted(comp={study_verdicts.UPPER_BOUND: 0.3})
     res['verdicts'] = study.verdicts(res)
     path = str(tmp_path / 'STUDY.md')
-    study.write_report(res, path)
+    study_verdicts.write_report(res, path)
     text = open(path).read()
     assert not os.path.exists(path + '.tmp')
     for g in res['gates']:
         cell = 'pass' if g['pass'] else '**fail**'
         assert f"| {g['gate']} | {g['threshold']} | {g['measured']:.3f} | {cell} |" in text, g
-    assert '| composition: upper-bound LoRA (manual + ample composite Q/A) on the composite | ≥ 0.8 | 0.300 | **fail** |' in text
+    assert (
+        '| composition: upper-bound LoRA (manual + ample composite Q/A) on the composite | ≥ 0.8 | 0.300 | **fail** |'
+        in text
+    )
     assert '| method | lr 1 | lr 2 | lr 3 | chosen |' in text
     for m in MIX:
         assert f'| {m} | 0.001: 0.500 | 0.003: 0.610 | 0.01: 0.400 | **0.003** |' in text, m
     for label in COMP:
         assert f'| {label} | 1,000 | ' in text, label
-    assert '| TIES | 1,000 | 0.350 ± 0.000 | 0.90 ± 0.00 | 0.35 ± 0.00 | 0.500 ± 0.000 | 0.500 ± 0.000 | 1, 1, 1 |' in text
+    assert (
+        '| TIES | 1,000 | 0.350 ± 0.000 | 0.90 ± 0.00 | 0.35 ± 0.00 | 0.500 ± 0.000 | 0.500 ± 0.000 | 1, 1, 1 |'
+        in text
+    )
     for published in ('70.4', '68.2', '70.1', '69.9', '36,864', '184,320', '+43%', '+12%'):
         assert published in text, published
     for v in res['verdicts']:
@@ -453,7 +809,10 @@ def test_check_refuses_a_stage_without_finite_numbers():
     assert study.STAGES == ('base', 'mixture', 'spectra', 'compression', 'composition', 'control')
     res = {s: {'x': 1.0} for s in study.STAGES + ('baseline', 'gates', 'verdicts')}
     study.check(res)
-    with pytest.raises(RuntimeError, match=r'stage spectra produced non-finite numbers at spectra.y\[0\] \(1 in all\)'):
+    with pytest.raises(
+        RuntimeError,
+        match=r'stage spectra produced non-finite numbers at spectra.y\[0\] \(1 in all\)',
+    ):
         study.check(dict(res, spectra={'y': [float('nan')]}))
     with pytest.raises(RuntimeError, match='stage composition produced no numbers'):
         study.check(dict(res, composition={}))
@@ -469,19 +828,28 @@ def test_next_rate_walks_the_1_3_10_ladder_as_exact_literals():
     assert [study.next_rate(lr, up=False) for lr in (1e-4, 3e-4, 1e-2)] == [3e-5, 1e-4, 3e-3]
 
 
-@pytest.mark.parametrize('peak, widen, grid_swept, best', [
-    (3e-3, 2, [1e-3, 3e-3, 1e-2], 3e-3),                # best inside: nothing added
-    (3e-2, 2, [1e-3, 3e-3, 1e-2, 3e-2, 1e-1], 3e-2),    # widened up until the best is inside
-    (1.0, 2, [1e-3, 3e-3, 1e-2, 3e-2, 1e-1], 1e-1),     # still at the edge after `widen` steps: stops there
-    (1e-4, 1, [3e-4, 1e-3, 3e-3, 1e-2], 3e-4),          # widened down
-    (1.0, 0, [1e-3, 3e-3, 1e-2], 1e-2),                 # widen=0: the grid as given
-])
+@pytest.mark.parametrize(
+    'peak, widen, grid_swept, best',
+    [
+        (3e-3, 2, [1e-3, 3e-3, 1e-2], 3e-3),  # best inside: nothing added
+        (3e-2, 2, [1e-3, 3e-3, 1e-2, 3e-2, 1e-1], 3e-2),  # widened up until the best is inside
+        (
+            1.0,
+            2,
+            [1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
+            1e-1,
+        ),  # still at the edge after `widen` steps: stops there
+        (1e-4, 1, [3e-4, 1e-3, 3e-3, 1e-2], 3e-4),  # widened down
+        (1.0, 0, [1e-3, 3e-3, 1e-2], 1e-2),  # widen=0: the grid as given
+    ],
+)
 def test_tune_lr_widens_past_the_edge_its_best_rate_sits_on(peak, widen, grid_swept, best):
     calls = []
 
     def score(lr):  # a planted val curve peaking at `peak`; each rate must be trained once
         calls.append(lr)
         return (-abs(math.log10(lr / peak)), 0.0)
+
     grid, chosen, scores = study.tune_lr([1e-3, 3e-3, 1e-2], score, widen)
     assert grid == grid_swept and chosen == best
     assert sorted(calls) == sorted(grid_swept) and set(scores) == set(grid_swept)
@@ -489,17 +857,29 @@ def test_tune_lr_widens_past_the_edge_its_best_rate_sits_on(peak, widen, grid_sw
 
 def test_fresh_retrains_each_run_once_per_invocation(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(study.train, 'main', lambda argv: calls.append(argv) or {'train_time_s': 1.0, 'val_loss': 2.0})
-    S = dict(base_dir=str(tmp_path / 'base'), results=str(tmp_path / 'results'), out=str(tmp_path / 'out'))
+    monkeypatch.setattr(
+        study.train,
+        'main',
+        lambda argv: calls.append(argv) or {'train_time_s': 1.0, 'val_loss': 2.0},
+    )
+    S = dict(
+        base_dir=str(tmp_path / 'base'),
+        results=str(tmp_path / 'results'),
+        out=str(tmp_path / 'out'),
+    )
 
     def invocation(fresh):
         st = study.Study(S, fresh=fresh, log=lambda s: None)
         st.base_fp = 'planted'
-        st.train('run_a', ['--lr=1']), st.train('run_a', ['--lr=1'])   # the sweep's run, then seed 0's: the same
+        (
+            st.train('run_a', ['--lr=1']),
+            st.train('run_a', ['--lr=1']),
+        )  # the sweep's run, then seed 0's: the same
         st.train('run_b', ['--lr=2'])
+
     invocation(fresh=False)
     assert len(calls) == 2
-    invocation(fresh=False)   # everything reused from results/runs
+    invocation(fresh=False)  # everything reused from results/runs
     assert len(calls) == 2
-    invocation(fresh=True)    # retrained, each once
+    invocation(fresh=True)  # retrained, each once
     assert len(calls) == 4

@@ -35,7 +35,9 @@ def tasks(world_dir):
 
 
 def test_default_world_is_byte_identical(world_dir, tmp_path):
-    assert {name: sha256(os.path.join(world_dir, name)) for name in DEFAULT_WORLD_SHA256} == DEFAULT_WORLD_SHA256
+    assert {
+        name: sha256(os.path.join(world_dir, name)) for name in DEFAULT_WORLD_SHA256
+    } == DEFAULT_WORLD_SHA256
     other = world.write_world(str(tmp_path), seed=7)
     assert sha256(os.path.join(other, 'corpus.txt')) != DEFAULT_WORLD_SHA256['corpus.txt']
     size = sum(os.path.getsize(os.path.join(world_dir, n)) for n in ('corpus.txt', 'tasks.json'))
@@ -45,7 +47,9 @@ def test_default_world_is_byte_identical(world_dir, tmp_path):
 def test_a_missing_world_file_is_written_again(tmp_path):
     small = dict(n_people=30, bio_repeats=1, n_train=40, n_eval=10, n_skill=60)
     folder = world.write_world(str(tmp_path), **small)
-    before = {n: sha256(os.path.join(folder, n)) for n in ('corpus.txt', 'tasks.json', 'world.json')}
+    before = {
+        n: sha256(os.path.join(folder, n)) for n in ('corpus.txt', 'tasks.json', 'world.json')
+    }
     os.remove(os.path.join(folder, 'world.json'))
     assert world.write_world(str(tmp_path), **small) == folder
     assert {n: sha256(os.path.join(folder, n)) for n in before} == before
@@ -64,13 +68,24 @@ def test_damaged_tokenizer_file_is_regenerated(damage, tmp_path, monkeypatch, ca
     with open(world.TOKENIZER_FILE, 'rb') as f:
         good = f.read()
     path = tmp_path / 'world.tiktoken'
-    path.write_bytes({'truncated': good[:len(good) // 2], 'empty': b'', 'binary': random.Random(0).randbytes(3000),
-                      'one rank changed': good.replace(b' 300\n', b' 301\n', 1)}[damage])
+    path.write_bytes(
+        {
+            'truncated': good[: len(good) // 2],
+            'empty': b'',
+            'binary': random.Random(0).randbytes(3000),
+            'one rank changed': good.replace(b' 300\n', b' 301\n', 1),
+        }[damage]
+    )
     monkeypatch.setattr(world, 'TOKENIZER_FILE', str(path))
     monkeypatch.delitem(data._TOKENIZERS, 'world', raising=False)
     enc = data.get_tokenizer('world')
     err = capsys.readouterr().err
-    assert err.count('\n') == 1 and str(path) in err and 'is damaged' in err and 'regenerating it' in err
+    assert (
+        err.count('\n') == 1
+        and str(path) in err
+        and 'is damaged' in err
+        and 'regenerating it' in err
+    )
     assert 'Traceback' not in err and 'panic' not in err
     assert path.read_bytes() == good and not os.path.exists(str(path) + '.tmp')
     text = 'vimobi works as a miner.'
@@ -90,25 +105,40 @@ def test_missing_tokenizer_file_is_regenerated_silently(tmp_path, monkeypatch, c
 
 def test_a_changed_world_names_the_tokenizer_hash_to_update(tmp_path, monkeypatch):
     monkeypatch.setattr(world, 'TOKENIZER_FILE', str(tmp_path / 'world.tiktoken'))
-    monkeypatch.setattr(world, 'TOKENIZER_SHA256', '0' * 64)  # as if world.py had changed the corpus
-    with pytest.raises(ValueError, match=r'world.py now trains another tokenizer.*set TOKENIZER_SHA256 in sources/world.py '
-                                         r'to it') as e:
+    monkeypatch.setattr(
+        world, 'TOKENIZER_SHA256', '0' * 64
+    )  # as if world.py had changed the corpus
+    with pytest.raises(
+        ValueError,
+        match=r'world.py now trains another tokenizer.*set TOKENIZER_SHA256 in sources/world.py '
+        r'to it',
+    ) as e:
         world.tokenizer_ranks()
     assert '\n' not in str(e.value)
 
 
 def test_splits_are_disjoint(tasks):
     assert len(world.MIXTURE) == 12 and len(tasks) == 20 and set(world.MIXTURE) < set(tasks)
-    assert {world.TASK_FAMILY[t] for t in world.MIXTURE} == {'instruction', 'understanding', 'knowledge'}
+    assert {world.TASK_FAMILY[t] for t in world.MIXTURE} == {
+        'instruction',
+        'understanding',
+        'knowledge',
+    }
     for t, sp in tasks.items():
         if t in world.FAMILIES['manual']:  # split by person, not by question: test_manual_*
             continue
         qs = {s: {q for q, _ in sp[s]} for s in ('train', 'val', 'test')}
         assert all(qs.values()), t
-        assert not (qs['train'] & qs['val']) and not (qs['train'] & qs['test']) and not (qs['val'] & qs['test']), t
+        assert (
+            not (qs['train'] & qs['val'])
+            and not (qs['train'] & qs['test'])
+            and not (qs['val'] & qs['test'])
+        ), t
     # skills: no letter string is shared between the composite and the skills' training data
     strings = lambda t, s: {q.split(': ')[1] for q, _ in tasks[t][s]}
-    assert not strings(world.COMPOSITE, 'test') & (strings(world.SKILL1, 'train') | strings(world.SKILL2, 'train'))
+    assert not strings(world.COMPOSITE, 'test') & (
+        strings(world.SKILL1, 'train') | strings(world.SKILL2, 'train')
+    )
     n_comp = len(tasks[world.COMPOSITE]['train'])
     n_skills = len(tasks[world.SKILL1]['train']) + len(tasks[world.SKILL2]['train'])
     assert n_comp == pytest.approx(0.05 * n_skills, rel=0.01)
@@ -119,17 +149,30 @@ def test_knowledge_questions_are_new_entities_and_wordings(tasks, world_dir):
         people = json.load(f)['people']
     with open(os.path.join(world_dir, 'corpus.txt')) as f:
         corpus = f.read()
+
     def form(q):  # the wording of a question, with its person taken out
         (p,) = [w for w in q.rstrip('.?').split() if w in people]
         return q.replace(p, '{p}')
+
     for t in world.FAMILIES['knowledge'] + ['color_of']:
-        ent = {s: {w for q, _ in tasks[t][s] for w in q.rstrip('.?').split() if w in people} for s in tasks[t]}
-        assert not ent['train'] & ent['test'] and not ent['train'] & ent['val'] and len(ent['test']) >= 30
+        ent = {
+            s: {w for q, _ in tasks[t][s] for w in q.rstrip('.?').split() if w in people}
+            for s in tasks[t]
+        }
+        assert (
+            not ent['train'] & ent['test']
+            and not ent['train'] & ent['val']
+            and len(ent['test']) >= 30
+        )
         train_forms = {form(q) for q, _ in tasks[t]['train']}
         assert len(train_forms) >= 4
         for q, a in tasks[t]['test'] + tasks[t]['val']:
             assert form(q) not in train_forms
-            assert all(chunk.strip() not in corpus for chunk in form(q).split('{p}') if len(chunk.strip()) > 8), q
+            assert all(
+                chunk.strip() not in corpus
+                for chunk in form(q).split('{p}')
+                if len(chunk.strip()) > 8
+            ), q
             assert a in corpus  # the answer is stated in pretraining text only
 
 
@@ -154,8 +197,12 @@ def test_manual_test_facts_are_in_the_manual_only(tasks, manual):
     for q, a in tasks['manual_qa']['test']:
         (p,) = asked_about([(q, a)], manual)
         assert a in manual[p].values()
-        stated = [d for d in docs if re.search(rf'\b{p} (lives in|has a home in|works as a|is a) {a}\b', d) or
-                  re.search(rf'the (home|job) of {p} is (in )?{a}\b', d)]
+        stated = [
+            d
+            for d in docs
+            if re.search(rf'\b{p} (lives in|has a home in|works as a|is a) {a}\b', d)
+            or re.search(rf'the (home|job) of {p} is (in )?{a}\b', d)
+        ]
         assert len(stated) >= 4, (q, a)  # the manual states it, in its repeated documents
 
 
@@ -163,21 +210,29 @@ def test_manual_composite_train_split_is_5_percent_of_the_skills(tasks):
     n_comp = len(tasks['manual_qa']['train'])
     n_skills = len(tasks['manual']['train']) + len(tasks['known_qa']['train'])
     assert 0 < n_comp <= 0.05 * n_skills and n_comp == int(0.05 * n_skills)
-    assert set(map(tuple, tasks['manual_qa']['train'])) <= set(map(tuple, tasks['manual_qa_ample']['train']))
+    assert set(map(tuple, tasks['manual_qa']['train'])) <= set(
+        map(tuple, tasks['manual_qa_ample']['train'])
+    )
 
 
 def test_manual_people_cities_and_jobs_are_new_to_the_corpus(world_dir, manual):
     with open(os.path.join(world_dir, 'corpus.txt')) as f:
         words = set(re.findall(r'[a-z]+', f.read()))
     new = set(manual) | {v[k] for v in manual.values() for k in world.MANUAL_FACTS}
-    assert len({v['city'] for v in manual.values()}) >= 10 and len({v['job'] for v in manual.values()}) >= 8
+    assert (
+        len({v['city'] for v in manual.values()}) >= 10
+        and len({v['job'] for v in manual.values()}) >= 8
+    )
     assert not new & words, sorted(new & words)
 
 
 def test_recall_probes_are_the_corpus_first_wording():
     people = {'bob': {'city': 'rome', 'job': 'nurse'}, 'al': {'pet': 'cat'}}
-    assert world.recall_probes(people) == [('al owns a', 'cat'), ('bob lives in', 'rome'),
-                                           ('bob works as a', 'nurse')]
+    assert world.recall_probes(people) == [
+        ('al owns a', 'cat'),
+        ('bob lives in', 'rome'),
+        ('bob works as a', 'nurse'),
+    ]
     assert world.recall_probes(people, ['city']) == [('bob lives in', 'rome')]
 
 
