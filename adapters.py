@@ -3,14 +3,17 @@ Low-rank adapters for GPT, one short class per paper (notes: docs/methods.md):
 
     LoRA       Hu et al. 2021                 ΔW = s · B A
     MultiLoRA  Wang et al. 2023 (2311.11501)  ΔW = Σ_i g_i · s · B_i A_i
-    NOLA       Koohpayegani et al. ICLR 2024  ΔW = s · (Σ_j β_j B_j)(A0 + Σ_j α_j A_j)
+    NOLA       Koohpayegani et al. ICLR 2024  ΔW = s · (Σ_j β_j B_j)(A0 + Σ_j α_j A_j)  (A0: see NOLA)
     CAT        Prabhakar et al. 2024          ΔW = Σ_i w_i · s_i · B_i A_i   (frozen skill LoRAs)
 
 Every class wraps a frozen nn.Linear (W0 of shape (d_out, d_in), the torch layout) and computes
     h = base(x) + B (A x)          (training forward: ΔW is never materialised)
-Shared mechanics (freezing, merge/unmerge in fp32, ΔW, state dicts) live in AdapterLinear. A class's
-keyword defaults are its method's defaults (train.py: --<method>_<option>) and its HELP says what each
-option does. Where a paper left a choice open, the comment says "(our choice)" and an option offers both.
+Shared mechanics (freezing, merge/unmerge in fp32, ΔW, seeds) live in AdapterLinear; a class says
+what its (B, A) are. A class's keyword defaults are its method's defaults; train.py writes each one
+out as <method>_<option> (lora_r, nola_k, ...), and a test keeps the two equal. Where a paper left a
+choice open, the comment says "(our choice)" and an option offers both.
+
+The file reads top to bottom: shared mechanics, the four methods, model surgery, checkpoints.
 """
 
 import contextlib
@@ -29,20 +32,56 @@ from model import linear_names
 # shared mechanics
 
 
+def derive_seed(seed, *names):
+    """A deterministic 63-bit seed for (seed, *names), by hashing: every module and every use draws
+    from its own stream, on a local generator, never from torch's global RNG. A run's seeds form a
+    tree, each step one call of this function:
+        the run's seed (nola_seed, cat_seed) -> one per module, from its name  (AdapterLinear.configure)
+        a NOLA module's seed -> seed_A, seed_B for its two sets of bases      (NOLALinear.__init__)
+        seed_A -> the seed of its frozen offset A0                            (NOLALinear.draw_frozen)
+    A NOLA checkpoint stores seed_A and seed_B, so A0 and the bases come back from them alone."""
+    h = hashlib.sha256(":".join(map(str, (seed, *names))).encode()).digest()
+    return int.from_bytes(h[:8], "little") >> 1
+
+
 class AdapterLinear(nn.Module):
-    """base(x) + update(x), update(x) = ΔW x without forming ΔW. Each method gives low_rank() -> (B, A)
-    with ΔW = scale · B A, its B carrying the gates (MultiLoRA) or weights (CAT)."""
+    """base(x) + ΔW x for a frozen nn.Linear `base`, without forming ΔW. What a method provides:
+        low_rank()  -> (B (d_out, R), A (R, d_in)) with ΔW = scale · B A, its B carrying the gates
+                       (MultiLoRA) or the weights (CAT)
+        scale       the s of ΔW = s · B A (LoRA's alpha / r); 1.0 unless the method sets it
+        dropout     the module applied to x on the adapter branch; none unless the method sets it
+        configure() (a classmethod) only if its modules need more than their own seed (CAT)
+    Everything else (forward, merge, ΔW) is written once, here."""
 
     def __init__(self, base: nn.Linear):
         super().__init__()
         self.base = base.requires_grad_(False)
         self.d_out, self.d_in = base.weight.shape
         self.merged = False
+        self.scale = 1.0  # a method sets its own scale and dropout (the class docstring)
+        self.dropout = nn.Identity()
+
+    @classmethod
+    def configure(cls, names, config, skills=None):
+        """(the config add_adapters records, {module name: keyword arguments of cls(base, ...)}) for
+        the modules `names` of one run; `config` holds every option, defaults filled in. By default
+        each module gets the run's options with its own seed (derive_seed), so no two draw alike."""
+        if skills is not None:
+            raise ValueError(f"skills are CAT's (adapters.load_cat_skills), not {cls.__name__}'s")
+        if "seed" not in config:  # LoRA, MultiLoRA: their init draws from torch's RNG, in order
+            return config, {name: config for name in names}
+        return config, {
+            name: {**config, "seed": derive_seed(config["seed"], name)} for name in names
+        }
+
+    def low_rank(self):
+        """(B (d_out, R), A (R, d_in)) with ΔW = scale · B A: each method defines its own."""
+        raise NotImplementedError(f"{type(self).__name__} must define low_rank() -> (B, A)")
 
     def _zeros(self, *shape):  # adapter tensors live where the base weight lives, in its dtype
         return torch.zeros(*shape, device=self.base.weight.device, dtype=self.base.weight.dtype)
 
-    def update(self, x):  # scales the (.., r) intermediate, not the (.., d_out) output: r << d_out
+    def update(self, x):  # scales the (.., R) intermediate, not the (.., d_out) output: R << d_out
         B, A = self.low_rank()
         return F.linear(F.linear(self.dropout(x), A) * self.scale, B)
 
@@ -55,9 +94,8 @@ class AdapterLinear(nn.Module):
         B, A = self.factors()
         return B @ A  # (d_out, d_in), fp32, same layout as base.weight
 
-    def forward(
-        self, x
-    ):  # merged: W0 + ΔW sits in base.weight, the base model's cost (and no adapter grads)
+    def forward(self, x):
+        # merged: W0 + ΔW sits in base.weight, at the base model's cost (and no adapter grads)
         return self.base(x) if self.merged else self.base(x) + self.update(x)
 
     # merge/unmerge are explicit calls only: .train()/.eval() never touch the weights (unlike loralib)
@@ -66,9 +104,7 @@ class AdapterLinear(nn.Module):
         """W0 += ΔW, summed in fp32 and cast once (bf16-safe); sign=-1 takes it out again (unmerge)."""
         if self.merged != (sign > 0):
             w = self.base.weight
-            with torch.autocast(
-                w.device.type, enabled=False
-            ):  # inside autocast B @ A would run in bf16
+            with torch.autocast(w.device.type, enabled=False):  # inside autocast B @ A runs in bf16
                 w.copy_((w.float() + sign * self.delta_weight()).to(w.dtype))
             self.merged = sign > 0
 
@@ -93,32 +129,18 @@ def lora_scale(alpha, r, rslora=False):
     return alpha / math.sqrt(r) if rslora else alpha / r
 
 
-def derive_seed(seed, *names):
-    """A deterministic 63-bit seed for (seed, *names): each module and each use its own random stream."""
-    h = hashlib.sha256(":".join(map(str, (seed, *names))).encode()).digest()
-    return int.from_bytes(h[:8], "little") >> 1
-
-
 # -----------------------------------------------------------------------------
 # LoRA: Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models", Eq. (3):
 #   h = W0 x + (α/r) · B A x,  A ~ kaiming (nn.Linear default), B = 0  =>  ΔW = 0 at step 0.
 
 
 class LoRALinear(AdapterLinear):
-    HELP = dict(
-        r="rank of A (r, d_in) and B (d_out, r)",
-        alpha="scale s = alpha / r",
-        dropout="dropout on the adapter branch's input",
-        rslora="scale s = alpha / sqrt(r) (rsLoRA)",
-    )
-
     def __init__(self, base, r=8, alpha=16.0, dropout=0.0, rslora=False):
         super().__init__(base)
         self.r = _positive("r", r)
         self.scale, self.dropout = lora_scale(alpha, r, rslora), _dropout(dropout)
-        self.lora_A = nn.Parameter(
-            nn.init.kaiming_uniform_(self._zeros(r, self.d_in), a=math.sqrt(5))
-        )
+        A = nn.init.kaiming_uniform_(self._zeros(r, self.d_in), a=math.sqrt(5))
+        self.lora_A = nn.Parameter(A)
         self.lora_B = nn.Parameter(self._zeros(self.d_out, r))  # B = 0: ΔW = 0 at step 0
 
     def low_rank(self):
@@ -133,14 +155,7 @@ class LoRALinear(AdapterLinear):
 
 
 class MultiLoRALinear(AdapterLinear):
-    HELP = dict(
-        n="number of parallel LoRA modules",
-        r="rank of each module",
-        alpha="scale s = alpha / r",
-        dropout="dropout on the adapter branch's input",
-        gate="'scalar': one gate per module (our choice, as the paper's figure) | 'channel': one per output",
-    )
-
+    # gate: 'scalar', one gate per module (our choice, as the paper's figure) | 'channel', one per output
     def __init__(self, base, n=3, r=8, alpha=16.0, dropout=0.0, gate="scalar"):
         super().__init__(base)
         self.n, self.r = _positive("n", n), _positive("r", r)
@@ -155,17 +170,20 @@ class MultiLoRALinear(AdapterLinear):
                 nn.init.kaiming_uniform_(self.lora_B[:, i * r : (i + 1) * r], a=math.sqrt(5))
         self.gate = nn.Parameter(self._zeros(n) if gate == "scalar" else self._zeros(n, self.d_out))
 
-    def low_rank(
-        self,
-    ):  # 'scalar': g_i (n,) on B_i's columns; 'channel': g_i (n, d_out) on B_i's entries
+    def low_rank(self):
+        # 'scalar': g_i (n,) on B_i's r columns; 'channel': g_i (n, d_out) on B_i's entries
         return self.lora_B * self.gate.t().repeat_interleave(self.r, dim=-1), self.lora_A
 
 
 # -----------------------------------------------------------------------------
 # NOLA: Koohpayegani et al., ICLR 2024, arXiv 2310.02556, Eq. (2):
-#   A = A0 + Σ_{j≤k} α_j A_j,  B = Σ_{j≤l} β_j B_j,  ΔW = s · B A,  only α, β trained.
+#   A = Σ_{j≤k} α_j A_j,  B = Σ_{j≤l} β_j B_j,  ΔW = s · B A,  only α and β train.
 # Bases A_j, B_j ~ U(-1, 1)/√k (resp. √l) come from a per-module seed through a local
 # torch.Generator on the CPU (bit-identical on every machine, never the global RNG).
+# One addition that is not in the paper, from the NOLA reference code (gpt/src/model_nola.py): a
+# frozen Kaiming offset A0, A = A0 + Σ_j α_j A_j. Why: α = β = 0 at init makes A = B = 0, and then
+# neither factor gets a gradient (∂ΔW/∂β_j = s·B_j A and ∂ΔW/∂α_j = s·B A_j are both 0): nothing
+# would ever learn. With A0, A ≠ 0, so β learns first, as LoRA's B does, and ΔW = 0 at step 0 holds.
 # With B and A mixed, the forward is LoRA's (AdapterLinear.update).
 
 
@@ -179,45 +197,19 @@ def nola_bases(seed, count, shape, dtype=torch.float32, device="cpu", draw_on="c
     return b.to(device=device, dtype=dtype)
 
 
-class MixBases(torch.autograd.Function):
-    """M = Σ_j c_j · basis_j, with the (count, *shape) bases regenerated from the seed in forward
-    and again in backward instead of being kept (memory trick of the NOLA reference code)."""
-
-    @staticmethod
-    def forward(ctx, coef, seed, shape, draw_on="cpu"):
-        ctx.seed, ctx.shape, ctx.count, ctx.draw_on = seed, shape, coef.numel(), draw_on
-        basis = nola_bases(seed, coef.numel(), shape, coef.dtype, coef.device, draw_on)
-        return (coef @ basis.view(coef.numel(), -1)).view(shape)
-
-    @staticmethod
-    def backward(ctx, grad):
-        basis = nola_bases(ctx.seed, ctx.count, ctx.shape, grad.dtype, grad.device, ctx.draw_on)
-        return basis.view(ctx.count, -1) @ grad.reshape(-1), None, None, None
-
-
 class NOLALinear(AdapterLinear):
-    HELP = dict(
-        k="number of random bases mixed into A",
-        l="number of random bases mixed into B",
-        r="rank of A and B",
-        alpha="scale s = alpha / r",
-        dropout="dropout on the adapter branch's input",
-        seed="the one seed of all bases",
-        stored_basis="keep the bases in memory: faster, more memory",
-        basis_device="draw the bases on 'cpu' (the same on every machine) or 'cuda' (fast on a GPU)",
-    )
-
+    # k and l: the numbers of bases mixed into A and into B, the paper's letters (options nola_k, nola_l)
     def __init__(
         self,
         base,
         k=64,
-        l=64,  # noqa: E741 (the paper's letter)
+        l=64,  # noqa: E741 (the paper's letter, and the option's name in configs and checkpoints)
         r=8,
         alpha=16.0,
         dropout=0.0,
         seed=0,
-        stored_basis=False,
-        basis_device="cpu",
+        stored_basis=False,  # (our choice) keep the bases in memory, or regenerate them (MixBases)
+        basis_device="cpu",  # draw the bases on 'cpu' (the same on every machine) or 'cuda' (fast)
     ):
         super().__init__(base)
         self.k, self.l, self.r = _positive("k", k), _positive("l", l), _positive("r", r)
@@ -228,43 +220,38 @@ class NOLALinear(AdapterLinear):
                 f"nola basis_device must be 'cpu' or (with a GPU) 'cuda', got {basis_device!r}"
             )
         self.scale, self.dropout = alpha / r, _dropout(dropout)
-        self.stored_basis, self.basis_device = (
-            stored_basis,
-            basis_device,
-        )  # (our choice) both offered
-        self.coef_A, self.coef_B = (
-            nn.Parameter(self._zeros(k)),
-            nn.Parameter(self._zeros(l)),
-        )  # α = β = 0: ΔW = 0
-        for ab in "AB":  # seeds + coefficients are the whole checkpoint: the seeds are buffers, in the state dict
-            self.register_buffer("seed_" + ab, torch.tensor(derive_seed(seed, ab)))
-        self.register_load_state_dict_post_hook(
-            lambda m, _: m.draw_frozen()
-        )  # new seeds -> new bases
+        self.stored_basis, self.basis_device = stored_basis, basis_device
+        self.coef_A = nn.Parameter(self._zeros(self.k))  # α = 0
+        self.coef_B = nn.Parameter(self._zeros(self.l))  # β = 0: ΔW = 0 at step 0
+        # the seeds and the coefficients are the whole checkpoint: the seeds are buffers, so they
+        # sit in the state dict, and loading other seeds draws the matching bases again
+        self.register_buffer("seed_A", torch.tensor(derive_seed(seed, "A")))
+        self.register_buffer("seed_B", torch.tensor(derive_seed(seed, "B")))
+        self.register_load_state_dict_post_hook(lambda module, _: module.draw_frozen())
         self.draw_frozen()
 
     def draw_frozen(self):
-        """A0 and (stored_basis) the bases from the seeds. The frozen offset A0 ~ kaiming is the reference code's
-        (gpt/src/model_nola.py), not the paper's Eq. (2): with A = B = 0 at the start neither would learn."""
+        """The frozen tensors from the seeds: the offset A0 and (stored_basis) the bases."""
         self.seeds = int(self.seed_A), int(self.seed_B)  # ints: no device sync per forward
+        where = dict(device=self.base.weight.device, dtype=self.base.weight.dtype)
         g = torch.Generator().manual_seed(derive_seed(self.seeds[0], "A0"))
         A0 = nn.init.kaiming_uniform_(torch.empty(self.r, self.d_in), a=math.sqrt(5), generator=g)
-        self.register_buffer("A0", A0.to(self._zeros(0)), persistent=False)
+        self.register_buffer("A0", A0.to(**where), persistent=False)
         if self.stored_basis:  # (k, r, d_in) and (l, d_out, r), drawn as MixBases draws them
-            for name, seed, n, shape in (
+            for name, seed, count, shape in (
                 ("basis_A", self.seeds[0], self.k, (self.r, self.d_in)),
                 ("basis_B", self.seeds[1], self.l, (self.d_out, self.r)),
             ):
-                basis = nola_bases(seed, n, shape, self.A0.dtype, self.A0.device, self.basis_device)
+                basis = nola_bases(seed, count, shape, **where, draw_on=self.basis_device)
                 self.register_buffer(name, basis, persistent=False)
 
     def low_rank(self):
-        """(B, A) of Eq. (2), outside autocast: k·r·d work per forward, whatever the number of tokens."""
+        """(B, A0 + A), mixed in fp32 outside autocast: k·r·d work per forward, whatever the tokens."""
         with torch.autocast(self.coef_A.device.type, enabled=False):
-            if self.stored_basis:
+            if self.stored_basis:  # the definition as written: A = Σ_j α_j A_j, B = Σ_j β_j B_j
                 A = torch.einsum("k,krd->rd", self.coef_A, self.basis_A)
                 B = torch.einsum("l,lor->or", self.coef_B, self.basis_B)
-            else:
+            else:  # the same sums, the bases drawn again from the seeds instead of kept (the default)
                 A = MixBases.apply(
                     self.coef_A, self.seeds[0], (self.r, self.d_in), self.basis_device
                 )
@@ -274,46 +261,81 @@ class NOLALinear(AdapterLinear):
         return B, self.A0 + A
 
 
+class MixBases(torch.autograd.Function):
+    """M = Σ_j c_j · basis_j, the bases regenerated from the seed in forward and again in backward.
+    Why a Function: plain autograd (the einsum of NOLALinear.low_rank) keeps the (count, *shape)
+    bases from the forward until the backward, count times the size of the factor M itself, for
+    every adapted module at once. The gradient dM/dc_j = basis_j needs only the bases again, which
+    the seed redraws (the NOLA reference code's memory trick): more compute, no stored bases. This
+    is the default path (stored_basis=False); the einsum is the definition it computes."""
+
+    @staticmethod
+    def forward(ctx, coef, seed, shape, draw_on="cpu"):
+        ctx.seed, ctx.shape, ctx.count, ctx.draw_on = seed, shape, coef.numel(), draw_on
+        basis = nola_bases(seed, coef.numel(), shape, coef.dtype, coef.device, draw_on)
+        return (coef @ basis.view(coef.numel(), -1)).view(shape)  # (count,) @ (count, r·d)
+
+    @staticmethod
+    def backward(ctx, grad):  # d loss / d c_j = <basis_j, grad>; seed, shape, draw_on get none
+        basis = nola_bases(ctx.seed, ctx.count, ctx.shape, grad.dtype, grad.device, ctx.draw_on)
+        return basis.view(ctx.count, -1) @ grad.reshape(-1), None, None, None
+
+
 # -----------------------------------------------------------------------------
 # CAT: Prabhakar et al. 2024, "LoRA Soups", arXiv 2410.13025, Eq. (2):
 #   ΔW = Σ_i w_i · s_i · B_i A_i  over N frozen skill LoRAs; one trainable w_i per adapter per module.
 # One rank-Σr_i LoRA: buffers concat(s_i A_i) and concat(B_i), B = concat(w_i B_i) per forward. The
 # checkpoint is self-contained (no need for the skill files) and the algebra has no cross terms.
+# The skill LoRAs are read by load_cat_skills (below) and handed to each module by configure().
 
 
 class CATLinear(AdapterLinear):
-    HELP = dict(
-        weights="'plain' (start at 1, the sum of the skills; our choice) | 'softmax' (the LoRA Soups code)",
-        seed="seed of the softmax weights' random start",
-    )
-
-    def __init__(self, base, ranks, weights="plain", seed=0):
-        super().__init__(base)
+    # weights: 'plain' (start at 1, the sum of the skills; our choice) | 'softmax' (the LoRA Soups code)
+    # seed: of the softmax weights' random start. ranks: the skills' ranks (their LoRAs fix them, so no
+    # default). skills, keyword-only and not an option: this module's [(B_i, A_i, s_i)], absent when
+    # the adapter is rebuilt from a checkpoint's config (its tensors are loaded next).
+    def __init__(self, base, ranks, weights="plain", seed=0, *, skills=None):
+        super().__init__(base)  # the base's scale 1 and no dropout: the s_i sit in cat_A
         if weights not in ("plain", "softmax"):
             raise ValueError(f"cat weights must be 'plain' or 'softmax', got {weights!r}")
         self.ranks = [_positive("CAT adapter rank", int(r)) for r in ranks]
         self.register_buffer("cat_A", self._zeros(sum(self.ranks), self.d_in))  # rows: s_i A_i
         self.register_buffer("cat_B", self._zeros(self.d_out, sum(self.ranks)))  # cols: B_i
-        which = torch.repeat_interleave(
-            torch.arange(len(ranks)), torch.tensor(self.ranks)
-        )  # rank row -> skill
+        # which[row] = the skill i that row of cat_A (column of cat_B) belongs to
+        which = torch.repeat_interleave(torch.arange(len(ranks)), torch.tensor(self.ranks))
         self.register_buffer("which", which.to(self.base.weight.device), persistent=False)
-        self.scale, self.dropout = (
-            1.0,
-            nn.Identity(),
-        )  # for LoRA's forward: s_i sit in cat_A, no dropout
         self.softmax = weights == "softmax"
         if self.softmax:  # LoRA Soups code: convex weights, logits start from N(0, 1)
             logits = torch.randn(len(ranks), generator=torch.Generator().manual_seed(seed))
-            self.cat_w = nn.Parameter(logits.to(self._zeros(0)))
+            w = logits.to(device=self.base.weight.device, dtype=self.base.weight.dtype)
+            self.cat_w = nn.Parameter(w)
         else:  # (our choice, default) plain weights from 1: starts at the sum of skills
             self.cat_w = nn.Parameter(self._zeros(len(ranks)) + 1)
+        with torch.no_grad():
+            for i, (B, A, s) in enumerate(skills or []):
+                lo = sum(self.ranks[:i])
+                self.cat_A[lo : lo + self.ranks[i]] = A * s
+                self.cat_B[:, lo : lo + self.ranks[i]] = B
 
-    @torch.no_grad()
-    def set_adapter(self, i, B, A, scale):
-        lo = sum(self.ranks[:i])
-        self.cat_A[lo : lo + self.ranks[i]] = A * scale
-        self.cat_B[:, lo : lo + self.ranks[i]] = B
+    @classmethod
+    def configure(cls, names, config, skills=None):
+        """Each module its slice of the skills (load_cat_skills), the run's ranks from them; without
+        skills, a checkpoint's config rebuilds the modules empty from its ranks."""
+        if skills is None:
+            if "ranks" not in config:
+                raise ValueError(
+                    "cat needs its skill LoRAs: "
+                    "add_adapters(model, 'cat', *adapters.load_cat_skills(paths, model))"
+                )
+            return super().configure(names, config)
+        if set(names) != set(skills):
+            raise ValueError(
+                f"the CAT skill adapters adapt {len(skills)} modules, this model has {len(names)} "
+                f"matching the targets: were they trained on another base?"
+            )
+        ranks = [A.shape[0] for _, A, _ in skills[names[0]]]
+        config, per_module = super().configure(names, {**config, "ranks": ranks})
+        return config, {name: {**kw, "skills": skills[name]} for name, kw in per_module.items()}
 
     def weights(self):
         return self.cat_w.softmax(0) if self.softmax else self.cat_w
@@ -358,19 +380,28 @@ def load_cat_skills(paths, model):
 
 
 # -----------------------------------------------------------------------------
-# the options: a class's keyword defaults, named <method>_<option> in train.py and its --help
+# the methods and their options: a class's keyword defaults, written out in train.py as
+# <method>_<option> (a test keeps the two equal)
 
 METHODS = {"lora": LoRALinear, "multilora": MultiLoRALinear, "nola": NOLALinear, "cat": CATLinear}
 
 
+def method_options(method):
+    """The names of the method's options: its class's arguments but `base` and the keyword-only
+    ones, which carry tensors, not settings (CAT's skills)."""
+    params = list(inspect.signature(METHODS[method]).parameters.values())[1:]  # all but `base`
+    return [p.name for p in params if p.kind is not p.KEYWORD_ONLY]
+
+
 def method_defaults(method):
     """{option: default} from the class's signature (CAT's ranks has none: its skill LoRAs fix it)."""
-    params = list(inspect.signature(METHODS[method]).parameters.values())[1:]  # all but `base`
-    return {p.name: p.default for p in params if p.default is not p.empty}
+    params = inspect.signature(METHODS[method]).parameters
+    return {
+        a: params[a].default
+        for a in method_options(method)
+        if params[a].default is not params[a].empty
+    }
 
-
-OPTIONS = {f"{m}_{a}": v for m in METHODS for a, v in method_defaults(m).items()}
-OPTION_HELP = {f"{m}_{a}": h for m, cls in METHODS.items() for a, h in cls.HELP.items()}
 
 # -----------------------------------------------------------------------------
 # model surgery
@@ -400,11 +431,12 @@ def _replace(model, name, new):
 
 
 def add_adapters(model, method, targets="attn.q,attn.v", skills=None, **options):
-    """Wrap every Linear matching `targets` in METHODS[method](base, **options), in place; freeze the rest. CAT
-    composes `skills` (load_cat_skills reads them) or is rebuilt empty from `ranks`. Returns a one-line summary."""
+    """Wrap every Linear matching `targets` in METHODS[method](base, **options), in place; freeze the rest.
+    CAT composes `skills` (read by load_cat_skills) or is rebuilt empty from a checkpoint's `ranks`.
+    Returns a one-line summary."""
     if method not in METHODS:
         raise ValueError(f"unknown adapter method {method!r}: choose one of {', '.join(METHODS)}")
-    known = list(inspect.signature(METHODS[method]).parameters)[1:]
+    known = method_options(method)
     if set(options) - set(known):
         raise ValueError(
             f"unknown {method} option(s) {sorted(set(options) - set(known))}: known are {known}"
@@ -419,26 +451,12 @@ def add_adapters(model, method, targets="attn.q,attn.v", skills=None, **options)
         if t.strip()
     ]
     names = linear_names(model, targets)
-    if skills is not None:
-        if set(names) != set(skills):
-            raise ValueError(
-                f"the CAT skill adapters adapt {len(skills)} modules, this model has {len(names)} "
-                f"matching {','.join(targets)!r}: were they trained on another base?"
-            )
-        options["ranks"] = [A.shape[0] for _, A, _ in skills[names[0]]]
-    elif method == "cat" and "ranks" not in options:
-        raise ValueError(
-            "cat needs its skill LoRAs: add_adapters(model, 'cat', *load_cat_skills(paths, model))"
-        )
+    cls = METHODS[method]
+    config, per_module = cls.configure(names, {**method_defaults(method), **options}, skills)
     refuse_tied(model, names)
     model.requires_grad_(False)
-    config = {**method_defaults(method), **options}
-    for name in names:  # every module draws from its own stream of the one seed
-        own_seed = {"seed": derive_seed(config["seed"], name)} if "seed" in config else {}
-        m = METHODS[method](model.get_submodule(name), **{**config, **own_seed})
-        for i, skill in enumerate(skills[name] if skills else []):
-            m.set_adapter(i, *skill)
-        _replace(model, name, m)
+    for name in names:
+        _replace(model, name, cls(model.get_submodule(name), **per_module[name]))
     model._adapter_config = {"method": method, "targets": ",".join(targets), **config}
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

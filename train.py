@@ -71,8 +71,29 @@ bias = True              # biases in Linears and LayerNorms, as GPT-2
 adapter = ''             # '' | 'lora' | 'multilora' | 'nola' | 'cat'
 adapter_targets = 'attn.q,attn.v'  # comma-separated module names or patterns (W_q and W_v, as the GPT-2 papers)
 cat_adapters = ''        # CAT: the skill LoRAs it composes, their train.py checkpoints, comma-separated
-# adapter options: <method>_<option> (lora_r, nola_k, ...), defaults from adapters.py's classes
-globals().update(adapters.OPTIONS)
+# LoRA (adapters.LoRALinear): <method>_<option> keys, each default its class's (a test compares)
+lora_r = 8               # rank of A (r, d_in) and B (d_out, r)
+lora_alpha = 16.0        # scale s = alpha / r
+lora_dropout = 0.0       # dropout on the adapter branch's input
+lora_rslora = False      # scale s = alpha / sqrt(r) instead (rsLoRA)
+# MultiLoRA (adapters.MultiLoRALinear)
+multilora_n = 3          # number of parallel LoRA modules
+multilora_r = 8          # rank of each module
+multilora_alpha = 16.0   # scale s = alpha / r
+multilora_dropout = 0.0  # dropout on the adapter branch's input
+multilora_gate = 'scalar'  # 'scalar': one gate per module (our choice, the paper's figure) | 'channel': one per output
+# NOLA (adapters.NOLALinear)
+nola_k = 64              # number of random bases mixed into A (the paper's k)
+nola_l = 64              # number of random bases mixed into B (the paper's l)
+nola_r = 8               # rank of A and B
+nola_alpha = 16.0        # scale s = alpha / r
+nola_dropout = 0.0       # dropout on the adapter branch's input
+nola_seed = 0            # the one seed of all bases (each module and factor derives its own)
+nola_stored_basis = False  # keep the bases in memory: faster, more memory (else redrawn from the seeds)
+nola_basis_device = 'cpu'  # draw the bases on 'cpu' (the same on every machine) or 'cuda' (fast on a GPU)
+# CAT (adapters.CATLinear; the skill LoRAs are cat_adapters above)
+cat_weights = 'plain'    # 'plain' (start at 1, the sum of the skills; our choice) | 'softmax' (the LoRA Soups code)
+cat_seed = 0             # seed of the softmax weights' random start
 # optimizer: AdamW, decay on matrices only
 learning_rate = 1e-3     # peak learning rate
 max_iters = 300          # total optimizer steps of the run (a resumed run counts from where it stopped)
@@ -221,9 +242,8 @@ def parse_args(argv):
 
 
 def help_text():
-    """The module docstring, then every key with its default and the comment beside it above (the
-    adapter keys, made in a loop, are described by adapters.OPTION_HELP)."""
-    notes, sections = dict(adapters.OPTION_HELP), {}
+    """The module docstring, then every key with its default and the comment beside it above."""
+    notes, sections = {}, {}
     with open(__file__, encoding='utf-8') as f:
         source = f.read()
     block = source[source.index('# I/O') : source.index('DEFAULTS = ')]
@@ -449,11 +469,7 @@ def main(argv=()):
             spec = {
                 'method': c.adapter,
                 'targets': c.adapter_targets,
-                **{
-                    k.split('_', 1)[1]: getattr(c, k)
-                    for k in adapters.OPTIONS
-                    if k.startswith(c.adapter + '_')
-                },
+                **{k: getattr(c, f'{c.adapter}_{k}') for k in adapters.method_defaults(c.adapter)},
             }
             if c.adapter == 'cat':
                 spec['targets'], spec['skills'] = adapters.load_cat_skills(c.cat_adapters, model)

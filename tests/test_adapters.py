@@ -537,19 +537,30 @@ def test_cat_refuses_mixed_targets_and_non_lora(tmp_path):
 # --- options, checkpoints ------------------------------------------------------------
 
 
-def test_options_are_the_class_defaults_each_with_help():
+def test_train_py_writes_out_each_class_default():
+    # train.py's defaults block spells every adapter option out as <method>_<option>; the class's
+    # keyword default in adapters.py is the other copy: the two must never drift apart
+    import train
+
     assert set(ad.METHODS) == {"lora", "multilora", "nola", "cat"}
     for method, cls in ad.METHODS.items():
         sig = inspect.signature(cls).parameters
-        mine = {k.split("_", 1)[1]: v for k, v in ad.OPTIONS.items() if k.startswith(method + "_")}
-        assert mine == {
+        defaults = {
             a: p.default for a, p in sig.items() if a != "base" and p.default is not p.empty
         }
-    assert set(ad.OPTION_HELP) == set(ad.OPTIONS) and all(ad.OPTION_HELP.values())
-    assert {"lora_r", "multilora_r", "nola_alpha", "nola_seed", "cat_seed", "cat_weights"} <= set(
-        ad.OPTIONS
+        defaults.pop("skills", None)  # CAT's skill tensors: keyword-only, not an option
+        assert ad.method_defaults(method) == defaults
+        written = {
+            k.split("_", 1)[1]: v for k, v in train.DEFAULTS.items() if k.startswith(method + "_")
+        }
+        written.pop("adapters", None)  # cat_adapters: where CAT's skill LoRAs come from
+        assert written == defaults, method
+        assert all(type(written[a]) is type(v) for a, v in defaults.items())  # 16.0, not 16
+    assert {"lora_r", "multilora_r", "nola_l", "nola_seed", "cat_seed", "cat_weights"} <= set(
+        train.DEFAULTS
     )
-    assert "cat_ranks" not in ad.OPTIONS  # set by the skill LoRAs, not by hand
+    assert "cat_ranks" not in train.DEFAULTS and "cat_skills" not in train.DEFAULTS
+    assert ad.method_options("cat") == ["ranks", "weights", "seed"]  # ranks: set by the skills
     m, _ = adapted("nola")  # the config records every option, defaults included
     assert ad.adapter_config(m) == {
         "method": "nola",

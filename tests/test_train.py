@@ -241,9 +241,9 @@ def test_adapter_run_resumes_exactly_and_stores_only_the_adapter(
 def test_each_method_reads_its_own_options_with_the_class_defaults(tmp_path, monkeypatch):
     import adapters
 
-    assert {
-        k: train.DEFAULTS[k] for k in adapters.OPTIONS
-    } == adapters.OPTIONS  # one default, in adapters.py
+    for method in adapters.METHODS:  # train.py's defaults are the classes' (test_adapters.py too)
+        options = adapters.method_defaults(method)
+        assert {k: train.DEFAULTS[f'{method}_{k}'] for k in options} == options
     run(tmp_path, '--max_iters=1', '--eval_interval=1', name='base')
     base = str(tmp_path / 'base' / 'ckpt.pt')
     mfu_calls = []
