@@ -3,7 +3,7 @@ Low-rank adapters for GPT, one short class per paper (notes: docs/methods.md):
 
     LoRA       Hu et al. 2021                 ΔW = s · B A
     MultiLoRA  Wang et al. 2023 (2311.11501)  ΔW = Σ_i g_i · s · B_i A_i
-    NOLA       Koohpayegani et al. ICLR 2024  ΔW = s · (Σ_j β_j B_j)(A0 + Σ_j α_j A_j)  (A0: see NOLA)
+    NOLA       Koohpayegani et al. ICLR 2024  ΔW = s · (Σ_j β_j B_j)(A0 + Σ_j α_j A_j)   (A0: below)
     CAT        Prabhakar et al. 2024          ΔW = Σ_i w_i · s_i · B_i A_i   (frozen skill LoRAs)
 
 Every class wraps a frozen nn.Linear (W0 of shape (d_out, d_in), the torch layout) and computes
@@ -36,9 +36,9 @@ def derive_seed(seed, *names):
     """A deterministic 63-bit seed for (seed, *names), by hashing: every module and every use draws
     from its own stream, on a local generator, never from torch's global RNG. A run's seeds form a
     tree, each step one call of this function:
-        the run's seed (nola_seed, cat_seed) -> one per module, from its name  (AdapterLinear.configure)
-        a NOLA module's seed -> seed_A, seed_B for its two sets of bases      (NOLALinear.__init__)
-        seed_A -> the seed of its frozen offset A0                            (NOLALinear.draw_frozen)
+        run seed (nola_seed, cat_seed) -> one per module, from its name  (AdapterLinear.configure)
+        NOLA module's seed -> seed_A, seed_B for its two sets of bases  (NOLALinear.__init__)
+        seed_A -> the seed of its frozen offset A0                      (NOLALinear.draw_frozen)
     A NOLA checkpoint stores seed_A and seed_B, so A0 and the bases come back from them alone."""
     h = hashlib.sha256(":".join(map(str, (seed, *names))).encode()).digest()
     return int.from_bytes(h[:8], "little") >> 1
@@ -98,10 +98,10 @@ class AdapterLinear(nn.Module):
         # merged: W0 + ΔW sits in base.weight, at the base model's cost (and no adapter grads)
         return self.base(x) if self.merged else self.base(x) + self.update(x)
 
-    # merge/unmerge are explicit calls only: .train()/.eval() never touch the weights (unlike loralib)
+    # merge/unmerge are explicit calls: .train()/.eval() never touch the weights (unlike loralib)
     @torch.no_grad()
     def merge(self, sign=+1):
-        """W0 += ΔW, summed in fp32 and cast once (bf16-safe); sign=-1 takes it out again (unmerge)."""
+        """W0 += ΔW, summed in fp32 and cast once (bf16-safe); sign=-1 takes it out (unmerge)."""
         if self.merged != (sign > 0):
             w = self.base.weight
             with torch.autocast(w.device.type, enabled=False):  # inside autocast B @ A runs in bf16
@@ -155,7 +155,7 @@ class LoRALinear(AdapterLinear):
 
 
 class MultiLoRALinear(AdapterLinear):
-    # gate: 'scalar', one gate per module (our choice, as the paper's figure) | 'channel', one per output
+    # gate: 'scalar', one gate per module (our choice, the paper's figure) | 'channel', one per output
     def __init__(self, base, n=3, r=8, alpha=16.0, dropout=0.0, gate="scalar"):
         super().__init__(base)
         self.n, self.r = _positive("n", n), _positive("r", r)
@@ -181,9 +181,10 @@ class MultiLoRALinear(AdapterLinear):
 # Bases A_j, B_j ~ U(-1, 1)/√k (resp. √l) come from a per-module seed through a local
 # torch.Generator on the CPU (bit-identical on every machine, never the global RNG).
 # One addition that is not in the paper, from the NOLA reference code (gpt/src/model_nola.py): a
-# frozen Kaiming offset A0, A = A0 + Σ_j α_j A_j. Why: α = β = 0 at init makes A = B = 0, and then
-# neither factor gets a gradient (∂ΔW/∂β_j = s·B_j A and ∂ΔW/∂α_j = s·B A_j are both 0): nothing
-# would ever learn. With A0, A ≠ 0, so β learns first, as LoRA's B does, and ΔW = 0 at step 0 holds.
+# frozen Kaiming offset A0, A = A0 + Σ_j α_j A_j. Why: α = β = 0 at init makes A = B = 0, and
+# then neither factor gets a gradient (∂ΔW/∂β_j = s·B_j A and ∂ΔW/∂α_j = s·B A_j are both 0):
+# nothing would ever learn. With A0, A ≠ 0, so β learns first, as LoRA's B does, and ΔW = 0 at
+# step 0 still holds.
 # With B and A mixed, the forward is LoRA's (AdapterLinear.update).
 
 

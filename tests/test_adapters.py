@@ -462,7 +462,8 @@ def one_line_error(exc, match, fn, *a, **kw):
         ("nola", dict(basis_device="tpu"), "basis_device must be 'cpu' or"),
         ("lora", dict(targets="attn.z"), "matches no nn.Linear"),
         ("lora", dict(targets="lm_head"), "tied to transformer.wte"),
-        ("cat", {}, "cat needs its skill LoRAs: .*load_cat_skills"),
+        ("cat", {}, "cat needs its skill LoRAs: .*adapters.load_cat_skills"),
+        ("lora", dict(skills={}), "skills are CAT's"),  # never silently ignored
         ("cat", dict(ranks=[2], weights="mean"), "cat weights must be 'plain' or 'softmax'"),
     ],
 )
