@@ -15,6 +15,7 @@ python3, torchrun or bash, after `&&`, `;` or `|` too. Each is checked without r
 
 import argparse
 import ast
+import bisect
 import functools
 import glob
 import importlib
@@ -81,23 +82,41 @@ def shell_segments(line):
 
 def commands(page):
     """(where, argv) for every command the page shows."""
-    found, pending = [], ""
+    found, pending, prose = [], "", []
+
+    def inline(paragraph):  # code spans may wrap across the lines of a paragraph
+        if not paragraph:
+            return
+        text = " ".join(line for _, line in paragraph)
+        starts = [0]  # where each line begins in text
+        for _, line in paragraph[:-1]:
+            starts.append(starts[-1] + len(line) + 1)
+        for m in re.finditer(r"`([^`]+)`", text):
+            span, n = m.group(1), paragraph[bisect.bisect_right(starts, m.start()) - 1][0]
+            if span.split(" ")[0] in RUNNERS and not re.search(r"<|…|\.\.\.", span):
+                for argv in shell_segments(span):
+                    found.append((f"{page}:{n} (inline)", argv))
+
     for n, line, in_fence, lang in split_fences(read(page)):
-        if in_fence:
-            if lang in ("python", "py", "pycon", "text", "console-output"):
-                continue
-            line = pending + line.strip()
-            if line.endswith("\\"):  # a command continued on the next line
-                pending = line[:-1] + " "
-                continue
-            pending = ""
-            for argv in shell_segments(line):
-                found.append((f"{page}:{n}", argv))
-        else:
-            for span in re.findall(r"`([^`\n]+)`", line):
-                if span.split(" ")[0] in RUNNERS and not re.search(r"<|…|\.\.\.", span):
-                    for argv in shell_segments(span):
-                        found.append((f"{page}:{n} (inline)", argv))
+        if not in_fence:
+            if line.strip():
+                prose.append((n, line.strip()))
+            else:
+                inline(prose)
+                prose = []
+            continue
+        inline(prose)
+        prose = []
+        if lang in ("python", "py", "pycon", "text", "console-output"):
+            continue
+        line = pending + line.strip()
+        if line.endswith("\\"):  # a command continued on the next line
+            pending = line[:-1] + " "
+            continue
+        pending = ""
+        for argv in shell_segments(line):
+            found.append((f"{page}:{n}", argv))
+    inline(prose)
     return found
 
 
