@@ -40,8 +40,8 @@ TOOLS = {"pytest", "pip", "ruff"}  # modules the docs run with -m that are not t
 # ---------------------------------------------------------------- reading the pages
 
 
-def read(page):
-    with open(os.path.join(ROOT, page), encoding="utf-8") as f:
+def read(path):
+    with open(os.path.join(ROOT, path), encoding="utf-8") as f:
         return f.read()
 
 
@@ -140,7 +140,7 @@ def sources_of(path):
     files = [path]
     if os.path.basename(path) == "__main__.py":
         files = glob.glob(os.path.join(os.path.dirname(path), "*.py"))
-    return "\n".join(open(f, encoding="utf-8").read() for f in files)
+    return "\n".join(read(f) for f in files)
 
 
 class _ParserBuilt(BaseException):
@@ -154,7 +154,7 @@ def interface(target):
     is_module = not target.endswith(".py")
     path = module_path(target) if is_module else os.path.join(ROOT, target)
     source = sources_of(path)
-    tree = ast.parse(open(path, encoding="utf-8").read())
+    tree = ast.parse(read(path))
     assigned = set()
     for node in tree.body:
         if isinstance(node, ast.Assign):
@@ -170,10 +170,8 @@ def interface(target):
         built.append(self)
         raise _ParserBuilt
 
-    argv = [
-        path,
-        "--help",
-    ]  # were parse_args not reached, --help still keeps the script from working
+    # should parse_args not be reached, --help still keeps the script from doing work
+    argv = [path, "--help"]
     with (
         mock.patch.object(argparse.ArgumentParser, "parse_args", catch),
         mock.patch.object(argparse.ArgumentParser, "parse_known_args", catch),
