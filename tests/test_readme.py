@@ -24,6 +24,7 @@ import re
 import runpy
 import shlex
 import sys
+import warnings
 from unittest import mock
 
 import pytest
@@ -176,9 +177,13 @@ def interface(target):
         mock.patch.object(argparse.ArgumentParser, "parse_args", catch),
         mock.patch.object(argparse.ArgumentParser, "parse_known_args", catch),
         mock.patch.object(sys, "argv", argv),
+        warnings.catch_warnings(),
     ):
         try:
-            if is_module:
+            if (
+                is_module
+            ):  # (runpy warns when another test imported the module already: harmless here)
+                warnings.filterwarnings("ignore", "'.*' found in sys.modules", RuntimeWarning)
                 runpy.run_module(target, run_name="__main__", alter_sys=True)
             else:
                 runpy.run_path(path, run_name="__main__")
