@@ -294,8 +294,9 @@ def save_figure(result, path):
     ax1.legend(fontsize=8)
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3, which="both")
-    fig.savefig(path + ".tmp.png", dpi=150)
-    os.replace(path + ".tmp.png", path)
+    tmp = f"{path}.{os.getpid()}.tmp.png"  # this writer's own name; savefig reads the extension
+    fig.savefig(tmp, dpi=150)
+    os.replace(tmp, path)
     return path
 
 
@@ -305,9 +306,10 @@ def write_outputs(result, out):
     one_line = lambda m: (
         "[" + " ".join(m.group(1).split()) + "]"
     )  # a list of numbers per line, not a number
-    with open(out + ".json.tmp", "w") as f:
+    tmp = f"{out}.json.{os.getpid()}.tmp"  # this writer's own name: two writers never share one
+    with open(tmp, "w") as f:
         f.write(re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", one_line, json.dumps(result, indent=1)))
-    os.replace(out + ".json.tmp", out + ".json")
+    os.replace(tmp, out + ".json")
     if save_figure(result, out + ".png"):
         return [out + ".json", out + ".png"]
     with open(out + ".txt", "w") as f:

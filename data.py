@@ -307,20 +307,27 @@ class InstructDataset:
         self.check_block_size()
 
     def check_block_size(self):
-        """An item longer than block_size+1 tokens loses the start of its prompt (or, longer still,
-        the end of its answer) in collate: refused when most training items would, a notice when
-        some would, so that block_size=1 on the mixture is not a run that cannot learn anything."""
-        sizes = [len(p) + len(a) - 1 for t in self.train_tasks for p, a in self.data[t]['train']]
-        cut = sum(n > self.block_size for n in sizes)
-        what = (
-            f"block_size={self.block_size} cuts {cut} of {len(sizes)} training items of "
-            f"{'+'.join(self.train_tasks) if len(self.train_tasks) < 4 else 'its tasks'} (the "
-            f"longest needs {max(sizes, default=0)})"
-        )
+        """collate keeps an item's answer whole (and crops its prompt from the left) as long as the
+        answer, stop token included, fits in block_size; a longer answer loses its end, which can then
+        be neither learned nor scored. Refused when that is most training items (block_size=1 on the
+        mixture: a run that cannot learn anything), a notice when some."""
+        sizes = [
+            (len(a), len(p) + len(a) - 1)
+            for t in self.train_tasks
+            for p, a in self.data[t]['train']
+        ]
+        cut = sum(n_answer > self.block_size for n_answer, _ in sizes)
+        tasks = '+'.join(self.train_tasks) if len(self.train_tasks) < 4 else 'its tasks'
+        whole = max((n for _, n in sizes), default=0)
+        what = f"block_size={self.block_size} cuts the answer of {cut} of {len(sizes)} training items of {tasks}"
         if cut > len(sizes) / 2:
-            raise ValueError(f"{what}: pass --block_size={max(sizes)} or more")
+            raise ValueError(
+                f"{what}: pass --block_size={whole} or more (the longest item needs {whole})"
+            )
         if cut:
-            print(f"notice: {what}: they lose the start of their prompt", file=sys.stderr)
+            print(
+                f"notice: {what}: they train on their answers' first tokens only", file=sys.stderr
+            )
 
     def collate(self, pairs):
         """(x, y) for a list of (prompt, answer): y is the next token on answer positions, -1 elsewhere."""

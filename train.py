@@ -271,8 +271,8 @@ def check_values(cfg):
     init = cfg['init_from']
     if init not in ('scratch', 'resume', *HF_MODELS) and not os.path.exists(init):
         raise ValueError(
-            f"init_from={init!r} is not 'scratch', 'resume', a GPT-2 name ({', '.join(HF_MODELS)}) "
-            "or an existing checkpoint or directory"
+            f"no checkpoint at {init}: init_from takes 'scratch', 'resume', a GPT-2 name "
+            f"({', '.join(HF_MODELS)}), or an existing train.py checkpoint or GPT-2 directory"
         )
     if cfg['adapter'] == 'cat' and cfg['adapter_targets'] != DEFAULTS['adapter_targets']:
         raise ValueError(

@@ -130,6 +130,7 @@ class RunLock:
     The folder is created if need be, and removed again on release if the run left nothing in it."""
 
     def __init__(self, folder, name="train.lock", what="--out_dir"):
+        folder = folder or "."  # out_dir='' is the current folder
         self.folder, self.path, self.what = folder, os.path.join(folder, name), what
         self.fd, self.made, self.notice = None, False, None
 

@@ -667,7 +667,7 @@ MEMORY = r"(\d+(\.\d+)? [KMGTP]?i?B)"
         (['--dataset=mixtur'], "unknown dataset 'mixtur': use one of "),
         (
             ['--init_from=out/no/such/ckpt.pt'],
-            "init_from='out/no/such/ckpt.pt' is not 'scratch', 'resume', a GPT-2 name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or an existing checkpoint or directory",
+            "no checkpoint at out/no/such/ckpt.pt: init_from takes 'scratch', 'resume', a GPT-2 name (gpt2, gpt2-medium, gpt2-large, gpt2-xl), or an existing train.py checkpoint or GPT-2 directory",
         ),
         (
             ['--adapter=cat', '--adapter_targets=attn.q,mlp.c_fc'],
@@ -701,8 +701,8 @@ def test_block_size_too_small_for_the_items_is_refused(tmp_path):
     with pytest.raises(ValueError) as e:
         train.main(TINY + ['--dataset=task:city_of', '--block_size=1', f'--out_dir={tmp_path}/o'])
     assert re.fullmatch(
-        r"block_size=1 cuts 720 of 720 training items of city_of \(the longest needs (\d+)\): "
-        r"pass --block_size=\1 or more",
+        r"block_size=1 cuts the answer of 720 of 720 training items of city_of: pass "
+        r"--block_size=(\d+) or more \(the longest item needs \1\)",
         str(e.value),
     ), str(e.value)
     assert not (tmp_path / 'o').exists()
