@@ -15,6 +15,10 @@ A run never replaces a checkpoint it did not write: a new run into an out_dir th
 stops, unless it continues it (init_from='resume') or is told to replace it (overwrite=True). On
 resume the checkpoint's own config wins; the schedule and bookkeeping keys (RESUMABLE) given again
 are applied and printed, any other key given with another value than the checkpoint's is refused.
+One run per out_dir: a run holds out_dir/train.lock until it ends, and a second one refuses at once.
+No run writes over its own input (init_from, cat_adapters, data_path), whatever overwrite says.
+Every option is checked, and the memory a training step needs estimated, before any work begins.
+Ctrl-C stops with one line naming the last checkpoint kept (exit status 130), leaving no partial file.
 """
 
 import ast
@@ -192,9 +196,7 @@ def run_config_file(path):
         raise ValueError(
             f"config file {path}, line {e.lineno}: {e.msg} (config files are plain Python assignments)"
         ) from None
-    except (
-        KeyboardInterrupt
-    ) as e:  # Ctrl-C while it ran (or a file that raises it): where, in one line
+    except KeyboardInterrupt as e:  # Ctrl-C while it ran (or it raised one): say where
         line = [fr.lineno for fr in traceback.extract_tb(e.__traceback__) if fr.filename == path]
         raise KeyboardInterrupt(f"config file {path}, line {(line or ['?'])[-1]}") from None
     except Exception as e:
