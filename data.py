@@ -314,7 +314,7 @@ class InstructDataset:
         sizes = [
             (len(a), len(p) + len(a) - 1)
             for t in self.train_tasks
-            for p, a in self.data[t]['train']
+            for p, a in self.data[t].get('train', [])
         ]
         cut = sum(n_answer > self.block_size for n_answer, _ in sizes)
         tasks = '+'.join(self.train_tasks) if len(self.train_tasks) < 4 else 'its tasks'

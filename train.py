@@ -270,20 +270,20 @@ def check_values(cfg):
             f"unknown dataset {name!r}: use one of {', '.join(data.DATASETS)} "
             f"(task:<{'|'.join(TASK_FAMILY)}>)"
         )
-    init = cfg['init_from']
-    if init not in ('scratch', 'resume', *HF_MODELS) and not os.path.exists(init):
-        raise ValueError(
-            f"no checkpoint at {init}: init_from takes 'scratch', 'resume', a GPT-2 name "
-            f"({', '.join(HF_MODELS)}), or an existing train.py checkpoint or GPT-2 directory"
-        )
-    if cfg['adapter'] == 'cat' and cfg['adapter_targets'] != DEFAULTS['adapter_targets']:
-        raise ValueError(
-            f"adapter=cat adapts what its skill LoRAs adapt (cat_adapters), not "
-            f"adapter_targets={cfg['adapter_targets']!r}: drop --adapter_targets"
-        )
     if cfg['cat_adapters'] and cfg['adapter'] != 'cat':
         raise ValueError(
             f"cat_adapters is read by adapter='cat' only, not by adapter={cfg['adapter']!r}"
+        )
+
+
+def check_cat_targets(c, skills_targets):
+    """CAT adapts what its skill LoRAs adapt; an adapter_targets given as anything else (it used to be
+    ignored without a word) is refused, naming both."""
+    skills = skills_targets if isinstance(skills_targets, str) else ','.join(skills_targets)
+    if c.adapter_targets not in (DEFAULTS['adapter_targets'], skills):
+        raise ValueError(
+            f"adapter=cat adapts what its skill LoRAs adapt ({skills}), not adapter_targets="
+            f"{c.adapter_targets!r}: drop --adapter_targets"
         )
 
 
@@ -334,11 +334,19 @@ def help_text():
     return '\n'.join(line.rstrip() for line in lines)
 
 
-def check_memory(c, ckpt, dev, dt):
-    """Refuse, before any data or model is built, sizes whose training step cannot fit in this device's
-    memory (formats/memory.py: the weights, their optimizer state, the batch, saved activations), with
-    the estimate. The model's shape is the options' (scratch), the resumed checkpoint's, or a GPT-2
-    directory's config.json; a base in a train.py checkpoint is measured as it loads."""
+def check_before_work(c, ckpt, dev, dt):
+    """What can be checked only when the run starts (a config file may name a base that a run before
+    it makes), before any data or model is built: init_from exists, and the sizes fit. A training step
+    that cannot fit in this device's memory (formats/memory.py: the weights, their optimizer state,
+    the batch, saved activations) is refused with the estimate. The model's shape is the options'
+    (scratch), the resumed checkpoint's, or a GPT-2 directory's config.json; a base in a train.py
+    checkpoint is measured as it loads."""
+    init = c.init_from
+    if init not in ('scratch', 'resume', *HF_MODELS) and not os.path.exists(init):
+        raise ValueError(
+            f"no checkpoint at {init}: init_from takes 'scratch', 'resume', a GPT-2 name "
+            f"({', '.join(HF_MODELS)}), or an existing train.py checkpoint or GPT-2 directory"
+        )
     if c.init_from == 'scratch':
         vocab = data.get_tokenizer(c.tokenizer).n_vocab
         args = dict(n_layer=c.n_layer, n_embd=c.n_embd, vocab_size=vocab, block_size=c.block_size)
@@ -486,14 +494,11 @@ def save_checkpoint(path, model, optimizer, scaler, c, iter_num, best_val_loss, 
     if (
         c.adapter
     ):  # the adapter tensors only, in the one format adapters.load_adapter_checkpoint reads
-        adapters.save_adapter_checkpoint(path, model, **ckpt)
-        RUN.saved_iter = iter_num
-        return path
+        return adapters.save_adapter_checkpoint(path, model, **ckpt)
     ckpt['model'] = model.state_dict()
     write_checkpoint(
         ckpt, path
     )  # atomic: a crash or a full disk never destroys the last good checkpoint
-    RUN.saved_iter = iter_num  # what a Ctrl-C from here on reports as kept
 
 
 def resume_config(ckpt, path, given):
@@ -527,7 +532,7 @@ class Run:
 
     def __init__(self):
         self.lock, self.ckpt_path, self.iter_num, self.saved_iter = None, None, None, None
-        self.earlier = False  # out_dir held another run's checkpoint when this one began
+        self.found = None  # the identity of the ckpt.pt out_dir held when this run began
 
     def start(self, out_dir, ckpt_path):
         """Take out_dir's lock (a second run there refuses at once), then remove the partial
@@ -540,7 +545,7 @@ class Run:
                 print(self.lock.notice)
             for tmp in remove_stale_temps(ckpt_path):
                 print(f"removed {tmp}, a partial checkpoint left by an interrupted write")
-        self.ckpt_path, self.earlier = ckpt_path, os.path.exists(ckpt_path)
+        self.ckpt_path, self.found = ckpt_path, file_identity(ckpt_path)
 
     def progress(self, iter_num, saved_iter):  # iterations done, and the one ckpt_path holds
         self.iter_num, self.saved_iter = iter_num, saved_iter
@@ -550,22 +555,44 @@ class Run:
             self.lock.release()
             self.lock = None
 
+    def kept_iteration(self):
+        """The iteration of the checkpoint this run owns at ckpt_path (one it wrote, or the one it
+        resumed), read from the file itself: a Ctrl-C can land between the rename that puts a new
+        checkpoint in place and any bookkeeping after it. None if it owns none."""
+        now = file_identity(self.ckpt_path)
+        if now is None or (now == self.found and self.saved_iter is None):
+            return None  # none, or still the earlier run's
+        try:  # mmap: the small header is read, not the weights
+            return torch.load(self.ckpt_path, mmap=True, weights_only=True)['iter_num']
+        except Exception:
+            return self.saved_iter
+
     def interrupted(self, where=''):
         """The line a Ctrl-C prints: where it landed and what is on disk."""
         if where or self.iter_num is None:
             return (
                 f"interrupted in {where or 'the setup, before training began'}: nothing was written"
             )
-        if self.saved_iter is not None:
+        kept = self.kept_iteration()
+        if kept is not None:
             kept = (
-                f"the last checkpoint (iteration {self.saved_iter}) is kept at {self.ckpt_path}: "
+                f"the last checkpoint (iteration {kept}) is kept at {self.ckpt_path}: "
                 "resume with --init_from=resume"
             )
-        elif self.earlier:
+        elif self.found is not None:
             kept = f"no checkpoint was written ({self.ckpt_path} is still the earlier run's)"
         else:
             kept = "no checkpoint was written"
         return f"interrupted at iteration {self.iter_num}; {kept}"
+
+
+def file_identity(path):
+    """What tells one file at `path` from another written there since (a rename gives a new inode)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 RUN = Run()
@@ -606,7 +633,7 @@ def main(argv=()):
             )
     torch.manual_seed(c.seed)
     dev, dt = pick_device_dtype(c)
-    check_memory(c, ckpt, dev, dt)  # sizes that cannot fit: refused now, not hung on
+    check_before_work(c, ckpt, dev, dt)  # init_from exists; sizes that cannot fit: refused now
     device_type = 'cuda' if dev.startswith('cuda') else 'cpu'
     ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dt]
     autocast = (
@@ -645,6 +672,7 @@ def main(argv=()):
             }
             if c.adapter == 'cat':
                 spec['targets'], spec['skills'] = adapters.load_cat_skills(c.cat_adapters, model)
+                check_cat_targets(c, spec['targets'])
         else:  # resume: the checkpoint's own adapter config (a CAT run needs no skill files then)
             spec = ckpt['adapter']['config']
         print(adapters.add_adapters(model, **spec))

@@ -65,7 +65,7 @@ def read_hf_config(path):
         raise ValueError(f"{cfg_path}: not JSON") from None
     if not isinstance(hf, dict):
         raise ValueError(f"{cfg_path}: expected a JSON object, got a JSON {type(hf).__name__}")
-    if hf.get("model_type") != "gpt2":
+    if hf.get("model_type", "gpt2") != "gpt2":  # (a hand-written GPT-2 config may leave it out)
         raise ValueError(
             f"{cfg_path}: model_type={hf.get('model_type')!r}: only GPT-2 (model_type 'gpt2') "
             "loads here"

@@ -563,29 +563,45 @@ def test_a_second_run_into_a_busy_out_dir_refuses_and_ctrl_c_keeps_the_last_chec
     assert sorted(os.listdir(out)) == ['ckpt.pt']  # no lock and no partial file left
 
 
-def test_ctrl_c_mid_checkpoint_write_leaves_no_partial_file(run_dir):
-    """A torch.save that writes part of the file, then waits: the Ctrl-C lands inside the write."""
+SLOW_WRITE = """
+import time, torch
+def slow_save(obj, f, *a, **k):
+    f.write(b'PK' + bytes(4096)); f.flush(); print('writing', flush=True); time.sleep(120)
+torch.save = slow_save
+"""
+SLOW_RENAME = """
+import os, time
+real_replace = os.replace
+def replace_then_wait(src, dst):
+    real_replace(src, dst)
+    if str(dst).endswith('ckpt.pt'):
+        print('writing', flush=True); time.sleep(120)
+os.replace = replace_then_wait
+"""
+
+
+@pytest.mark.parametrize(
+    'hook, kept', [(SLOW_WRITE, 2), (SLOW_RENAME, 4)], ids=['mid-write', 'just-renamed']
+)
+def test_ctrl_c_while_saving_leaves_no_partial_file_and_names_what_is_kept(run_dir, hook, kept):
+    """The Ctrl-C lands inside the write (torch.save has written part of the file, then waits), or
+    just after the rename put the new checkpoint in place: the line names what is on disk."""
     before = saved(run_dir)
-    slow = (
-        "import time, torch\n"
-        "def slow_save(obj, f, *a, **k):\n"
-        "    f.write(b'PK' + bytes(4096)); f.flush(); print('writing', flush=True); time.sleep(120)\n"
-        "torch.save = slow_save"
-    )
-    p = start_train_py(run_dir, '--init_from=resume', '--max_iters=6', prelude=slow)
+    p = start_train_py(run_dir, '--init_from=resume', '--max_iters=6', prelude=hook)
     try:
         read_until(p, 'writing')
         tmp = run_dir / f'ckpt.pt.{p.pid}.tmp'
-        assert tmp.stat().st_size == 4098  # the half-written file, under this writer's own name
+        assert tmp.exists() == (hook == SLOW_WRITE)  # the half-written file, under its own name
         p.send_signal(signal.SIGINT)
         _, err = p.communicate(timeout=60)
     finally:
         p.kill()
     assert p.returncode == 130 and err == (
-        f"interrupted at iteration 4; the last checkpoint (iteration 2) is kept at "
+        f"interrupted at iteration 4; the last checkpoint (iteration {kept}) is kept at "
         f"{run_dir / 'ckpt.pt'}: resume with --init_from=resume\n"
     )
-    assert sorted(os.listdir(run_dir)) == ['ckpt.pt'] and same_weights(saved(run_dir), before)
+    assert sorted(os.listdir(run_dir)) == ['ckpt.pt'] and saved(run_dir)['iter_num'] == kept
+    assert same_weights(saved(run_dir), before) == (kept == 2)
 
 
 def test_ctrl_c_in_a_config_file_is_one_line(tmp_path, capsys):
@@ -670,10 +686,6 @@ MEMORY = r"(\d+(\.\d+)? [KMGTP]?i?B)"
             "no checkpoint at out/no/such/ckpt.pt: init_from takes 'scratch', 'resume', a GPT-2 name (gpt2, gpt2-medium, gpt2-large, gpt2-xl), or an existing train.py checkpoint or GPT-2 directory",
         ),
         (
-            ['--adapter=cat', '--adapter_targets=attn.q,mlp.c_fc'],
-            "adapter=cat adapts what its skill LoRAs adapt (cat_adapters), not adapter_targets='attn.q,mlp.c_fc': drop --adapter_targets",
-        ),
-        (
             ['--batch_size=100000000'],
             rf"^a training step of batch_size=100000000 x block_size=32 on a 1-layer, 16-wide model needs at least {MEMORY} \(weights {MEMORY}, gradients and AdamW state {MEMORY}, batch {MEMORY}, activations {MEMORY}\) but this machine has {MEMORY} of available memory: lower batch_size \(gradient_accumulation_steps keeps the tokens per step\), block_size or the model's size$",
         ),
@@ -695,6 +707,24 @@ def test_options_are_checked_before_any_work(tmp_path, capsys, monkeypatch, args
     else:
         assert lines[0].startswith('error: ' + message), lines[0]
     assert not (tmp_path / 'out').exists()
+
+
+def test_cat_refuses_adapter_targets_other_than_its_skills(base, tmp_path):
+    skill = tmp_path / 'skill'
+    tiny_run(skill, f'--init_from={base / "ckpt.pt"}', '--adapter=lora')
+    cat = [
+        f'--init_from={base / "ckpt.pt"}',
+        '--adapter=cat',
+        f'--cat_adapters={skill / "ckpt.pt"}',
+    ]
+    with pytest.raises(ValueError) as e:
+        tiny_run(tmp_path / 'cat', *cat, '--adapter_targets=attn.q,mlp.c_fc')
+    assert str(e.value) == (
+        "adapter=cat adapts what its skill LoRAs adapt (attn.q,attn.v), not "
+        "adapter_targets='attn.q,mlp.c_fc': drop --adapter_targets"
+    )
+    assert not (tmp_path / 'cat').exists()
+    assert tiny_run(tmp_path / 'cat', *cat, '--adapter_targets=attn.q,attn.v')['iters'] == 2
 
 
 def test_block_size_too_small_for_the_items_is_refused(tmp_path):
