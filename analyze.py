@@ -294,8 +294,9 @@ def save_figure(result, path):
     ax1.legend(fontsize=8)
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3, which="both")
-    fig.savefig(path + ".tmp.png", dpi=150)
-    os.replace(path + ".tmp.png", path)
+    tmp = f"{path}.{os.getpid()}.tmp.png"  # this writer's own name; savefig reads the extension
+    fig.savefig(tmp, dpi=150)
+    os.replace(tmp, path)
     return path
 
 
@@ -305,9 +306,10 @@ def write_outputs(result, out):
     one_line = lambda m: (
         "[" + " ".join(m.group(1).split()) + "]"
     )  # a list of numbers per line, not a number
-    with open(out + ".json.tmp", "w") as f:
+    tmp = f"{out}.json.{os.getpid()}.tmp"  # this writer's own name: two writers never share one
+    with open(tmp, "w") as f:
         f.write(re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", one_line, json.dumps(result, indent=1)))
-    os.replace(out + ".json.tmp", out + ".json")
+    os.replace(tmp, out + ".json")
     if save_figure(result, out + ".png"):
         return [out + ".json", out + ".png"]
     with open(out + ".txt", "w") as f:
@@ -388,8 +390,36 @@ def load_run(path, base_model, fingerprint):
     }
 
 
-def run(base_path, paths, matrices=None, out=OUT, float64=False, k=TOP_K, eps=EPS):
-    """What the command line does; returns (result, table, files written)."""
+def output_files(out):
+    """The files write_outputs may write for the prefix `out`."""
+    return [out + ".json", out + ".png", out + ".txt"]
+
+
+def check_settings(base_path, paths, out, k, eps, overwrite):
+    """Checks before any work: top_k and eps in range, and outputs that replace nothing unasked and
+    never one of this analysis's own inputs (whatever --overwrite says)."""
+    if type(k) is not int or k <= 0:
+        raise ValueError(f"--top_k must be a positive number of singular vectors, got {k}")
+    for e in eps:
+        if not 0 < e <= 1:  # also refuses nan, for which every comparison is false
+            raise ValueError(f"--eps takes thresholds in (0, 1] on |cosine|, got {e}")
+    for f in output_files(out):
+        for given in [base_path, *paths]:
+            if os.path.isfile(given) and os.path.realpath(given) == os.path.realpath(f):
+                raise ValueError(
+                    f"--out={out} would write {f}, which is this analysis's input {given}: "
+                    "give another --out (--overwrite never replaces an input)"
+                )
+        if os.path.exists(f) and not overwrite:
+            raise ValueError(
+                f"{f} already exists: give another --out, or --overwrite to replace it"
+            )
+
+
+def run(base_path, paths, matrices=None, out=OUT, float64=False, k=TOP_K, eps=EPS, overwrite=True):
+    """What the command line does; returns (result, table, files written). overwrite=False refuses
+    to replace an existing output file (the command line's default)."""
+    check_settings(base_path, paths, out, k, eps, overwrite)
     base_file = checkpoint_file(base_path, "--base")
     try:
         base_model, ckpt = load_model(base_file)
@@ -462,6 +492,11 @@ def main(argv=None):
         "--eps", default=",".join(map(str, EPS)), help="intruder thresholds ε on max |cosine|"
     )
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT.json / OUT.png / OUT.txt if they exist (else the analysis refuses)",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=0,
@@ -476,7 +511,9 @@ def main(argv=None):
         raise ValueError(
             f"--eps takes comma-separated numbers like 0.3,0.5,0.7, got {a.eps!r}"
         ) from None
-    result, table, files = run(a.base, a.results, a.matrices, a.out, a.float64, a.top_k, eps)
+    result, table, files = run(
+        a.base, a.results, a.matrices, a.out, a.float64, a.top_k, eps, a.overwrite
+    )
     print(result["base"]["loaded"] + "\n\n" + table)
     if files[1].endswith(".txt"):
         print("\n" + text_chart(result))

@@ -16,6 +16,7 @@ read and rebuilt when damaged; files a user gives get a one-line error naming th
 """
 
 import collections
+import contextlib
 import hashlib
 import json
 import os
@@ -26,8 +27,14 @@ import numpy as np
 import tiktoken
 import torch
 
+from formats.checkpoint import write_error
 from sources import world
-from sources.files import read_alpaca, read_e2e, read_source  # noqa: F401 (the readers stay data.read_*)
+from sources.files import (  # noqa: F401 (the readers stay data.read_*)
+    DEFAULT_PATHS,
+    read_alpaca,
+    read_e2e,
+    read_source,
+)
 from sources.world import COMPOSITE, FAMILIES, MIXTURE, SKILL1, SKILL2, TASK_FAMILY
 
 # GPT-2's one special token ends every world document in pretraining and every answer in the tasks,
@@ -117,16 +124,37 @@ def write_stream(folder, text, enc, tok_name, val_frac=0.05, docs=False):
         else:
             ids = enc.encode_ordinary(''.join(part))
         ids = np.array(ids, dtype=dtype)
-        tmp = os.path.join(folder, f'{split}.bin.tmp')
-        ids.tofile(tmp)
+        tmp = os.path.join(folder, f'{split}.bin.{os.getpid()}.tmp')  # this writer's own name
+        with open(tmp, 'wb') as f:  # a file object: a failed write keeps its errno (ENOSPC...)
+            f.write(ids.tobytes())
         os.replace(tmp, os.path.join(folder, f'{split}.bin'))
         meta['tokens'][split] = int(len(ids))
         h.update(ids.tobytes())
     meta['fingerprint'] = h.hexdigest()[:16]
-    with open(os.path.join(folder, 'meta.json.tmp'), 'w') as f:
+    tmp = os.path.join(folder, f'meta.json.{os.getpid()}.tmp')
+    with open(tmp, 'w') as f:
         json.dump(meta, f, indent=1)
-    os.replace(os.path.join(folder, 'meta.json.tmp'), os.path.join(folder, 'meta.json'))
+    os.replace(tmp, os.path.join(folder, 'meta.json'))
     return meta
+
+
+@contextlib.contextmanager
+def writing_data(data_dir):
+    """Around a build into data_dir: an OSError (a full or read-only disk, data_dir under a file...)
+    becomes one line naming the path and its real cause, and the partial files the build left
+    (*.tmp, written since it began) are removed. A Ctrl-C removes them too."""
+    began = time.time() - 1
+    try:
+        yield
+    except BaseException as e:
+        for root, _, files in os.walk(data_dir):
+            for f in files:
+                p = os.path.join(root, f)
+                if f.endswith('.tmp') and os.path.getmtime(p) >= began:
+                    os.remove(p)
+        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+            raise OSError(f'{write_error(e, data_dir)}; no partial file was left') from None
+        raise
 
 
 def stream_damage(folder):
@@ -181,8 +209,20 @@ class StreamDataset:
 
     tasks = []
 
-    def __init__(self, folder, block_size, enc, tok_name):
+    def __init__(self, folder, block_size, enc, tok_name, source=None):
         self.meta = read_meta(folder, tok_name)
+        for split, part in (('train', 'first 90%'), ('val', 'last 10%')):
+            n = self.meta['tokens'][split]
+            if n <= block_size and source:  # a user's file: name it, and what it needs
+                raise ValueError(
+                    f"{source} is too short for block_size={block_size}: the {split} part (the "
+                    f"{part} of its lines, at least one) has {n} tokens, and a training window needs "
+                    f"{block_size + 1}: give a longer file (two lines or more), or a smaller --block_size"
+                )
+            if n <= block_size:
+                raise ValueError(
+                    f'{folder}/{split}.bin has {n} tokens, fewer than block_size+1 = {block_size + 1}'
+                )
         if self.meta['vocab_size'] != enc.n_vocab:
             raise ValueError(
                 f"{folder}/meta.json says vocab_size={self.meta['vocab_size']} but tokenizer "
@@ -264,6 +304,30 @@ class InstructDataset:
                 self.data[t][split] = [(p, a + [self.stop_token]) for p, a in zip(ps, ans)]
                 h.update(json.dumps([t, split, ps, ans]).encode())
         self.fingerprint = h.hexdigest()[:16]
+        self.check_block_size()
+
+    def check_block_size(self):
+        """collate keeps an item's answer whole (and crops its prompt from the left) as long as the
+        answer, stop token included, fits in block_size; a longer answer loses its end, which can then
+        be neither learned nor scored. Refused when that is most training items (block_size=1 on the
+        mixture: a run that cannot learn anything), a notice when some."""
+        sizes = [
+            (len(a), len(p) + len(a) - 1)
+            for t in self.train_tasks
+            for p, a in self.data[t].get('train', [])
+        ]
+        cut = sum(n_answer > self.block_size for n_answer, _ in sizes)
+        tasks = '+'.join(self.train_tasks) if len(self.train_tasks) < 4 else 'its tasks'
+        whole = max((n for _, n in sizes), default=0)
+        what = f"block_size={self.block_size} cuts the answer of {cut} of {len(sizes)} training items of {tasks}"
+        if cut > len(sizes) / 2:
+            raise ValueError(
+                f"{what}: pass --block_size={whole} or more (the longest item needs {whole})"
+            )
+        if cut:
+            print(
+                f"notice: {what}: they train on their answers' first tokens only", file=sys.stderr
+            )
 
     def collate(self, pairs):
         """(x, y) for a list of (prompt, answer): y is the next token on answer positions, -1 elsewhere."""
@@ -458,11 +522,14 @@ def get_dataset(name, block_size, tokenizer=None, data_dir='data', seed=1337, **
         folder = os.path.join(
             data_dir, f'{name}-{hashlib.sha256(src.encode()).hexdigest()[:16]}', tok_name
         )
-        write_stream_once(
-            folder, lambda: src, enc, tok_name, val_frac=0.1
-        )  # one cache per file content
-        return StreamDataset(folder, block_size, enc, tok_name)
-    folder = build_world(data_dir, seed, tok_name, **opts)
+        with writing_data(data_dir):
+            write_stream_once(
+                folder, lambda: src, enc, tok_name, val_frac=0.1
+            )  # one cache per file content
+        source = opts.get('path') or os.path.join(data_dir, DEFAULT_PATHS.get(name, ''))
+        return StreamDataset(folder, block_size, enc, tok_name, source=source)
+    with writing_data(data_dir):
+        folder = build_world(data_dir, seed, tok_name, **opts)
     if name == 'world':
         return StreamDataset(os.path.join(folder, tok_name), block_size, enc, tok_name)
     items = read_tasks(folder) or read_tasks(build_world(data_dir, seed, tok_name, **opts))
@@ -531,6 +598,6 @@ def main(argv):
 if __name__ == '__main__':
     try:
         main(sys.argv[1:])
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(1)

@@ -15,10 +15,15 @@ A run never replaces a checkpoint it did not write: a new run into an out_dir th
 stops, unless it continues it (init_from='resume') or is told to replace it (overwrite=True). On
 resume the checkpoint's own config wins; the schedule and bookkeeping keys (RESUMABLE) given again
 are applied and printed, any other key given with another value than the checkpoint's is refused.
+One run per out_dir: a run holds out_dir/train.lock until it ends, and a second one refuses at once.
+No run writes over its own input (init_from, cat_adapters, data_path), whatever overwrite says.
+Every option is checked, and the memory a training step needs estimated, before any work begins.
+Ctrl-C stops with one line naming the last checkpoint kept (exit status 130), leaving no partial file.
 """
 
 import ast
 import builtins
+import functools
 import io
 import json
 import math
@@ -34,9 +39,18 @@ import torch
 
 import adapters
 import data
-from formats.checkpoint import load_model, read_checkpoint, write_checkpoint
-from formats.huggingface import HF_MODELS
+from formats.checkpoint import (
+    RunLock,
+    check_resumable,
+    load_model,
+    read_checkpoint,
+    remove_stale_temps,
+    write_checkpoint,
+)
+from formats.huggingface import HF_MODELS, read_hf_config
+from formats.memory import refuse_if_too_big, training_bytes
 from model import GPT, GPTConfig
+from sources.world import TASK_FAMILY
 
 # fmt: off
 # -----------------------------------------------------------------------------
@@ -203,6 +217,9 @@ def run_config_file(path):
         raise ValueError(
             f"config file {path}, line {e.lineno}: {e.msg} (config files are plain Python assignments)"
         ) from None
+    except KeyboardInterrupt as e:  # Ctrl-C while it ran (or it raised one): say where
+        line = [fr.lineno for fr in traceback.extract_tb(e.__traceback__) if fr.filename == path]
+        raise KeyboardInterrupt(f"config file {path}, line {(line or ['?'])[-1]}") from None
     except Exception as e:
         line = [
             fr.lineno for fr in traceback.extract_tb(e.__traceback__) if fr.filename == path
@@ -233,7 +250,77 @@ def check_options(cfg):
             f"data_path is read by the {', '.join(data.FILE_DATASETS)} datasets only, not by "
             f"dataset={cfg['dataset']!r}"
         )
+    check_values(cfg)
+    check_own_inputs(cfg)
     return cfg
+
+
+def check_values(cfg):
+    """Ranges and choices, checked before any work (building data, making the model, training): a
+    value that would run silently wrong, or fail only after training, is refused here in one line."""
+    if cfg['eval_split'] not in ('test', 'val'):
+        raise ValueError(f"eval_split={cfg['eval_split']!r}: choose 'test' or 'val'")
+    for k in ('n_layer', 'n_head', 'n_embd', 'learning_rate'):
+        if cfg[k] <= 0:
+            raise ValueError(f"option {k} must be positive, got {cfg[k]}")
+    for k in (
+        'warmup_iters',
+        'eval_max_items',
+        'min_lr',
+        'weight_decay',
+        'grad_clip',
+        'peak_flops',
+    ):
+        if cfg[k] < 0:
+            raise ValueError(f"option {k} must be 0 or more, got {cfg[k]}")
+    for k in ('dropout', 'label_smoothing', 'beta1', 'beta2'):
+        if not 0 <= cfg[k] < 1:
+            raise ValueError(f"option {k} must be in [0, 1), got {cfg[k]}")
+    if cfg['n_embd'] % cfg['n_head']:
+        raise ValueError(
+            f"n_embd={cfg['n_embd']} is not a multiple of n_head={cfg['n_head']}: each head gets "
+            "n_embd / n_head dimensions"
+        )
+    if cfg['tokenizer'] not in ('world', 'world-bytes', 'gpt2'):
+        raise ValueError(
+            f"unknown tokenizer {cfg['tokenizer']!r}: use 'world', 'world-bytes' or 'gpt2'"
+        )
+    name = cfg['dataset']
+    if name not in data.DATASETS and not (name.startswith('task:') and name[5:] in TASK_FAMILY):
+        raise ValueError(
+            f"unknown dataset {name!r}: use one of {', '.join(data.DATASETS)} "
+            f"(task:<{'|'.join(TASK_FAMILY)}>)"
+        )
+    if cfg['cat_adapters'] and cfg['adapter'] != 'cat':
+        raise ValueError(
+            f"cat_adapters is read by adapter='cat' only, not by adapter={cfg['adapter']!r}"
+        )
+
+
+def check_cat_targets(c, skills_targets):
+    """CAT adapts what its skill LoRAs adapt; an adapter_targets given as anything else (it used to be
+    ignored without a word) is refused, naming both."""
+    skills = skills_targets if isinstance(skills_targets, str) else ','.join(skills_targets)
+    if c.adapter_targets not in (DEFAULTS['adapter_targets'], skills):
+        raise ValueError(
+            f"adapter=cat adapts what its skill LoRAs adapt ({skills}), not adapter_targets="
+            f"{c.adapter_targets!r}: drop --adapter_targets"
+        )
+
+
+def check_own_inputs(cfg):
+    """A run never writes over one of its own inputs, whatever overwrite says: --overwrite=True is
+    for another run's checkpoint, and an adapter run into its base's out_dir would destroy its base."""
+    outputs = [os.path.join(cfg['out_dir'], f) for f in ('ckpt.pt', 'eval.json')]
+    cats = [p.strip() for p in cfg['cat_adapters'].split(',') if p.strip()]
+    inputs = [('init_from', cfg['init_from']), ('data_path', cfg['data_path'])]
+    for key, path in inputs + [('cat_adapters', p) for p in cats]:
+        for out in outputs:
+            if path and os.path.isfile(path) and os.path.realpath(path) == os.path.realpath(out):
+                raise ValueError(
+                    f"--{key}={path} is {out}, which this run writes: it would destroy its own "
+                    "input, whatever --overwrite says; pass another --out_dir"
+                )
 
 
 def parse_args(argv):
@@ -265,6 +352,45 @@ def help_text():
             lines.append(f'# {shown}')
         lines.append(f'  --{k}={v!r}'.ljust(36) + ' ' + notes.get(k, ''))
     return '\n'.join(line.rstrip() for line in lines)
+
+
+def check_before_work(c, ckpt, dev, dt):
+    """What can be checked only when the run starts (a config file may name a base that a run before
+    it makes), before any data or model is built: init_from exists, and the sizes fit. A training step
+    that cannot fit in this device's memory (formats/memory.py: the weights, their optimizer state,
+    the batch, saved activations) is refused with the estimate. The model's shape is the options'
+    (scratch), the resumed checkpoint's, or a GPT-2 directory's config.json; a base in a train.py
+    checkpoint is measured as it loads."""
+    init = c.init_from
+    if init not in ('scratch', 'resume', *HF_MODELS) and not os.path.exists(init):
+        raise ValueError(
+            f"no checkpoint at {init}: init_from takes 'scratch', 'resume', a GPT-2 name "
+            f"({', '.join(HF_MODELS)}), or an existing train.py checkpoint or GPT-2 directory"
+        )
+    if c.init_from == 'scratch':
+        vocab = data.get_tokenizer(c.tokenizer).n_vocab
+        args = dict(n_layer=c.n_layer, n_embd=c.n_embd, vocab_size=vocab, block_size=c.block_size)
+    elif ckpt is not None and 'model_args' in ckpt and 'model' in ckpt:
+        args = ckpt['model_args']
+    elif ckpt is None and os.path.isdir(c.init_from):
+        args = read_hf_config(c.init_from)
+    else:
+        return
+    parts = training_bytes(
+        args,
+        c.batch_size,
+        c.block_size,
+        dtype_bytes=2 if dt in ('bfloat16', 'float16') else 4,
+        full=not c.adapter,
+    )
+    refuse_if_too_big(
+        f"a training step of batch_size={c.batch_size} x block_size={c.block_size} on a "
+        f"{args['n_layer']}-layer, {args['n_embd']}-wide model",
+        parts,
+        dev,
+        hint="lower batch_size (gradient_accumulation_steps keeps the tokens per step), "
+        "block_size or the model's size",
+    )
 
 
 def pick_device_dtype(c):
@@ -314,7 +440,13 @@ def build_model(c, ds, ckpt):
         return GPT(GPTConfig(**args)), None
     if ckpt is not None and 'model' in ckpt:  # resuming a pretraining or full fine-tuning run
         model = GPT(GPTConfig(**ckpt['model_args']))
-        model.load_state_dict(ckpt['model'])
+        try:
+            model.load_state_dict(ckpt['model'])
+        except RuntimeError:  # torch's message lists every key: one line instead
+            raise ValueError(
+                f"{os.path.join(c.out_dir, 'ckpt.pt')}: its weights do not fit its own model_args "
+                "(a damaged or edited checkpoint): nothing to resume"
+            ) from None
         return model, ckpt.get('base')
     base_path = (
         ckpt['base']['path'] if ckpt is not None else c.init_from
@@ -413,17 +545,104 @@ def resume_config(ckpt, path, given):
     return check_options({**saved, **given, 'init_from': 'resume'})
 
 
+class Run:
+    """What this process's run holds beyond main's locals: the lock that keeps it the only run in its
+    out_dir (formats/checkpoint.py's RunLock, released however main ends), and how far it got, for
+    the one line a Ctrl-C prints."""
+
+    def __init__(self):
+        self.lock, self.ckpt_path, self.iter_num, self.saved_iter = None, None, None, None
+        self.found = None  # the identity of the ckpt.pt out_dir held when this run began
+
+    def start(self, out_dir, ckpt_path):
+        """Take out_dir's lock (a second run there refuses at once), then remove the partial
+        checkpoints that killed writers left; under torchrun only rank 0, the writer, locks."""
+        self.release()
+        self.__init__()
+        if int(os.environ.get('RANK', 0)) == 0:
+            self.lock = RunLock(out_dir).acquire()
+            if self.lock.notice:
+                print(self.lock.notice)
+            for tmp in remove_stale_temps(ckpt_path):
+                print(f"removed {tmp}, a partial checkpoint left by an interrupted write")
+        self.ckpt_path, self.found = ckpt_path, file_identity(ckpt_path)
+
+    def progress(self, iter_num, saved_iter):  # iterations done, and the one ckpt_path holds
+        self.iter_num, self.saved_iter = iter_num, saved_iter
+
+    def release(self):
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def kept_iteration(self):
+        """The iteration of the checkpoint this run owns at ckpt_path (one it wrote, or the one it
+        resumed), read from the file itself: a Ctrl-C can land between the rename that puts a new
+        checkpoint in place and any bookkeeping after it. None if it owns none."""
+        now = file_identity(self.ckpt_path)
+        if now is None or (now == self.found and self.saved_iter is None):
+            return None  # none, or still the earlier run's
+        try:  # mmap: the small header is read, not the weights
+            return torch.load(self.ckpt_path, mmap=True, weights_only=True)['iter_num']
+        except Exception:
+            return self.saved_iter
+
+    def interrupted(self, where=''):
+        """The line a Ctrl-C prints: where it landed and what is on disk."""
+        if where or self.iter_num is None:
+            return (
+                f"interrupted in {where or 'the setup, before training began'}: nothing was written"
+            )
+        kept = self.kept_iteration()
+        if kept is not None:
+            kept = (
+                f"the last checkpoint (iteration {kept}) is kept at {self.ckpt_path}: "
+                "resume with --init_from=resume"
+            )
+        elif self.found is not None:
+            kept = f"no checkpoint was written ({self.ckpt_path} is still the earlier run's)"
+        else:
+            kept = "no checkpoint was written"
+        return f"interrupted at iteration {self.iter_num}; {kept}"
+
+
+def file_identity(path):
+    """What tells one file at `path` from another written there since (a rename gives a new inode)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+RUN = Run()
+
+
+def releases_run_lock(main):
+    """main, with out_dir's lock released however it ends (return, error, Ctrl-C)."""
+
+    @functools.wraps(main)
+    def run(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        finally:
+            RUN.release()
+
+    return run
+
+
+@releases_run_lock
 def main(argv=()):
     given = given_options(list(argv))
     c = SimpleNamespace(**{**DEFAULTS, **given})
     ckpt_path = os.path.join(c.out_dir, 'ckpt.pt')
+    RUN.start(c.out_dir, ckpt_path)  # one run per out_dir, from here until main ends
     ckpt = None
     if c.init_from == 'resume':
         if not os.path.exists(ckpt_path):
             raise FileNotFoundError(f"nothing to resume: no checkpoint at {ckpt_path}")
         ckpt = read_checkpoint(ckpt_path)
-        if 'config' not in ckpt or 'optimizer' not in ckpt:
-            raise ValueError(f"{ckpt_path} is not a train.py checkpoint: nothing to resume")
+        check_resumable(ckpt, ckpt_path)  # one line naming a missing field, not a KeyError later
         c = SimpleNamespace(**resume_config(ckpt, ckpt_path, {**given, 'out_dir': c.out_dir}))
     else:  # (on resume the checks run on the checkpoint's config with the given keys applied)
         check_options(vars(c))
@@ -432,13 +651,9 @@ def main(argv=()):
                 f"{ckpt_path} holds another run's checkpoint: pass another --out_dir, --init_from=resume "
                 "to continue it, or --overwrite=True to replace it"
             )
-    if os.path.exists(
-        ckpt_path + '.tmp'
-    ):  # a checkpoint write killed before its rename (kill -9, power loss)
-        os.remove(ckpt_path + '.tmp')
-        print(f"removed {ckpt_path}.tmp, a partial checkpoint left by an interrupted write")
     torch.manual_seed(c.seed)
     dev, dt = pick_device_dtype(c)
+    check_before_work(c, ckpt, dev, dt)  # init_from exists; sizes that cannot fit: refused now
     device_type = 'cuda' if dev.startswith('cuda') else 'cpu'
     ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dt]
     autocast = (
@@ -473,6 +688,7 @@ def main(argv=()):
             }
             if c.adapter == 'cat':
                 spec['targets'], spec['skills'] = adapters.load_cat_skills(c.cat_adapters, model)
+                check_cat_targets(c, spec['targets'])
         else:  # resume: the checkpoint's own adapter config (a CAT run needs no skill files then)
             spec = ckpt['adapter']['config']
         print(adapters.add_adapters(model, **spec))
@@ -561,6 +777,7 @@ def main(argv=()):
     )
     val_loss, losses = None, []
     t_start = t_log = time.time()
+    RUN.progress(iter_num, saved_iter)  # for the line a Ctrl-C prints (save_checkpoint updates it)
     while True:
         lr = lr_at(iter_num, c)
         for group in optimizer.param_groups:
@@ -606,6 +823,7 @@ def main(argv=()):
         optimizer.zero_grad(set_to_none=True)
         losses.append(lossf)
         iter_num += 1
+        RUN.iter_num = iter_num
         if iter_num % c.log_interval == 0 or iter_num == c.max_iters:
             t = time.time()
             dt_iter = (t - t_log) / (iter_num - last_log)
@@ -677,3 +895,6 @@ if __name__ == '__main__':
     ) as e:  # OSError: a missing file, no permission to write out_dir, ...
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt as e:  # Ctrl-C: one line saying what is kept; 130 = killed by SIGINT
+        print(RUN.interrupted(str(e)), file=sys.stderr)
+        sys.exit(130)

@@ -10,6 +10,7 @@ import zipfile
 
 import torch
 
+from formats.memory import gpt_params, refuse_if_too_big
 from formats.safetensors import read_safetensors
 
 HF_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
@@ -45,12 +46,39 @@ def hf_download(name, cache_dir=None):
     return path
 
 
-def read_hf_gpt2(name_or_dir):
-    """(GPTConfig keyword arguments, HF state dict) of a GPT-2 in Hugging Face layout: config.json +
-    model.safetensors or pytorch_model.bin, from a local directory or by name from the download cache."""
-    path = name_or_dir if os.path.isdir(name_or_dir) else hf_download(name_or_dir)
-    with open(os.path.join(path, "config.json")) as f:
-        hf = json.load(f)
+GPT2_KEYS = ("n_positions", "vocab_size", "n_layer", "n_head", "n_embd")
+
+
+def read_hf_config(path):
+    """GPTConfig keyword arguments from a GPT-2 config.json in directory `path`; a config.json of
+    another architecture, or a GPT-2 one whose model could not fit in memory, is refused in one line
+    naming the field, before any weight is read."""
+    cfg_path = os.path.join(path, "config.json")
+    try:
+        with open(cfg_path) as f:
+            hf = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path} has no config.json: give a Hugging Face GPT-2 directory (config.json + weights)"
+        ) from None
+    except ValueError:
+        raise ValueError(f"{cfg_path}: not JSON") from None
+    if not isinstance(hf, dict):
+        raise ValueError(f"{cfg_path}: expected a JSON object, got a JSON {type(hf).__name__}")
+    if hf.get("model_type", "gpt2") != "gpt2":  # (a hand-written GPT-2 config may leave it out)
+        raise ValueError(
+            f"{cfg_path}: model_type={hf.get('model_type')!r}: only GPT-2 (model_type 'gpt2') "
+            "loads here"
+        )
+    for k in GPT2_KEYS:
+        if k not in hf:
+            raise ValueError(f"{cfg_path} has no {k!r}, which every GPT-2 config.json has")
+        if type(hf[k]) is not int or hf[k] <= 0:
+            raise ValueError(f"{cfg_path}: {k}={json.dumps(hf[k])[:40]} is not a positive integer")
+    if hf["n_embd"] % hf["n_head"]:
+        raise ValueError(
+            f"{cfg_path}: n_embd={hf['n_embd']} is not a multiple of n_head={hf['n_head']}"
+        )
     args = dict(
         block_size=hf["n_positions"],
         vocab_size=hf["vocab_size"],
@@ -58,13 +86,35 @@ def read_hf_gpt2(name_or_dir):
         n_head=hf["n_head"],
         n_embd=hf["n_embd"],
     )
+    n = gpt_params(**args)
+    refuse_if_too_big(
+        f"{cfg_path} describes a model of {n:.3g} parameters, which",
+        {"fp32 weights": 4 * n},
+        hint="is this the config.json you meant?",
+    )
+    return args
+
+
+def read_hf_gpt2(name_or_dir):
+    """(GPTConfig keyword arguments, HF state dict) of a GPT-2 in Hugging Face layout: config.json +
+    model.safetensors or pytorch_model.bin, from a local directory or by name from the download cache."""
+    path = name_or_dir if os.path.isdir(name_or_dir) else hf_download(name_or_dir)
+    args = read_hf_config(path)
     st, binf = os.path.join(path, "model.safetensors"), os.path.join(path, "pytorch_model.bin")
     if os.path.exists(st):
         sd_hf = read_safetensors(st)  # memory-mapped: read page by page as each weight is copied
     elif os.path.exists(binf):  # a zip-format .bin is memory-mapped too; a legacy one is read whole
-        sd_hf = torch.load(
-            binf, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(binf)
-        )
+        try:  # weights_only: a pickle that would run code is refused, not run
+            sd_hf = torch.load(
+                binf, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(binf)
+            )
+        except Exception as e:
+            raise ValueError(
+                f"{binf}: not a loadable weights file ({type(e).__name__}); only plain tensors are "
+                "accepted"
+            ) from None
+        if not isinstance(sd_hf, dict):
+            raise ValueError(f"{binf}: not a state dict (a {type(sd_hf).__name__})")
     else:
         raise FileNotFoundError(
             f"{path} has config.json but neither model.safetensors nor pytorch_model.bin"
@@ -83,22 +133,30 @@ def convert_hf_gpt2(sd_hf, n_layer, consume=False):
     for k in [k for k in sd_hf if k.startswith("transformer.")]:
         sd_hf[k.removeprefix("transformer.")] = sd_hf.pop(k)
     own = lambda t: torch.empty(t.shape, dtype=torch.get_default_dtype()).copy_(t)
-    wte = own(sd_hf.pop("wte.weight"))
+
+    def pop(k):  # a weight missing from the file: one line naming it, not a KeyError
+        if k not in sd_hf:
+            raise ValueError(
+                f"the GPT-2 weights have no {k!r} (not GPT-2 weights of this config.json?)"
+            )
+        return sd_hf.pop(k)
+
+    wte = own(pop("wte.weight"))
     sd = {
         "lm_head.weight": wte,
         "transformer.wte.weight": wte,
     }  # tied: GPT-2 files may omit lm_head
     for k in ("wpe.weight", "ln_f.weight", "ln_f.bias"):
-        sd["transformer." + k] = own(sd_hf.pop(k))
+        sd["transformer." + k] = own(pop(k))
     for i in range(n_layer):
         p, q = f"h.{i}.", f"transformer.h.{i}."
         for k in ("ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias"):
-            sd[q + k] = own(sd_hf.pop(p + k))
+            sd[q + k] = own(pop(p + k))
         for k in ("attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
-            sd[q + k + ".weight"] = own(sd_hf.pop(p + k + ".weight").t())
-            sd[q + k + ".bias"] = own(sd_hf.pop(p + k + ".bias"))
-        w = sd_hf.pop(p + "attn.c_attn.weight").t()  # (3C, C)
-        b = sd_hf.pop(p + "attn.c_attn.bias")
+            sd[q + k + ".weight"] = own(pop(p + k + ".weight").t())
+            sd[q + k + ".bias"] = own(pop(p + k + ".bias"))
+        w = pop(p + "attn.c_attn.weight").t()  # (3C, C)
+        b = pop(p + "attn.c_attn.bias")
         for name, wi, bi in zip("qkv", w.chunk(3, dim=0), b.chunk(3, dim=0)):
             sd[q + f"attn.{name}.weight"], sd[q + f"attn.{name}.bias"] = own(wi), own(bi)
         del w, b

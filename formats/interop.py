@@ -34,16 +34,18 @@ import-peft  a PEFT LoRA on GPT-2 (c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj, an
 """
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import shutil
 import sys
 from collections import Counter
 
 import torch
 
 import adapters
-from formats.checkpoint import load_model, read_checkpoint
+from formats.checkpoint import load_model, read_checkpoint, temp_path, write_error
 from formats.huggingface import HF_MODELS
 from formats.safetensors import read_safetensors, write_safetensors
 
@@ -228,16 +230,51 @@ def _base_name(path):
     return os.path.abspath(path) if os.path.exists(path) else path
 
 
-def _fresh(out):
+def _fresh(out, *inputs):
+    """Refuse an output path that exists (nothing is overwritten), and one that is, or holds, one of
+    this command's own inputs."""
+    for given in inputs:
+        if given and os.path.exists(given):
+            inside = os.path.realpath(given).startswith(os.path.realpath(out) + os.sep)
+            if os.path.realpath(given) == os.path.realpath(out) or inside:
+                what = f"holds this command's input {given}" if inside else "this command's input"
+                raise ValueError(
+                    f"{out} {'' if inside else 'is '}{what}: writing there would destroy it; "
+                    "give a new path"
+                )
     if os.path.exists(out):
         raise ValueError(f"{out} already exists: give a new path (nothing is overwritten)")
 
 
+@contextlib.contextmanager
+def _new_folder(out):
+    """Create the folder `out` for the files written inside the block; if any write fails (a full or
+    read-only disk, a path under a file, Ctrl-C), remove it again, so that nothing partial is left
+    and a rerun is not refused as "already exists". An OSError becomes one line naming its cause."""
+    try:
+        os.makedirs(out)
+    except OSError as e:
+        raise OSError(write_error(e, out)) from None
+    try:
+        yield
+    except OSError as e:
+        shutil.rmtree(out, ignore_errors=True)
+        raise OSError(f"{write_error(e, out)}; nothing was left at {out}") from None
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
 def _write_json(path, obj):
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _adapter_base(ck, ckpt_path, base):
@@ -251,7 +288,7 @@ def _adapter_base(ck, ckpt_path, base):
 
 def export_peft(ckpt_path, out, base=None):
     """Write the adapter checkpoint `ckpt_path` as a PEFT LoRA directory. Returns the adapted model."""
-    _fresh(out)
+    _fresh(out, ckpt_path, base)
     ck = adapters.load_adapter_checkpoint(ckpt_path)
     base = _adapter_base(ck, ckpt_path, base)
     model, base_ckpt = load_model(base)
@@ -262,12 +299,12 @@ def export_peft(ckpt_path, out, base=None):
         )
     adapters.load_adapter_checkpoint(ckpt_path, model)  # refuses a base with another fingerprint
     config, tensors = peft_lora(model)
-    os.makedirs(out)
-    write_safetensors(os.path.join(out, "adapter_model.safetensors"), tensors)
-    _write_json(
-        os.path.join(out, "adapter_config.json"),
-        {"base_model_name_or_path": _base_name(base), **config},
-    )
+    with _new_folder(out):
+        write_safetensors(os.path.join(out, "adapter_model.safetensors"), tensors)
+        _write_json(
+            os.path.join(out, "adapter_config.json"),
+            {"base_model_name_or_path": _base_name(base), **config},
+        )
     return model
 
 
@@ -286,13 +323,13 @@ def load_merged(path, base=None):
 
 def export_hf(path, out, base=None):
     """Write the (merged) model at `path` as a Hugging Face GPT-2 directory. Returns the model."""
-    _fresh(out)
+    _fresh(out, path, base)
     model = load_merged(path, base)
     dtype = model.transformer.wte.weight.dtype
     config = gpt2_config(model.config, dtype)
-    os.makedirs(out)
-    write_safetensors(os.path.join(out, "model.safetensors"), gpt2_state_dict(model))
-    _write_json(os.path.join(out, "config.json"), config)
+    with _new_folder(out):
+        write_safetensors(os.path.join(out, "model.safetensors"), gpt2_state_dict(model))
+        _write_json(os.path.join(out, "config.json"), config)
     return model
 
 
@@ -338,6 +375,10 @@ def read_peft_lora(peft_dir):
             cfg = json.load(f)
         except ValueError:
             raise ValueError(f"{cfg_path}: not JSON") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(
+            f"{cfg_path}: expected a JSON object (PEFT's adapter config), got a JSON {type(cfg).__name__}"
+        )
     _check_peft_config(cfg, cfg_path)
     st, binf = (
         os.path.join(peft_dir, "adapter_model.safetensors"),
@@ -391,7 +432,7 @@ def read_peft_lora(peft_dir):
 
 def import_peft(peft_dir, out, base=None):
     """Write the PEFT LoRA in `peft_dir` as an adapter checkpoint of this project. Returns the adapted model."""
-    _fresh(out)
+    _fresh(out, peft_dir, base)
     cfg, modules = read_peft_lora(peft_dir)
     base = base or cfg.get("base_model_name_or_path")
     if not base:
@@ -468,10 +509,20 @@ def import_peft(peft_dir, out, base=None):
 
 
 def save_adapter(path, model, base, **extra):
-    """adapters.save_adapter_checkpoint, into a folder created if need be."""
-    if os.path.dirname(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-    return adapters.save_adapter_checkpoint(path, model, base=base, **extra)
+    """adapters.save_adapter_checkpoint, into a folder created if need be (and removed again if the
+    write fails: nothing partial is left)."""
+    folder, made = os.path.dirname(path), None
+    try:
+        if folder and not os.path.isdir(folder):
+            made = folder
+            os.makedirs(folder)
+        return adapters.save_adapter_checkpoint(path, model, base=base, **extra)
+    except BaseException as e:
+        if made and os.path.isdir(made) and not os.listdir(made):
+            os.rmdir(made)
+        if isinstance(e, OSError):
+            raise OSError(write_error(e, path)) from None
+        raise
 
 
 def main(argv=None):
@@ -532,7 +583,7 @@ def main(argv=None):
             model = import_peft(a.peft_dir, a.out, a.base)
             cfg = adapters.adapter_config(model)
             print(f"wrote {a.out}: LoRA r={cfg['r']} alpha={cfg['alpha']} on {cfg['targets']}")
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:  # OSError: a full or read-only disk, ...
         sys.exit(f"formats.interop: {e}")
 
 

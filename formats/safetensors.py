@@ -92,7 +92,7 @@ def write_safetensors(path, tensors, metadata=None):
     """The inverse of read_safetensors, readable by the safetensors library (and so by transformers
     and PEFT): tensors sorted by element size and the header padded to 8 bytes, so every tensor is
     aligned; {"format": "pt"} metadata, which transformers asks for. Streams one tensor at a time to
-    path.tmp, then renames it over path (a crash never leaves half a file; maps of the old one stay valid)."""
+    path.<pid>.tmp, then renames it over path (a crash never leaves half a file; maps of the old one stay valid)."""
     names = {v: k for k, v in _ST_DTYPES.items()}
     order = sorted(tensors, key=lambda k: -tensors[k].element_size())  # stable: 8-, 4-, 2-, 1-byte
     header, offset = {"__metadata__": {"format": "pt", **(metadata or {})}}, 0
@@ -111,7 +111,7 @@ def write_safetensors(path, tensors, metadata=None):
         offset += nbytes
     h = json.dumps(header).encode()
     h += b" " * (-(8 + len(h)) % 8)
-    tmp = os.fspath(path) + ".tmp"
+    tmp = f"{os.fspath(path)}.{os.getpid()}.tmp"  # this writer's own: two writers never share one
     try:
         with open(tmp, "wb") as f:
             f.write(struct.pack("<Q", len(h)) + h)

@@ -40,9 +40,10 @@ def fetch(path, url=None):
             f'put the file there, or {PATH_HINT}'
         ) from None
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    with open(path + '.tmp', 'wb') as f:
+    tmp = f'{path}.{os.getpid()}.tmp'  # this writer's own name: two downloads never share one
+    with open(tmp, 'wb') as f:
         f.write(blob)
-    os.replace(path + '.tmp', path)
+    os.replace(tmp, path)
     return path
 
 

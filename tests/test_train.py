@@ -125,8 +125,7 @@ def test_interrupted_checkpoint_write_keeps_last_good(tmp_path, monkeypatch):
     before = torch.load(path, weights_only=True)
 
     def torn_write(obj, f, *a, **k):
-        with open(f, 'wb') as fh:
-            fh.write(b'PK\x03\x04 half a checkpoint')
+        f.write(b'PK\x03\x04 half a checkpoint')  # f: the temp file write_checkpoint opened
         raise KeyboardInterrupt  # killed between writing the temp file and the rename
 
     monkeypatch.setattr(torch, 'save', torn_write)
