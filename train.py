@@ -92,7 +92,7 @@ min_lr = 1e-4            # where the cosine decay ends, at max_iters
 device = 'auto'          # 'auto' | 'cpu' | 'cuda' | 'cuda:1' | 'mps'
 dtype = 'auto'           # 'auto' | 'float32' | 'bfloat16' | 'float16' (float16 uses a GradScaler)
 compile = False          # torch.compile the model (worth it on a GPU, slow to start on a CPU)
-peak_flops = 0.0         # for the MFU column: the device's peak FLOP/s; 0 = A100 bf16 (312e12) on CUDA, none on CPU
+peak_flops = 0.0         # MFU's denominator, FLOP/s; 0 = the GPU's 16-bit peak by name (GPU_PEAK_FLOPS), none on CPU
 seed = 1337              # weight init, dropout and batch order
 grad_checkpoint = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
 # -----------------------------------------------------------------------------
