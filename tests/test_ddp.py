@@ -31,33 +31,32 @@ TINY = [
     '--final_eval=False',
 ]
 
-# train.main in each process, logging which rank wrote which checkpoint and how many gradient
-# all-reduces each rank ran; killed (SIGKILL, as by the OOM killer or a lost node) right after
-# writing the checkpoint of iteration `kill_at`
+# train.main in each process, logging which rank wrote which checkpoint and how many forwards each
+# rank ran with gradient sync on (each is followed by one all-reduce of the gradients in its
+# backward); killed (SIGKILL, as by the OOM killer or a lost node) right after writing the
+# checkpoint of iteration `kill_at`
 WORKER = """
 import json, os, signal, sys
 import train
-from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 rank = int(os.environ['RANK'])
 log, kill_at, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-real_save, real_wrap, allreduces = train.save_checkpoint, train.wrap_ddp, [0]
+real_save, real_wrap, synced = train.save_checkpoint, train.wrap_ddp, [0]
 def save(path, model, optimizer, scaler, c, iter_num, *rest):
     real_save(path, model, optimizer, scaler, c, iter_num, *rest)
     with open(log, 'a') as f:
         f.write(f'save {rank} {iter_num}\\n')
     if iter_num == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
-def counting_allreduce(group, bucket):
-    allreduces[0] += 1
-    return allreduce_hook(group, bucket)
+def count(ddp, args):
+    synced[0] += ddp.require_backward_grad_sync
 def wrap(model, dev):
     ddp = real_wrap(model, dev)
-    ddp.register_comm_hook(None, counting_allreduce)
+    ddp.register_forward_pre_hook(count)
     return ddp
 train.save_checkpoint, train.wrap_ddp = save, wrap
 summary = train.main(argv)
 with open(log, 'a') as f:
-    f.write(f'allreduce {rank} {allreduces[0]}\\n')
+    f.write(f'synced {rank} {synced[0]}\\n')
 if rank == 0:
     with open(log + '.losses', 'w') as f:
         json.dump(summary['losses'], f)
@@ -108,8 +107,8 @@ def test_two_processes_train_what_one_does_full_finetuning(tmp_path):
     saves = [(rank, n) for e, rank, n in events if e == 'save']
     assert saves == [(0, 3), (0, 6)]  # rank 0 alone wrote, at each evaluation
     assert sorted(os.listdir(tmp_path / 'two')) == ['ckpt.pt']
-    # one all-reduce per step and process (the tiny model's gradients fit one bucket)
-    assert sorted((rank, n) for e, rank, n in events if e == 'allreduce') == [(0, 6), (1, 6)]
+    # the gradients are all-reduced once per step, after each process's second micro-batch
+    assert sorted((rank, n) for e, rank, n in events if e == 'synced') == [(0, 6), (1, 6)]
 
 
 def test_two_processes_train_what_one_does_lora(tmp_path):
