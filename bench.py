@@ -8,6 +8,7 @@ LoRA and a merged one. Printed as ratios, with the targets each ratio should mee
     python bench.py --models=small --steps=5
     python bench.py --peer           # this project's LoRA vs Hugging Face transformers + PEFT (test-only deps)
     python bench.py --spectra        # analyze.py on all q, v updates of a GPT-2-small shape (target <= 10 s)
+    python bench.py --grad_checkpoint --block=512   # activation checkpointing: memory and time ratios
 
 Timing: by default the process CPU time of one thread (--threads=1 --clock=cpu), which other
 processes on a shared machine disturb far less than wall-clock time; ratios between methods are what
@@ -271,6 +272,67 @@ def bench_model(label, cfg, batch, args):
         f"| merged inference = base +-3% | {d:.3f} | {'ok' if abs(d - 1) <= 0.03 else 'MISSED'} |"
     )
     print(f"| (noise: LoRA vs the same LoRA again) | {med[names[-1]] / lora_t:.2f} | |")
+    sys.stdout.flush()
+
+
+def bench_grad_checkpoint(args):
+    """Activation checkpointing (train.py --grad_checkpoint=True) on a full fine-tuning step of a
+    GPT-2-small shape, without and with: the activation memory (what the forward keeps for the
+    backward), the peak of all tensors the step creates beyond weights, gradients and optimizer
+    state (activations, the backward's temporaries and recomputation), and the step time, steps
+    interleaved."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(block_size=1024, vocab_size=50257)
+    run = Run("full", GPT(cfg))
+    B, T = args.gc_batch, args.block
+    x = torch.randint(0, cfg.vocab_size, (B, T))
+    y = torch.randint(0, cfg.vocab_size, (B, T))
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    run.step(x, y)  # warm-up: optimizer state, first-call allocations
+    held, peak, times = {}, {}, {False: [], True: []}
+    for on in (False, True):
+        run.model.grad_checkpoint = on
+        run.opt.zero_grad(set_to_none=False)  # the gradients exist already: not counted as new
+        with TensorMemory() as mem:
+            loss = run.model(x, y)[1]
+            held[on] = mem.live  # what the forward keeps for the backward
+            loss.backward()
+        peak[on] = mem.peak
+    states = [v for s in run.opt.state.values() for v in s.values() if torch.is_tensor(v)]
+    params = list(run.model.parameters())
+    persistent = nbytes(params + [p.grad for p in params] + states)
+    for i in range(args.steps):
+        for on in (False, True) if i % 2 == 0 else (True, False):  # alternate who goes first
+            run.model.grad_checkpoint = on
+            t0 = clock()
+            run.step(x, y)
+            times[on].append(clock() - t0)
+    best = {on: min(t) for on, t in times.items()}
+    print(
+        f"\n## activation checkpointing: GPT-2-small shape, full fine-tuning, batch {B}x{T}, fp32, "
+        f"{torch.get_num_threads()} thread(s), {args.clock} time, best of {args.steps} interleaved "
+        f"steps; weights, gradients and AdamW state: {persistent / 2**20:.0f} MB\n"
+    )
+    print("| grad_checkpoint | kept for backward MB | in-step peak MB | total peak MB | s/step |")
+    print("|---|---:|---:|---:|---:|")
+    for on in (False, True):
+        print(
+            f"| {on} | {held[on] / 2**20:.0f} | {peak[on] / 2**20:.0f} | "
+            f"{(persistent + peak[on]) / 2**20:.0f} | {best[on]:.2f} |"
+        )
+    ratio = lambda d: d[True] / d[False]
+    total = {on: persistent + peak[on] for on in peak}
+    print(
+        f"| ratio | {ratio(held):.2f} | {ratio(peak):.2f} | {ratio(total):.2f} | {ratio(best):.2f} |"
+    )
+    checks = [
+        ("activation memory (kept for backward) <= 0.5 x without", ratio(held), 0.5),
+        ("step time <= 1.4 x without", ratio(best), 1.4),
+    ]
+    print("\n| target | measured | |")
+    print("|---|---:|---|")
+    for what, v, lim in checks:
+        print(f"| {what} | {v:.2f} | {'ok' if v <= lim else 'MISSED'} |")
     sys.stdout.flush()
 
 
@@ -565,6 +627,13 @@ def main(argv=None):
     p.add_argument(
         "--spectra_float64", action="store_true", help="--spectra: decompositions in float64"
     )
+    p.add_argument(
+        "--grad_checkpoint",
+        action="store_true",
+        help="activation memory and step time of a GPT-2-small full fine-tuning step without and "
+        "with activation checkpointing instead (--gc_batch x --block tokens)",
+    )
+    p.add_argument("--gc_batch", type=int, default=8, help="--grad_checkpoint: batch size")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.r % 3:
@@ -572,6 +641,9 @@ def main(argv=None):
     t0 = time.time()
     if args.spectra:
         bench_spectra(float64=args.spectra_float64)
+        return
+    if args.grad_checkpoint:
+        bench_grad_checkpoint(args)
         return
     if args.peer:
         bench_peer(args)

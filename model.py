@@ -20,6 +20,7 @@ from fnmatch import fnmatchcase
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from formats.huggingface import convert_hf_gpt2, read_hf_gpt2
 
@@ -117,6 +118,7 @@ class GPT(nn.Module):
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.grad_checkpoint = False  # trade activation memory for recomputation (train.py sets it)
         # weight tying (Press & Wolf 2017), as GPT-2. An adapter on lm_head would therefore also
         # change the input embedding: adapters.py refuses to target it.
         self.transformer.wte.weight = self.lm_head.weight
@@ -158,7 +160,11 @@ class GPT(nn.Module):
             self.transformer.wte(idx) + self.transformer.wpe(pos)
         )  # (B, T, C)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, None if caches is None else caches[i])
+            if self.grad_checkpoint and caches is None and torch.is_grad_enabled():
+                # keep only the block's input; backward recomputes its inside (with the same dropout)
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x, None if caches is None else caches[i])
         x = self.transformer.ln_f(x)
         if targets is None:
             return self.lm_head(x), None  # (B, T, vocab_size)
@@ -202,15 +208,14 @@ class GPT(nn.Module):
             logits, _ = self(nxt, caches=caches)  # only the new token goes through the model
         return idx
 
-    def estimate_mfu(self, tokens_per_iter, dt, peak_flops, frozen_weights=False):
-        """Model FLOPs utilisation: achieved FLOP/s over peak_flops (PaLM paper, appendix B).
-        Per token 6N FLOPs for the weights (forward 2N, backward 2N for the input gradients and 2N for the
-        weight gradients) plus attention's 12·L·H·Q·T. With frozen_weights (only adapters train) the weight
-        gradients are never computed: 4N (the adapters' own FLOPs are a rounding error)."""
+    def flops_per_token(self, frozen_weights=False):
+        """Training FLOPs per token (PaLM paper, appendix B): 6N for the weights (forward 2N, backward 2N
+        for the input gradients and 2N for the weight gradients) plus attention's 12·L·H·Q·T. With
+        frozen_weights (only adapters train) no weight gradient is computed: 4N (the adapters' own
+        FLOPs are a rounding error). Times tokens/s: the achieved FLOP/s; over the peak: the MFU."""
         cfg = self.config
         L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
-        flops_per_token = (4 if frozen_weights else 6) * self.num_params() + 12 * L * H * Q * T
-        return flops_per_token * tokens_per_iter / dt / peak_flops
+        return (4 if frozen_weights else 6) * self.num_params() + 12 * L * H * Q * T
 
     def fingerprint(self):
         """A content hash of the weights (sha256, first 16 hex digits). Adapter checkpoints record it

@@ -28,6 +28,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import time
 import tokenize
@@ -36,6 +37,8 @@ from contextlib import nullcontext
 from types import SimpleNamespace
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 import adapters
 import data
@@ -124,8 +127,9 @@ min_lr = 1e-4            # where the cosine decay ends, at max_iters
 device = 'auto'          # 'auto' | 'cpu' | 'cuda' | 'cuda:1' | 'mps'
 dtype = 'auto'           # 'auto' | 'float32' | 'bfloat16' | 'float16' (float16 uses a GradScaler)
 compile = False          # torch.compile the model (worth it on a GPU, slow to start on a CPU)
-peak_flops = 0.0         # for the MFU column: the device's peak FLOP/s; 0 = A100 bf16 (312e12) on CUDA, none on CPU
+peak_flops = 0.0         # MFU's denominator, FLOP/s; 0 = the GPU's 16-bit peak by name (GPU_PEAK_FLOPS), none on CPU
 seed = 1337              # weight init, dropout and batch order
+grad_checkpoint = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
 # -----------------------------------------------------------------------------
 # fmt: on
 DEFAULTS = {
@@ -163,6 +167,7 @@ RESUMABLE = (
     'device',
     'compile',
     'peak_flops',
+    'grad_checkpoint',
 )
 
 
@@ -394,25 +399,26 @@ def check_before_work(c, ckpt, dev, dt):
 
 
 def pick_device_dtype(c):
+    """The device and the dtype name ('float32', 'bfloat16' or 'float16') the run computes in."""
     dev = c.device if c.device != 'auto' else 'cuda' if torch.cuda.is_available() else 'cpu'
     if dev.startswith('cuda') and not torch.cuda.is_available():
         raise ValueError(
             f"device={dev!r} but torch sees no CUDA GPU here: pass --device=cpu (or auto)"
         )
-    dt = c.dtype
-    if dt == 'auto':
+    dtype = c.dtype
+    if dtype == 'auto':
         if dev.startswith('cuda'):
-            dt = 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
+            dtype = 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
         else:  # bf16 autocast pays only where the CPU has bf16 instructions (README: 0.65x the fp32 step time)
             flags = open('/proc/cpuinfo').read() if os.path.exists('/proc/cpuinfo') else ''
-            dt = 'bfloat16' if ('avx512_bf16' in flags or 'amx_bf16' in flags) else 'float32'
-    if dt not in ('float32', 'bfloat16', 'float16'):
-        raise ValueError(f"unknown dtype {dt!r}: choose auto, float32, bfloat16 or float16")
-    if dt == 'bfloat16' and dev.startswith('cuda') and not torch.cuda.is_bf16_supported():
+            dtype = 'bfloat16' if ('avx512_bf16' in flags or 'amx_bf16' in flags) else 'float32'
+    if dtype not in ('float32', 'bfloat16', 'float16'):
+        raise ValueError(f"unknown dtype {dtype!r}: choose auto, float32, bfloat16 or float16")
+    if dtype == 'bfloat16' and dev.startswith('cuda') and not torch.cuda.is_bf16_supported():
         raise ValueError(
             "this GPU has no bf16: pass --dtype=float16 (or auto), which trains with a GradScaler"
         )
-    return dev, dt
+    return dev, dtype
 
 
 def lr_at(it, c):
@@ -490,7 +496,9 @@ def build_model(c, ds, ckpt):
     return model, base
 
 
-def save_checkpoint(path, model, optimizer, scaler, c, iter_num, best_val_loss, base, gen, ds):
+def save_checkpoint(path, model, optimizer, scaler, c, iter_num, best_val_loss, base, rng, ds):
+    """rng: the random streams' states (rng_states below), so that a resumed run draws what the
+    uninterrupted run would have drawn."""
     ckpt = {
         'model_args': vars(model.config).copy(),
         'optimizer': optimizer.state_dict(),
@@ -498,11 +506,7 @@ def save_checkpoint(path, model, optimizer, scaler, c, iter_num, best_val_loss, 
         'best_val_loss': best_val_loss,
         'config': vars(c).copy(),
         'base': base,
-        'rng': {
-            'torch': torch.get_rng_state(),
-            'data': gen.get_state(),
-            'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        },
+        'rng': rng,
         'data': {
             'dataset': c.dataset,
             'tokenizer': c.tokenizer,
@@ -631,34 +635,218 @@ def releases_run_lock(main):
     return run
 
 
+# -----------------------------------------------------------------------------
+# the device at hand: its autocast, its peak FLOP/s, and several processes under torchrun
+
+# dense (no sparsity) bf16/fp16 tensor-core peak of one GPU in FLOP/s, from NVIDIA's data sheets: what
+# the MFU column divides by. Searched in order in torch.cuda.get_device_name(), lower-cased. GeForce
+# cards at their rate with fp32 accumulation (what autocast's matmuls use; half their fp16-accumulate
+# peak); V100 and T4 have no bf16: their fp16 peak. The A10G (AWS) is left out: its clocks differ.
+GPU_PEAK_FLOPS = (
+    (r'\bh100\b.*\bnvl\b', 835e12),
+    (r'\bh100\b.*\bpcie\b', 756e12),
+    (r'\bh100\b', 989e12),  # SXM
+    (r'\bh200\b.*\bnvl\b', 835e12),
+    (r'\bg?h200\b', 989e12),  # H200 SXM, GH200
+    (r'\ba100\b', 312e12),
+    (r'\ba30\b', 165e12),
+    (r'\ba40\b', 149.7e12),
+    (r'\ba10\b', 125e12),
+    (r'\bl40s\b', 362e12),
+    (r'\bl40\b', 181e12),
+    (r'\bl4\b', 121e12),
+    (r'\brtx 4090\b', 165.2e12),
+    (r'\brtx 3090\b(?! ti)', 71e12),
+    (r'\bv100s\b', 130e12),
+    (r'\bv100\b.*\bpcie\b', 112e12),
+    (r'\bv100\b', 125e12),
+    (r'\bt4\b', 65e12),
+)
+
+
+def gpu_peak_flops(name):
+    """A GPU's 16-bit dense peak FLOP/s looked up by its name in GPU_PEAK_FLOPS; None if not listed."""
+    name = name.lower()
+    return next((peak for pattern, peak in GPU_PEAK_FLOPS if re.search(pattern, name)), None)
+
+
+def peak_flops_for(dev, dtype, peak_flops=0.0):
+    """What MFU divides by: peak_flops when given; else a listed GPU's peak in a bf16/fp16 run; else
+    None (a CPU, an unknown GPU, float32): the log then shows FLOP/s without a percentage."""
+    if peak_flops:
+        return peak_flops
+    if not dev.startswith('cuda') or dtype == 'float32':
+        return None
+    return gpu_peak_flops(torch.cuda.get_device_name(dev))
+
+
+def autocast_context(dev, dtype):
+    """Mixed precision on the device the tensors live on ('cuda:1' -> 'cuda', 'mps', 'cpu'); none for
+    float32, nor where this torch has no autocast for that device (mps before torch 2.5 or so)."""
+    device_type = dev.split(':')[0]
+    available = getattr(torch.amp, 'is_autocast_available', lambda t: t in ('cuda', 'cpu'))
+    if dtype == 'float32' or not available(device_type):
+        return nullcontext()
+    return torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))
+
+
+def start_distributed(dev):
+    """Under torchrun: join the process group (NCCL between GPUs, gloo between CPU processes) and
+    return this process's device, one GPU per process: cuda:LOCAL_RANK."""
+    if dev.startswith('cuda'):
+        dev = f"cuda:{os.environ['LOCAL_RANK']}"
+        torch.cuda.set_device(dev)
+    dist.init_process_group(backend='nccl' if dev.startswith('cuda') else 'gloo')
+    return dev
+
+
+def wrap_ddp(model, dev):
+    """DistributedDataParallel over the trainable parameters alone. A frozen base and the adapters'
+    fixed buffers are the same in every process by construction (the same file, the same seeds), so
+    DDP is told to ignore them: no broadcast of a frozen GPT-2 at the start, and none of it in the
+    gradient buckets."""
+    fixed = [n for n, p in model.named_parameters() if not p.requires_grad]
+    fixed += [n for n, _ in model.named_buffers()]
+    DDP._set_params_and_buffers_to_ignore_for_model(model, fixed)
+    return DDP(model, device_ids=[torch.device(dev)] if dev.startswith('cuda') else None)
+
+
+def draw_step(ds, c, gen, rank, world, dev):
+    """This process's share of one optimizer step's batch, on the device: (pieces, tokens), each piece
+    (x, y, share); tokens counts the whole step's tokens, all processes' and padding included.
+
+    The batch of a step is gradient_accumulation_steps micro-batches of batch_size rows, drawn in
+    order from ONE generator (seeded with `seed`; its state is saved in checkpoints). Every process
+    holds the same generator and draws every micro-batch, then keeps its own rows: process r of N
+    takes the r-th of N equal, contiguous shares of the step's rows (numbered micro-batch after
+    micro-batch). So the batches never depend on N: with gradient_accumulation_steps a multiple of N
+    the shares are whole micro-batches (nanoGPT's split), with fewer micro-batches than processes
+    they are slices of one. `share` weights a piece's mean loss so that the processes' losses add up
+    to the one-process loss (the mean over micro-batches of each one's mean token loss): the piece's
+    counted tokens over its micro-batch's, times N, because DDP averages the gradients over N."""
+    G, B = c.gradient_accumulation_steps, c.batch_size
+    mine = range(rank * G * B // world, (rank + 1) * G * B // world)  # rows k * B + i of the step
+    pieces, tokens = [], 0
+    for k in range(G):
+        x, y = ds.get_batch('train', B, gen)
+        tokens += x.numel()
+        lo, hi = max(mine.start - k * B, 0), min(mine.stop - k * B, B)
+        if lo >= hi:
+            continue  # another process's micro-batch, drawn only to keep the stream the same
+        share = int((y[lo:hi] != -1).sum()) / int((y != -1).sum()) * world  # 1.0 in one process
+        x, y = x[lo:hi], y[lo:hi]
+        if dev.startswith('cuda'):  # from pinned memory the copy runs while the GPU computes
+            x = x.pin_memory().to(dev, non_blocking=True)
+            y = y.pin_memory().to(dev, non_blocking=True)
+        pieces.append((x, y, share))
+    return pieces, tokens
+
+
+@torch.no_grad()
+def estimate_loss(model, ds, c, dev, autocast):
+    """Mean loss over eval_iters batches per split, on fixed batches (own generator: the training
+    stream, and so resume, is untouched by evaluation). The losses stay on the device until the mean."""
+    out, egen = {}, torch.Generator().manual_seed(c.seed + 1)
+    model.eval()
+    for split in ('train', 'val'):
+        losses = torch.zeros(c.eval_iters, device=dev)
+        for i in range(c.eval_iters):
+            x, y = ds.get_batch(split, c.batch_size, egen)
+            with autocast:
+                losses[i] = model(x.to(dev), y.to(dev))[1]
+        out[split] = losses.mean().item()
+    model.train()
+    return out
+
+
+def nan_stop(what, step, ckpt_path, saved_iter):
+    """The error that stops a run on a NaN or inf, saying truthfully what is on disk: saved_iter is the
+    iteration ckpt_path holds since this run wrote or resumed it, else None."""
+    kept = (
+        f"last good checkpoint kept at {ckpt_path} (iteration {saved_iter})"
+        if saved_iter is not None
+        else f"no checkpoint was written ({ckpt_path} is still the earlier run's)"
+        if os.path.exists(ckpt_path)
+        else "no checkpoint was written"
+    )
+    return RuntimeError(
+        f"{what} at step {step}; stopped, {kept}; a smaller --learning_rate may help"
+    )
+
+
+def read_losses(pending, iter_num, world, ckpt_path, saved_iter):
+    """The step losses kept on the device since the last read (steps iter_num - len(pending) up to
+    iter_num - 1) as floats: one host-device sync per log line, not one per step. Under DDP each
+    process holds its share of a step's loss (draw_step); their mean is the loss of the whole batch.
+    A NaN or inf stops the run here, naming the first step that produced one."""
+    if not pending:
+        return []
+    step_losses = torch.stack(pending)
+    if world > 1:
+        dist.all_reduce(step_losses)
+        step_losses /= world
+    values = step_losses.tolist()
+    for i, v in enumerate(values):
+        if not math.isfinite(v):
+            raise nan_stop(f"loss is {v}", iter_num - len(values) + i, ckpt_path, saved_iter)
+    return values
+
+
+def rng_states(data_state, world):
+    """The random streams a checkpoint keeps: the batch stream (its state before the batch drawn ahead)
+    and torch's generators, which draw the dropout masks. Under DDP each process has its own dropout
+    stream: all of them are gathered (a collective: every process calls this) under 'ranks'."""
+    own = {
+        'torch': torch.get_rng_state(),
+        'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    rng = {'data': data_state, **own}
+    if world > 1:
+        rng['ranks'] = [None] * world
+        dist.all_gather_object(rng['ranks'], own)
+    return rng
+
+
 @releases_run_lock
 def main(argv=()):
+    # torchrun starts WORLD_SIZE processes of this script; the one of RANK 0 alone evaluates, logs and
+    # writes checkpoints, the others train silently (their errors still reach stderr)
+    rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
+    if rank > 0:
+        sys.stdout = open(os.devnull, 'w')
     given = given_options(list(argv))
-    c = SimpleNamespace(**{**DEFAULTS, **given})
-    ckpt_path = os.path.join(c.out_dir, 'ckpt.pt')
-    RUN.start(c.out_dir, ckpt_path)  # one run per out_dir, from here until main ends
+    out_dir = given.get('out_dir', DEFAULTS['out_dir'])
+    ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+    RUN.start(out_dir, ckpt_path)  # one run per out_dir, from here until main ends
     ckpt = None
-    if c.init_from == 'resume':
+    if given.get('init_from', DEFAULTS['init_from']) == 'resume':
         if not os.path.exists(ckpt_path):
             raise FileNotFoundError(f"nothing to resume: no checkpoint at {ckpt_path}")
         ckpt = read_checkpoint(ckpt_path)
         check_resumable(ckpt, ckpt_path)  # one line naming a missing field, not a KeyError later
-        c = SimpleNamespace(**resume_config(ckpt, ckpt_path, {**given, 'out_dir': c.out_dir}))
-    else:  # (on resume the checks run on the checkpoint's config with the given keys applied)
-        check_options(vars(c))
-        if os.path.exists(ckpt_path) and not c.overwrite:
+        # the checkpoint's config with the given keys applied, and checked
+        options = resume_config(ckpt, ckpt_path, {**given, 'out_dir': out_dir})
+    else:
+        options = check_options({**DEFAULTS, **given})
+        if os.path.exists(ckpt_path) and not options['overwrite']:
             raise ValueError(
                 f"{ckpt_path} holds another run's checkpoint: pass another --out_dir, --init_from=resume "
                 "to continue it, or --overwrite=True to replace it"
             )
+    c = SimpleNamespace(**options)
     torch.manual_seed(c.seed)
-    dev, dt = pick_device_dtype(c)
-    check_before_work(c, ckpt, dev, dt)  # init_from exists; sizes that cannot fit: refused now
-    device_type = 'cuda' if dev.startswith('cuda') else 'cpu'
-    ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dt]
-    autocast = (
-        nullcontext() if dt == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
-    )
+    dev, dtype = pick_device_dtype(c)
+    check_before_work(c, ckpt, dev, dtype)  # init_from exists; sizes that cannot fit: refused now
+    if world > 1:
+        rows = c.gradient_accumulation_steps * c.batch_size
+        if rows % world:
+            raise ValueError(
+                f"{world} processes cannot share a step's {rows} sequences (gradient_accumulation_steps"
+                f" x batch_size) equally: make gradient_accumulation_steps a multiple of {world}"
+            )
+        dev = start_distributed(dev)
+    device_type = dev.split(':')[0]  # 'cuda', 'mps' or 'cpu'
+    autocast = autocast_context(dev, dtype)
     if device_type == 'cuda':
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -678,9 +866,7 @@ def main(argv=()):
         )
     model, base = build_model(c, ds, ckpt)
     if c.adapter:
-        if (
-            ckpt is None
-        ):  # a new run: its <method>_<option> keys; CAT's skill LoRAs are read (and checked) first
+        if ckpt is None:  # a new run: its <method>_<option> keys; CAT's skill LoRAs are read first
             spec = {
                 'method': c.adapter,
                 'targets': c.adapter_targets,
@@ -694,18 +880,19 @@ def main(argv=()):
         print(adapters.add_adapters(model, **spec))
         if ckpt is not None:
             adapters.load_adapter_state_dict(model, ckpt['adapter']['state'])
+    model.grad_checkpoint = c.grad_checkpoint
     model.to(dev)
-    params = [
-        p for p in model.parameters() if p.requires_grad
-    ]  # the frozen base never reaches the optimizer
+    if rank > 0:  # its own dropout masks (rank 0 goes on with a single process's stream)
+        torch.manual_seed(c.seed + rank)
+    # a frozen base never reaches the optimizer
+    params = [p for p in model.parameters() if p.requires_grad]
     n_train, n_total = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
     print(
         f"parameters: {n_total / 1e6:.2f}M total, {n_train:,} trainable ({100 * n_train / n_total:.2f}%)"
     )
 
-    decay = [
-        p for p in params if p.dim() >= 2
-    ]  # matrices decay; biases, LayerNorms and 1-d coefficients do not
+    # matrices decay; biases, LayerNorms and 1-d coefficients do not
+    decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [
@@ -716,65 +903,44 @@ def main(argv=()):
         betas=(c.beta1, c.beta2),
         fused=device_type == 'cuda',
     )
-    scaler = torch.amp.GradScaler(device_type) if dt == 'float16' else None
-    gen = torch.Generator().manual_seed(
-        c.seed
-    )  # batch sampling has its own RNG, saved in checkpoints
+    scaler = torch.amp.GradScaler(device_type) if dtype == 'float16' else None
+    gen = torch.Generator().manual_seed(c.seed)  # the batch stream, the same in every process
     iter_num, best_val_loss = 0, float('inf')
     if ckpt is not None:
         optimizer.load_state_dict(ckpt['optimizer'])
-        for group, wd in zip(
-            optimizer.param_groups, (c.weight_decay, 0.0)
-        ):  # as applied on resume, not as saved
+        # weight decay and betas as applied on resume, not as saved
+        for group, wd in zip(optimizer.param_groups, (c.weight_decay, 0.0)):
             group['weight_decay'], group['betas'] = wd, (c.beta1, c.beta2)
         if scaler is not None and 'scaler' in ckpt:
             scaler.load_state_dict(ckpt['scaler'])
         iter_num, best_val_loss = ckpt['iter_num'], ckpt['best_val_loss']
-        torch.set_rng_state(ckpt['rng']['torch'])
         gen.set_state(ckpt['rng']['data'])
-        if ckpt['rng']['cuda'] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt['rng']['cuda'])
-    fmodel = torch.compile(model) if c.compile else model
+        # each process's dropout stream; a process the saved run did not have keeps its fresh one
+        saved = ckpt['rng'].get('ranks', [ckpt['rng']])
+        if rank < len(saved):
+            torch.set_rng_state(saved[rank]['torch'])
+            if saved[rank]['cuda'] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(saved[rank]['cuda'])
+    fmodel = torch.compile(model) if c.compile else model  # the forward that trains and evaluates
+    train_model = wrap_ddp(fmodel, dev) if world > 1 else fmodel  # DDP averages the gradients
     os.makedirs(c.out_dir, exist_ok=True)
 
-    @torch.no_grad()
-    def estimate_loss():
-        """Mean loss over eval_iters batches per split, on fixed batches (own generator: the training
-        stream, and so resume, is untouched by evaluation)."""
-        out, egen = {}, torch.Generator().manual_seed(c.seed + 1)
-        fmodel.eval()
-        for split in ('train', 'val'):
-            losses = torch.zeros(c.eval_iters)
-            for i in range(c.eval_iters):
-                x, y = ds.get_batch(split, c.batch_size, egen)
-                with autocast:
-                    losses[i] = fmodel(x.to(dev), y.to(dev))[1].item()
-            out[split] = losses.mean().item()
-        fmodel.train()
-        return out
-
     tokens_per_iter = c.gradient_accumulation_steps * c.batch_size * c.block_size
-    print(f"tokens per iteration: up to {tokens_per_iter:,}; device {dev}, dtype {dt}")
-    start_iter = last_log = iter_num
-    saved_iter = (
-        ckpt['iter_num'] if ckpt is not None else None
-    )  # the iteration ckpt_path holds, once this run owns it
-
-    def stop(what):  # a NaN or inf: say truthfully what is on disk
-        kept = (
-            f"last good checkpoint kept at {ckpt_path} (iteration {saved_iter})"
-            if saved_iter is not None
-            else f"no checkpoint was written ({ckpt_path} is still the earlier run's)"
-            if os.path.exists(ckpt_path)
-            else "no checkpoint was written"
-        )
-        return RuntimeError(
-            f"{what} at step {iter_num}; stopped, {kept}; a smaller --learning_rate may help"
-        )
-
-    tokens = (
-        0  # since the last log line: instruction batches are only as long as their longest item
+    print(
+        f"tokens per iteration: up to {tokens_per_iter:,}; device {dev}, dtype {dtype}"
+        + (f", {world} processes" if world > 1 else '')
     )
+    # FLOP/s per token: 6N + attention, or 4N + attention when only adapters train (frozen weights)
+    flops_per_token = model.flops_per_token(frozen_weights=bool(c.adapter))
+    peak_flops = peak_flops_for(dev, dtype, c.peak_flops)
+    start_iter = last_log = iter_num
+    saved_iter = ckpt['iter_num'] if ckpt is not None else None  # the iteration ckpt_path holds
+    # the batch stream's state before the batch drawn ahead: what a checkpoint keeps
+    data_state = gen.get_state()
+    batch, batch_tokens = draw_step(ds, c, gen, rank, world, dev)
+    pending = []  # step losses on the device, read at the next log line or evaluation
+    # tokens since the last log line: instruction batches are only as long as their longest item
+    tokens = 0
     val_loss, losses = None, []
     t_start = t_log = time.time()
     RUN.progress(iter_num, saved_iter)  # for the line a Ctrl-C prints (save_checkpoint updates it)
@@ -783,34 +949,41 @@ def main(argv=()):
         for group in optimizer.param_groups:
             group['lr'] = lr
         if iter_num % c.eval_interval == 0 or iter_num == c.max_iters:
-            ev = estimate_loss()
-            val_loss = ev['val']
-            print(f"step {iter_num}: train loss {ev['train']:.4f}, val loss {ev['val']:.4f}")
-            if not math.isfinite(val_loss):
-                raise stop(f"validation loss is {val_loss}")
-            if iter_num > start_iter and (c.always_save_checkpoint or val_loss < best_val_loss):
-                best_val_loss = min(best_val_loss, val_loss)
-                save_checkpoint(
-                    ckpt_path, model, optimizer, scaler, c, iter_num, best_val_loss, base, gen, ds
-                )
-                saved_iter = iter_num
+            # the losses are checked before any checkpoint is written
+            losses += read_losses(pending, iter_num, world, ckpt_path, saved_iter)
+            pending = []
+            rng = rng_states(data_state, world)
+            if rank == 0:
+                ev = estimate_loss(fmodel, ds, c, dev, autocast)
+                val_loss = ev['val']
+                print(f"step {iter_num}: train loss {ev['train']:.4f}, val loss {ev['val']:.4f}")
+                if not math.isfinite(val_loss):
+                    what = f"validation loss is {val_loss}"
+                    raise nan_stop(what, iter_num, ckpt_path, saved_iter)
+                if iter_num > start_iter and (c.always_save_checkpoint or val_loss < best_val_loss):
+                    best_val_loss = min(best_val_loss, val_loss)
+                    args = (c, iter_num, best_val_loss, base, rng, ds)
+                    save_checkpoint(ckpt_path, model, optimizer, scaler, *args)
+                    saved_iter = iter_num
         if iter_num >= c.max_iters:
             break
-        # forward / backward over gradient_accumulation_steps micro-batches, then one optimizer step
-        for _ in range(c.gradient_accumulation_steps):
-            x, y = ds.get_batch('train', c.batch_size, gen)
-            tokens += x.numel()
+        # forward / backward over this process's pieces of the step's batch, then one optimizer step
+        step_loss = 0
+        for i, (x, y, share) in enumerate(batch):
+            last = i == len(batch) - 1
+            if world > 1:  # the gradients are averaged across processes once, after the last piece
+                train_model.require_backward_grad_sync = last
             with autocast:
-                _, loss = fmodel(
-                    x.to(dev, non_blocking=True),
-                    y.to(dev, non_blocking=True),
-                    label_smoothing=c.label_smoothing,
-                )
-                loss = loss / c.gradient_accumulation_steps
+                _, loss = train_model(x, y, label_smoothing=c.label_smoothing)
+                loss = loss * share / c.gradient_accumulation_steps
+            if last:  # the next step's batch is drawn while the device computes this forward
+                data_state = gen.get_state()
+                next_batch = draw_step(ds, c, gen, rank, world, dev)
+            step_loss += loss.detach()  # no .item(): that would wait for the device every step
             (scaler.scale(loss) if scaler else loss).backward()
-        lossf = loss.item() * c.gradient_accumulation_steps
-        if not math.isfinite(lossf):
-            raise stop(f"loss is {lossf}")
+        pending.append(step_loss)
+        tokens += batch_tokens
+        batch, batch_tokens = next_batch
         if c.grad_clip > 0:
             if scaler:
                 scaler.unscale_(optimizer)
@@ -821,24 +994,22 @@ def main(argv=()):
         else:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(lossf)
         iter_num += 1
         RUN.iter_num = iter_num
         if iter_num % c.log_interval == 0 or iter_num == c.max_iters:
+            step_losses = read_losses(pending, iter_num, world, ckpt_path, saved_iter)
+            pending = []
+            losses += step_losses
             t = time.time()
-            dt_iter = (t - t_log) / (iter_num - last_log)
-            tok_iter = tokens / (
-                iter_num - last_log
-            )  # tokens actually fed per iteration, padding included
+            dt = (t - t_log) / (iter_num - last_log)  # seconds per iteration
+            tok_iter = tokens / (iter_num - last_log)  # tokens fed per iteration, padding included
             t_log, last_log, tokens = t, iter_num, 0
             eta = (c.max_iters - iter_num) * (t - t_start) / (iter_num - start_iter)
-            # achieved FLOP/s per token: 6N + attention, or 4N + attention when only adapters train (frozen weights)
-            flops = model.estimate_mfu(tok_iter, dt_iter, 1.0, frozen_weights=bool(c.adapter))
-            peak = c.peak_flops or (312e12 if device_type == 'cuda' else 0)
-            mfu = f", mfu {100 * flops / peak:.1f}%" if peak else ''
+            flops = flops_per_token * tok_iter / dt / world  # achieved FLOP/s of one device
+            mfu = f", mfu {100 * flops / peak_flops:.1f}%" if peak_flops else ''
             print(
-                f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {dt_iter * 1000:.1f} ms/iter, "
-                f"{tok_iter / dt_iter:,.0f} tok/s, {flops / 1e9:.1f} GFLOP/s{mfu}, eta {eta:.0f}s"
+                f"iter {iter_num}: loss {step_losses[-1]:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
+                f"{tok_iter / dt:,.0f} tok/s, {flops / 1e9:.1f} GFLOP/s{mfu}, eta {eta:.0f}s"
             )
 
     elapsed = time.time() - t_start
@@ -851,6 +1022,11 @@ def main(argv=()):
         'trainable_params': n_train,
         'total_params': n_total,
     }
+    if world > 1:  # the processes part when all are here (rank 0 has written its checkpoint)
+        dist.barrier()
+        dist.destroy_process_group()
+        if rank > 0:  # rank 0 alone reports and scores the run
+            return summary
     print(f"done: {iter_num - start_iter} iterations in {elapsed:.1f}s; val loss {val_loss:.4f}")
     if not ds.tasks:  # a plain corpus: compare with what counting tokens alone achieves
         summary['unigram_entropy'] = unigram_entropy(ds, c)

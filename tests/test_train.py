@@ -246,9 +246,9 @@ def test_each_method_reads_its_own_options_with_the_class_defaults(tmp_path, mon
     run(tmp_path, '--max_iters=1', '--eval_interval=1', name='base')
     base = str(tmp_path / 'base' / 'ckpt.pt')
     mfu_calls = []
-    real_mfu = train.GPT.estimate_mfu
+    real_mfu = train.GPT.flops_per_token
     monkeypatch.setattr(
-        train.GPT, 'estimate_mfu', lambda *a, **k: mfu_calls.append(k) or real_mfu(*a, **k)
+        train.GPT, 'flops_per_token', lambda *a, **k: mfu_calls.append(k) or real_mfu(*a, **k)
     )
     # lora_r and lora_alpha belong to LoRA only: MultiLoRA takes multilora_r, multilora_alpha
     s = train.main(
