@@ -15,7 +15,6 @@ References: GPT-2 (Radford et al. 2019); nanoGPT for the layout and the MFU esti
 import hashlib
 import math
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 
 import torch
 import torch.nn as nn
@@ -241,27 +240,3 @@ class GPT(nn.Module):
                 "from_pretrained left a tensor on the meta device: give it a value here"
             )
         return model
-
-
-def linear_names(model, patterns):
-    """Names of the nn.Linear modules that `patterns` select ('attn.q,attn.v' or a list): a pattern, glob
-    or not ('h.*.mlp.c_fc'), matches a full name or its tail after a dot. Every pattern must match a
-    Linear: a typo is refused, never silently skipped. Adapters and analyze.py pick matrices with it."""
-    linears = [
-        n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.endswith(".base")
-    ]  # an adapter's frozen inner Linear is not a target of its own
-    patterns = [
-        p.strip()
-        for p in (patterns.split(",") if isinstance(patterns, str) else patterns)
-        if p.strip()
-    ]
-    if not patterns:
-        raise ValueError("targets are empty: give module names like 'attn.q,attn.v'")
-    matches = lambda name, p: fnmatchcase(name, p) or fnmatchcase(name, "*." + p)
-    for p in patterns:
-        if not any(matches(n, p) for n in linears):
-            raise ValueError(
-                f"target {p!r} matches no nn.Linear in the model (names look like {linears[0]!r}; "
-                f"give module names like 'attn.q,attn.v' or globs like 'h.*.mlp.c_fc')"
-            )
-    return [n for n in linears if any(matches(n, p) for p in patterns)]
