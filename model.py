@@ -6,8 +6,9 @@ A single-file GPT-2, in the spirit of karpathy/nanoGPT, with two changes for ada
    (`attn.q`, `attn.v`) and never has to slice a fused weight. Loading a Hugging Face checkpoint
    splits `c_attn` into the three (see from_pretrained). The cost is three small matmuls instead
    of one, which is noise next to the MLP.
-2. A KV cache in generate(): exact-match evaluation decodes many short answers, and re-running the
-   whole prefix for every new token is the slow part on a CPU.
+2. Decoding for evaluation: generate() keeps a KV cache (re-running the whole prefix for every new
+   token is the slow part on a CPU), takes prompts of different lengths in one left-padded batch,
+   and does batched beam search as microsoft/LoRA's E2E decoding (examples/NLG gpt2_beam.py).
 
 References: GPT-2 (Radford et al. 2019); nanoGPT for the layout and the MFU estimate.
 """
@@ -49,7 +50,7 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.dropout = config.dropout
 
-    def forward(self, x, cache=None):
+    def forward(self, x, cache=None, mask=None):
         B, T, C = x.size()  # batch, sequence length, embedding dim
         nh, hs = self.n_head, C // self.n_head
         q = self.q(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
@@ -61,14 +62,12 @@ class CausalSelfAttention(nn.Module):
                 k = torch.cat([cache["k"], k], dim=2)
                 v = torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v
-        if k.size(2) == T:  # no past: the usual causal mask
-            y = F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-            )
-        else:  # T new queries after P cached keys: query i sees keys 0 .. P+i
-            P = k.size(2) - T
-            mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if mask is None and k.size(2) > T > 1:  # T queries after P cached keys: query i sees 0..P+i
+            mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(k.size(2) - T)
+        y = F.scaled_dot_product_attention(  # no mask: causal, or one query that sees every key
+            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+            dropout_p=self.dropout if self.training else 0.0,
+        )  # fmt: skip
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): re-assemble the heads
         return self.resid_dropout(self.c_proj(y))
 
@@ -94,8 +93,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None):
-        x = x + self.attn(self.ln_1(x), cache)
+    def forward(self, x, cache=None, mask=None):
+        x = x + self.attn(self.ln_1(x), cache, mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -139,28 +138,38 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
-    def forward(self, idx, targets=None, caches=None, label_smoothing=0.0):
+    def forward(self, idx, targets=None, caches=None, label_smoothing=0.0, valid=None, last=False):
         """idx (B, T) token ids -> (logits, loss).
-        Without targets: logits (B, T, vocab_size) at every position (what generation and evaluation
-        read) and loss None. With targets (B, T), -1 marking a position without a loss: logits
-        (N, vocab_size) only at the N positions where targets != -1 (equal to model(idx)[0][targets != -1])
-        and loss the mean cross-entropy over those N (nan if N = 0). Callers wanting every position's
-        logits call model(idx) and compute their loss from them."""
+        Without targets: logits (B, T, vocab_size) at every position (what evaluation reads), or with
+        last=True at the last position only, (B, 1, vocab_size) (what decoding reads), and loss None.
+        With targets (B, T), -1 marking a position without a loss: logits (N, vocab_size) only at the
+        N positions where targets != -1 (equal to model(idx)[0][targets != -1]) and loss the mean
+        cross-entropy over those N (nan if N = 0). Callers wanting every position's logits call
+        model(idx) and compute their loss from them. valid (B, past + T) bool, False on left padding:
+        each row's positions count from 0 at its first real token, and no query sees a padded key."""
         B, T = idx.size()
         past = 0 if not caches or caches[0].get("k") is None else caches[0]["k"].size(2)
         if past + T > self.config.block_size:
             raise ValueError(
                 f"sequence of length {past + T} is longer than block_size={self.config.block_size}"
             )
-        pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)  # (T,)
-        x = self.transformer.drop(
-            self.transformer.wte(idx) + self.transformer.wpe(pos)
-        )  # (B, T, C)
+        mask, pos = None, torch.arange(past, past + T, device=idx.device)  # (T,)
+        if valid is not None:
+            pos = (valid.long().cumsum(1) - 1).clamp(min=0)[:, past:]  # (B, T)
+            key, query = (
+                torch.arange(past + T, device=idx.device),
+                pos.new_tensor(range(past, past + T)),
+            )
+            # (B, 1, T, past + T). A padded query sees itself alone: its output is never read, and
+            # a query without any visible key would make softmax NaN
+            mask = (key <= query[:, None]) & valid[:, None, None, :] | (key == query[:, None])
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, None if caches is None else caches[i])
+            x = block(x, None if caches is None else caches[i], mask)
         x = self.transformer.ln_f(x)
-        if targets is None:
-            return self.lm_head(x), None  # (B, T, vocab_size)
+        if targets is None:  # the vocabulary-wide head is the largest matmul: skip unread positions
+            return self.lm_head(x[:, -1:] if last else x), None  # (B, T or 1, vocab_size)
         # Prompt tokens and padding (target -1) carry no loss, yet the vocab-wide head and the fp32
         # cross-entropy would cost as much there as at the answer: run both only where a target counts
         keep = targets.view(-1) != -1
@@ -171,19 +180,31 @@ class GPT(nn.Module):
         return logits, loss
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, stop_token=None):
-        """Continue idx (B, T) by max_new_tokens tokens. temperature=0 decodes greedily. Rows must be
-        of equal length (no padding). Stops early once every row has emitted stop_token; a finished
-        row then keeps emitting stop_token."""
+    def generate(
+        self, idx, max_new_tokens, temperature=1.0, top_k=None, stop_token=None, num_beams=1,
+        length_penalty=1.0, no_repeat_ngram_size=0, top_p=None, attention_mask=None,
+    ):  # fmt: skip
+        """Continue idx (B, T) by at most max_new_tokens tokens -> (B, T + n). temperature=0 decodes
+        greedily, else samples from the softmax, cut to the top_k tokens and/or the smallest set of
+        probability >= top_p. A row that emits stop_token keeps emitting it; decoding stops once
+        every row has. num_beams > 1: beam search (see _beam_search), each row's best hypothesis.
+        no_repeat_ngram_size=n: no n-gram occurs twice among the generated tokens (prompt excluded).
+        Prompts of different lengths share a batch left-padded: attention_mask (B, T) is 0 on each
+        row's padding, 1 on its tokens (as in Hugging Face); the output keeps the padding."""
         if idx.size(1) + max_new_tokens > self.config.block_size:
             raise ValueError(
                 f"prompt {idx.size(1)} + {max_new_tokens} new tokens exceeds block_size={self.config.block_size}"
             )
+        valid = None if attention_mask is None or attention_mask.all() else attention_mask.bool()
         caches = [{} for _ in self.transformer.h]
+        logits = self(idx, caches=caches, valid=valid, last=True)[0][:, -1]  # prefill: (B, vocab)
+        args = (logits, caches, valid, max_new_tokens, stop_token, no_repeat_ngram_size)
+        if num_beams > 1:
+            return torch.cat((idx, self._beam_search(*args, num_beams, length_penalty)), dim=1)
+        out = idx.new_empty(idx.size(0), 0)  # (B, steps): the generated tokens
         done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-        logits, _ = self(idx, caches=caches)  # prefill the cache with the whole prompt
         for _ in range(max_new_tokens):
-            logits = logits[:, -1, :]  # (B, vocab_size)
+            ban_repeated_ngrams(logits, out, no_repeat_ngram_size)
             if temperature == 0:
                 nxt = logits.argmax(dim=-1, keepdim=True)
             else:
@@ -191,15 +212,62 @@ class GPT(nn.Module):
                 if top_k is not None:
                     v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
                     logits[logits < v[:, [-1]]] = -float("inf")
+                if top_p is not None:  # drop the tail outside the first top_p of probability
+                    sorted_logits, order = logits.sort(dim=-1, descending=True)
+                    p = F.softmax(sorted_logits.float(), dim=-1)
+                    cut = sorted_logits.masked_fill(p.cumsum(-1) - p > top_p, -float("inf"))
+                    logits = logits.scatter(1, order, cut)
                 nxt = torch.multinomial(F.softmax(logits.float(), dim=-1), num_samples=1)
             if stop_token is not None:
                 nxt[done] = stop_token
                 done |= nxt.squeeze(1) == stop_token
-            idx = torch.cat((idx, nxt), dim=1)
+            out = torch.cat((out, nxt), dim=1)
             if stop_token is not None and bool(done.all()):
                 break
-            logits, _ = self(nxt, caches=caches)  # only the new token goes through the model
-        return idx
+            valid = None if valid is None else F.pad(valid, (0, 1), value=True)
+            logits = self(nxt, caches=caches, valid=valid)[0][:, -1]  # only the new token goes in
+        return torch.cat((idx, out), dim=1)
+
+    def _beam_search(self, logits, caches, valid, max_new, stop, ngram, K, length_penalty):
+        """Beam search with K beams per row after the prefill (logits (B, vocab) at each prompt's
+        end), as microsoft/LoRA's gpt2_beam.py decodes E2E. The K beams of all rows go through one
+        forward per step. A beam that emits stop becomes a finished hypothesis scored
+        sum(log p) / len**length_penalty (len counts its tokens, stop included) and leaves the beam
+        (score -inf; the next top-K refills it); after max_new steps the live beams are hypotheses
+        too. A row is done when no live beam can beat its best hypothesis: log p <= 0, so a beam's
+        final score is at most score / max(len**length_penalty) over the lengths to come, so the
+        result is the one of running all max_new steps. Returns (B, longest best) tokens, padded with stop."""
+        (B, V), dev = logits.shape, logits.device
+        first = torch.arange(B, device=dev)[:, None] * K  # (B, 1): each row's beam 0 in (B*K)
+        scores = torch.full((B, K), -math.inf, device=dev)
+        scores[:, 0] = 0  # all beams start equal: step 0 takes its K candidates from beam 0 alone
+        logits = logits.repeat_interleave(K, dim=0)  # (B*K, vocab)
+        valid = None if valid is None else valid.repeat_interleave(K, dim=0)
+        hist = torch.zeros(B * K, 0, dtype=torch.long, device=dev)  # (B*K, step) generated tokens
+        best = torch.full((B,), -math.inf, device=dev)  # each row's best hypothesis: score,
+        best_len = torch.zeros(B, dtype=torch.long, device=dev)  # length and tokens
+        best_seq = torch.full((B, max_new), 0 if stop is None else stop, device=dev)
+        for step in range(max_new):
+            ban_repeated_ngrams(logits, hist, ngram)
+            logp = F.log_softmax(logits.float(), dim=-1).nan_to_num(-math.inf)  # all banned: NaN
+            scores, flat = (scores.view(-1, 1) + logp).view(B, K * V).topk(K, dim=1)  # (B, K)
+            src, tok = (first + flat // V).view(-1), (flat % V).view(-1, 1)  # beam each extends
+            hist = torch.cat((hist[src], tok), dim=1)
+            for c in caches:  # the cache follows its beam (step 0: the prefill's B rows)
+                c["k"], c["v"] = (c[n].index_select(0, src if step else src // K) for n in "kv")
+            ended = tok.view(B, K) == (-1 if stop is None else stop)  # (B, K); no token is -1
+            final = scores if step == max_new - 1 else scores.masked_fill(~ended, -math.inf)
+            top, j = (final / (step + 1) ** length_penalty).max(dim=1)  # ties: the first stays
+            better = top > best
+            best, best_len = torch.where(better, top, best), best_len.masked_fill(better, step + 1)
+            best_seq[better, : step + 1] = hist.view(B, K, -1)[better, j[better]]
+            scores = scores.masked_fill(ended, -math.inf)
+            lengths = max((step + 2) ** length_penalty, max_new**length_penalty)
+            if bool((scores.max(dim=1).values / lengths <= best).all()):  # no live beam can win
+                break
+            valid = None if valid is None else F.pad(valid, (0, 1), value=True)
+            logits = self(tok, caches=caches, valid=valid)[0][:, -1]
+        return best_seq[:, : int(best_len.max())]
 
     def estimate_mfu(self, tokens_per_iter, dt, peak_flops, frozen_weights=False):
         """Model FLOPs utilisation: achieved FLOP/s over peak_flops (PaLM paper, appendix B).
@@ -226,17 +294,24 @@ class GPT(nn.Module):
         once into a cache folder): formats/huggingface.py reads and converts them."""
         args, sd_hf = read_hf_gpt2(name_or_dir)
         config = GPTConfig(**args, dropout=dropout, bias=True)
-        with torch.device(
-            "meta"
-        ):  # shapes only: no random init that the file's weights would overwrite
+        with torch.device("meta"):  # shapes only: no random init that the weights would overwrite
             model = cls(config)
         # each weight is copied once from the file into its own fp32 tensor, and its mapping dropped
         model.load_state_dict(convert_hf_gpt2(sd_hf, config.n_layer, consume=True), assign=True)
-        model.transformer.wte.weight = (
-            model.lm_head.weight
-        )  # assign=True replaced both: tie them again
+        model.transformer.wte.weight = model.lm_head.weight  # assign=True replaced both: tie again
         if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
             raise RuntimeError(
                 "from_pretrained left a tensor on the meta device: give it a value here"
             )
         return model
+
+
+def ban_repeated_ngrams(logits, hist, n):
+    """Set to -inf, in place, the logit of each token that would complete an n-gram already in hist
+    (R, L), each row's generated tokens (the prompt is not searched, as in the reference)."""
+    if n <= 0 or hist.size(1) < n:
+        return
+    grams = hist.unfold(1, n, 1)  # (R, L - n + 1, n): every n-gram so far
+    seen = (grams[:, :, :-1] == hist[:, hist.size(1) - n + 1 :].unsqueeze(1)).all(-1)  # (R, L-n+1)
+    rows, at = seen.nonzero(as_tuple=True)
+    logits[rows, grams[rows, at, -1]] = -math.inf
