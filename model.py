@@ -6,9 +6,8 @@ A single-file GPT-2, in the spirit of karpathy/nanoGPT, with two changes for ada
    (`attn.q`, `attn.v`) and never has to slice a fused weight. Loading a Hugging Face checkpoint
    splits `c_attn` into the three (see from_pretrained). The cost is three small matmuls instead
    of one, which is noise next to the MLP.
-2. Decoding for evaluation: generate() keeps a KV cache (re-running the whole prefix for every new
-   token is the slow part on a CPU), takes prompts of different lengths in one left-padded batch,
-   and does batched beam search as microsoft/LoRA's E2E decoding (examples/NLG gpt2_beam.py).
+2. generate() keeps a KV cache (re-running the prefix for every new token is the slow part on a CPU),
+   decodes prompts of different lengths in one left-padded batch, and does batched beam search.
 
 References: GPT-2 (Radford et al. 2019); nanoGPT for the layout and the MFU estimate.
 """
@@ -27,9 +26,7 @@ from formats.huggingface import convert_hf_gpt2, read_hf_gpt2
 @dataclass
 class GPTConfig:
     block_size: int = 1024
-    vocab_size: int = (
-        50304  # GPT-2's 50257, padded up to a multiple of 64 when training from scratch
-    )
+    vocab_size: int = 50304  # GPT-2's 50257 padded to a multiple of 64, to train from scratch
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
@@ -47,21 +44,18 @@ class CausalSelfAttention(nn.Module):
         self.v = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.n_head = config.n_head
-        self.dropout = config.dropout
+        self.n_head, self.dropout = config.n_head, config.dropout
 
     def forward(self, x, cache=None, mask=None):
         B, T, C = x.size()  # batch, sequence length, embedding dim
-        nh, hs = self.n_head, C // self.n_head
-        q = self.q(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = self.k(x).view(B, T, nh, hs).transpose(1, 2)
-        v = self.v(x).view(B, T, nh, hs).transpose(1, 2)
-        if cache is not None:
-            # decoding: attend to everything cached so far; new queries sit after it
-            if cache.get("k") is not None:
-                k = torch.cat([cache["k"], k], dim=2)
-                v = torch.cat([cache["v"], v], dim=2)
-            cache["k"], cache["v"] = k, v
+        nh, hs = self.n_head, C // self.n_head  # q, k and v: (B, nh, T, hs)
+        q, k, v = (f(x).view(B, T, nh, hs).transpose(1, 2) for f in (self.q, self.k, self.v))
+        if cache is not None:  # decoding: keys and values so far, in buffers of generate's length
+            if "k" not in cache:  # (growing them by torch.cat would copy them at every step)
+                cache["k"], cache["v"] = (t.new_empty(B, nh, cache["size"], hs) for t in (k, v))
+            n = cache["n"]
+            cache["k"][:, :, n : n + T], cache["v"][:, :, n : n + T] = k, v
+            k, v, cache["n"] = cache["k"][:, :, : n + T], cache["v"][:, :, : n + T], n + T
         if mask is None and k.size(2) > T > 1:  # T queries after P cached keys: query i sees 0..P+i
             mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(k.size(2) - T)
         y = F.scaled_dot_product_attention(  # no mask: causal, or one query that sees every key
@@ -139,32 +133,25 @@ class GPT(nn.Module):
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
     def forward(self, idx, targets=None, caches=None, label_smoothing=0.0, valid=None, last=False):
-        """idx (B, T) token ids -> (logits, loss).
-        Without targets: logits (B, T, vocab_size) at every position (what evaluation reads), or with
-        last=True at the last position only, (B, 1, vocab_size) (what decoding reads), and loss None.
-        With targets (B, T), -1 marking a position without a loss: logits (N, vocab_size) only at the
-        N positions where targets != -1 (equal to model(idx)[0][targets != -1]) and loss the mean
-        cross-entropy over those N (nan if N = 0). Callers wanting every position's logits call
-        model(idx) and compute their loss from them. valid (B, past + T) bool, False on left padding:
-        each row's positions count from 0 at its first real token, and no query sees a padded key."""
+        """idx (B, T) token ids -> (logits, loss). Without targets: logits (B, T, vocab_size) at every
+        position (or, last=True, (B, 1, vocab_size) at the last) and loss None. With targets (B, T),
+        -1 marking a position without a loss: logits (N, vocab_size) only at the N positions where
+        targets != -1 (equal to model(idx)[0][targets != -1]) and loss their mean cross-entropy (nan
+        if N = 0). valid (B, past + T) bool, False on left padding: each row's positions count from 0
+        at its first real token, and no query sees a padded key. caches: generate's KV cache."""
         B, T = idx.size()
-        past = 0 if not caches or caches[0].get("k") is None else caches[0]["k"].size(2)
+        past = caches[0]["n"] if caches else 0
         if past + T > self.config.block_size:
             raise ValueError(
                 f"sequence of length {past + T} is longer than block_size={self.config.block_size}"
             )
         mask, pos = None, torch.arange(past, past + T, device=idx.device)  # (T,)
         if valid is not None:
+            key, query = torch.arange(past + T, device=idx.device), pos[:, None]
             pos = (valid.long().cumsum(1) - 1).clamp(min=0)[:, past:]  # (B, T)
-            key, query = (
-                torch.arange(past + T, device=idx.device),
-                pos.new_tensor(range(past, past + T)),
-            )
-            # (B, 1, T, past + T). A padded query sees itself alone: its output is never read, and
-            # a query without any visible key would make softmax NaN
-            mask = (key <= query[:, None]) & valid[:, None, None, :] | (key == query[:, None])
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
-        x = self.transformer.drop(x)
+            # (B, 1, T, past + T); a padded query sees itself alone (no key at all: softmax NaN)
+            mask = (key <= query) & valid[:, None, None, :] | (key == query)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):
             x = block(x, None if caches is None else caches[i], mask)
         x = self.transformer.ln_f(x)
@@ -184,34 +171,30 @@ class GPT(nn.Module):
         self, idx, max_new_tokens, temperature=1.0, top_k=None, stop_token=None, num_beams=1,
         length_penalty=1.0, no_repeat_ngram_size=0, top_p=None, attention_mask=None,
     ):  # fmt: skip
-        """Continue idx (B, T) by at most max_new_tokens tokens -> (B, T + n). temperature=0 decodes
-        greedily, else samples from the softmax, cut to the top_k tokens and/or the smallest set of
-        probability >= top_p. A row that emits stop_token keeps emitting it; decoding stops once
-        every row has. num_beams > 1: beam search (see _beam_search), each row's best hypothesis.
-        no_repeat_ngram_size=n: no n-gram occurs twice among the generated tokens (prompt excluded).
-        Prompts of different lengths share a batch left-padded: attention_mask (B, T) is 0 on each
-        row's padding, 1 on its tokens (as in Hugging Face); the output keeps the padding."""
+        """Continue idx (B, T) by at most max_new_tokens tokens -> (B, T + n). temperature=0: greedy;
+        else sampling, cut to the top_k tokens and/or the fewest holding probability top_p. num_beams
+        > 1: each row's best beam (_beam_search). A row that emits stop_token keeps emitting it; all
+        done, decoding stops. no_repeat_ngram_size=n: no generated n-gram twice. Prompts of different
+        lengths are left-padded: attention_mask (B, T) 0 on padding, 1 on tokens (as Hugging Face)."""
         if idx.size(1) + max_new_tokens > self.config.block_size:
-            raise ValueError(
-                f"prompt {idx.size(1)} + {max_new_tokens} new tokens exceeds block_size={self.config.block_size}"
-            )
+            msg = f"prompt {idx.size(1)} + {max_new_tokens} new tokens exceeds block_size="
+            raise ValueError(msg + str(self.config.block_size))
         valid = None if attention_mask is None or attention_mask.all() else attention_mask.bool()
-        caches = [{} for _ in self.transformer.h]
+        caches = [{"size": idx.size(1) + max_new_tokens, "n": 0} for _ in self.transformer.h]
         logits = self(idx, caches=caches, valid=valid, last=True)[0][:, -1]  # prefill: (B, vocab)
         args = (logits, caches, valid, max_new_tokens, stop_token, no_repeat_ngram_size)
         if num_beams > 1:
             return torch.cat((idx, self._beam_search(*args, num_beams, length_penalty)), dim=1)
-        out = idx.new_empty(idx.size(0), 0)  # (B, steps): the generated tokens
-        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        out, done = idx[:, :0], torch.zeros_like(idx[:, 0], dtype=torch.bool)  # (B, steps), (B,)
         for _ in range(max_new_tokens):
             ban_repeated_ngrams(logits, out, no_repeat_ngram_size)
             if temperature == 0:
                 nxt = logits.argmax(dim=-1, keepdim=True)
             else:
                 logits = logits / temperature
-                if top_k is not None:
-                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                    logits[logits < v[:, [-1]]] = -float("inf")
+                if top_k is not None:  # the top_k logits (and their ties) stay
+                    kth = logits.topk(min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
+                    logits[logits < kth] = -math.inf
                 if top_p is not None:  # drop the tail outside the first top_p of probability
                     sorted_logits, order = logits.sort(dim=-1, descending=True)
                     p = F.softmax(sorted_logits.float(), dim=-1)
@@ -222,30 +205,27 @@ class GPT(nn.Module):
                 nxt[done] = stop_token
                 done |= nxt.squeeze(1) == stop_token
             out = torch.cat((out, nxt), dim=1)
-            if stop_token is not None and bool(done.all()):
+            if out.size(1) == max_new_tokens or stop_token is not None and bool(done.all()):
                 break
             valid = None if valid is None else F.pad(valid, (0, 1), value=True)
             logits = self(nxt, caches=caches, valid=valid)[0][:, -1]  # only the new token goes in
         return torch.cat((idx, out), dim=1)
 
     def _beam_search(self, logits, caches, valid, max_new, stop, ngram, K, length_penalty):
-        """Beam search with K beams per row after the prefill (logits (B, vocab) at each prompt's
-        end), as microsoft/LoRA's gpt2_beam.py decodes E2E. The K beams of all rows go through one
-        forward per step. A beam that emits stop becomes a finished hypothesis scored
-        sum(log p) / len**length_penalty (len counts its tokens, stop included) and leaves the beam
-        (score -inf; the next top-K refills it); after max_new steps the live beams are hypotheses
-        too. A row is done when no live beam can beat its best hypothesis: log p <= 0, so a beam's
-        final score is at most score / max(len**length_penalty) over the lengths to come, so the
-        result is the one of running all max_new steps. Returns (B, longest best) tokens, padded with stop."""
+        """K beams per row after the prefill (logits (B, vocab)), as microsoft/LoRA's gpt2_beam.py
+        decodes E2E; all rows' beams share one forward per step. A beam that emits stop is a finished
+        hypothesis, scored sum(log p) / len**length_penalty (len counts its tokens, stop included),
+        and leaves (score -inf; the next top-K refills); after max_new steps the live beams are
+        hypotheses too. As log p <= 0, a live beam can end at best at score / max(len**lp) over the
+        lengths to come: once none beats its row's best, the rest cannot change the result."""
         (B, V), dev = logits.shape, logits.device
         first = torch.arange(B, device=dev)[:, None] * K  # (B, 1): each row's beam 0 in (B*K)
-        scores = torch.full((B, K), -math.inf, device=dev)
-        scores[:, 0] = 0  # all beams start equal: step 0 takes its K candidates from beam 0 alone
+        # all beams start equal: step 0 takes its K candidates from beam 0 alone
+        scores = torch.tensor([0.0] + [-math.inf] * (K - 1), device=dev).repeat(B, 1)  # (B, K)
         logits = logits.repeat_interleave(K, dim=0)  # (B*K, vocab)
         valid = None if valid is None else valid.repeat_interleave(K, dim=0)
         hist = torch.zeros(B * K, 0, dtype=torch.long, device=dev)  # (B*K, step) generated tokens
-        best = torch.full((B,), -math.inf, device=dev)  # each row's best hypothesis: score,
-        best_len = torch.zeros(B, dtype=torch.long, device=dev)  # length and tokens
+        best, best_len = torch.full((B,), -math.inf, device=dev), hist.new_zeros(B)  # per row
         best_seq = torch.full((B, max_new), 0 if stop is None else stop, device=dev)
         for step in range(max_new):
             ban_repeated_ngrams(logits, hist, ngram)
@@ -263,8 +243,8 @@ class GPT(nn.Module):
             best_seq[better, : step + 1] = hist.view(B, K, -1)[better, j[better]]
             scores = scores.masked_fill(ended, -math.inf)
             lengths = max((step + 2) ** length_penalty, max_new**length_penalty)
-            if bool((scores.max(dim=1).values / lengths <= best).all()):  # no live beam can win
-                break
+            if step == max_new - 1 or bool((scores.max(1).values / lengths <= best).all()):
+                break  # no live beam can win
             valid = None if valid is None else F.pad(valid, (0, 1), value=True)
             logits = self(tok, caches=caches, valid=valid)[0][:, -1]
         return best_seq[:, : int(best_len.max())]
@@ -300,18 +280,15 @@ class GPT(nn.Module):
         model.load_state_dict(convert_hf_gpt2(sd_hf, config.n_layer, consume=True), assign=True)
         model.transformer.wte.weight = model.lm_head.weight  # assign=True replaced both: tie again
         if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
-            raise RuntimeError(
-                "from_pretrained left a tensor on the meta device: give it a value here"
-            )
+            raise RuntimeError("from_pretrained left a tensor on the meta device: give it a value")
         return model
 
 
 def ban_repeated_ngrams(logits, hist, n):
     """Set to -inf, in place, the logit of each token that would complete an n-gram already in hist
     (R, L), each row's generated tokens (the prompt is not searched, as in the reference)."""
-    if n <= 0 or hist.size(1) < n:
-        return
-    grams = hist.unfold(1, n, 1)  # (R, L - n + 1, n): every n-gram so far
-    seen = (grams[:, :, :-1] == hist[:, hist.size(1) - n + 1 :].unsqueeze(1)).all(-1)  # (R, L-n+1)
-    rows, at = seen.nonzero(as_tuple=True)
-    logits[rows, grams[rows, at, -1]] = -math.inf
+    if 0 < n <= hist.size(1):
+        grams = hist.unfold(1, n, 1)  # (R, L - n + 1, n): every n-gram so far
+        last = hist[:, hist.size(1) - n + 1 :].unsqueeze(1)  # (R, 1, n - 1): the next one's start
+        rows, at = (grams[:, :, :-1] == last).all(-1).nonzero(as_tuple=True)
+        logits[rows, grams[rows, at, -1]] = -math.inf

@@ -37,7 +37,7 @@ def left_pad(prompts, pad=0):
 
 def beam_search(model, idx, max_new, K, stop=None, length_penalty=1.0, ngram=0):
     """The beam search itself, any K (generate sends num_beams=1 to greedy decoding)."""
-    caches = [{} for _ in model.transformer.h]
+    caches = [{"size": idx.size(1) + max_new, "n": 0} for _ in model.transformer.h]
     with torch.no_grad():
         logits = model(idx, caches=caches, last=True)[0][:, -1]
         return model._beam_search(logits, caches, None, max_new, stop, ngram, K, length_penalty)
@@ -72,7 +72,7 @@ def test_padded_logits_equal_unpadded():
     prompts = [[5, 9, 2], [7, 1, 8, 3, 3, 4, 2], [11, 12, 13, 14, 15]]
     x, mask = left_pad(prompts, pad=60)
     nxt = torch.tensor([[4], [5], [6]])
-    caches = [{} for _ in model.transformer.h]
+    caches = [{"size": x.size(1) + 1, "n": 0} for _ in model.transformer.h]
     with torch.no_grad():
         padded = model(x, caches=caches, valid=mask.bool())[0]
         step = model(nxt, caches=caches, valid=F.pad(mask.bool(), (0, 1), value=True))[0]
