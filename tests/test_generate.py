@@ -219,7 +219,7 @@ def reference_beam(model, prompt, max_new, K, stop, length_penalty, ngram):
     return best_seq
 
 
-@pytest.mark.parametrize("length_penalty", [0.8, 1.0])
+@pytest.mark.parametrize("length_penalty", [0.8, 2.0])
 def test_batched_beam_search_equals_the_plain_reference(length_penalty):
     """Batched rows, KV cache reordered by beam, the n-gram ban, stop tokens and the early stop give
     what the plain reference decoding gives; hypotheses end at the stop token, padded with it."""
@@ -241,6 +241,29 @@ def test_batched_beam_search_equals_the_plain_reference(length_penalty):
         assert row == reference_beam(model, p, n, K, stop, length_penalty, 2)
     assert any(r[-1] == stop for r in rows) and out.size(1) == x.size(1) + max(map(len, rows))
     assert all((out[i, x.size(1) + len(r) :] == stop).all() for i, r in enumerate(rows))
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0, 2.0])
+def test_beam_search_stops_early_with_the_result_of_every_step(length_penalty):
+    """A likely stop token ends hypotheses at once; decoding stops before max_new_tokens once no live
+    beam can win any more (with length_penalty > 0 a beam that runs on may still win, so that comes
+    late), and the result is the reference's, which runs every step."""
+    model = tiny(vocab=12, scale=0.5, seed=5)
+    prompts = [[5, 9, 2, 8], [7, 1, 8, 3], [4, 4, 6, 10]]
+    forwards = []
+    model.lm_head.register_forward_hook(lambda *_: forwards.append(1))
+    early = 0
+    for p in prompts:
+        stop = model.generate(torch.tensor([p]), 1, temperature=0)[0, -1].item()
+        forwards.clear()
+        out = model.generate(
+            torch.tensor([p]), 25, num_beams=3, stop_token=stop, length_penalty=length_penalty
+        )
+        early += len(forwards) < 25  # the prefill and fewer than 24 steps
+        row = generated(out[0], len(p), stop)
+        assert row == reference_beam(model, p, 25, 3, stop, length_penalty, 0)
+        assert out.size(1) == len(p) + len(row)
+    assert early >= 1 or length_penalty > 0  # with length_penalty 0, live beams fall behind fast
 
 
 def test_top_p_and_top_k_sampling():
@@ -331,3 +354,29 @@ def test_beam_search_equals_transformers_without_a_stop_token():
         assert torch.equal(got[:, x.size(1) :], want)
         greedy = ours.generate(x, 16, temperature=0, attention_mask=mask)[:, x.size(1) :]
         assert not torch.equal(greedy, want)  # the search found what greedy misses
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_dataset_generate_in_padded_batches_equals_one_prompt_at_a_time(num_beams):
+    """InstructDataset.generate (what evaluate() and sample.py decode with) sorts prompts by length
+    and left-pads batches of them: each prediction equals that prompt decoded alone, in order."""
+    import data
+
+    enc = data.get_tokenizer("world-bytes")
+    qs = ["ab", "a longer question here", "mid size q", "x", "another long question, longer", "q?!"]
+    items = {"t": {"test": [(q, "answer") for q in qs], "train": [("q", "a")]}}
+    ds = data.InstructDataset(items, 64, enc, "world-bytes", ["t"])
+    model = tiny(vocab=enc.n_vocab, scale=0.3, block_size=64)
+    prompts = [p for p, _ in ds.data["t"]["test"]]
+    assert len({len(p) for p in prompts}) == len(prompts)  # every batch mixes lengths
+    kw = dict(num_beams=num_beams, no_repeat_ngram_size=2)
+    preds = ds.generate(model, prompts, 10, batch_size=4, **kw)
+    for p, pred in zip(prompts, preds):
+        alone = model.generate(torch.tensor([p]), 10, temperature=0, stop_token=ds.stop_token, **kw)
+        assert pred[: alone.size(1) - len(p)] == alone[0, len(p) :].tolist()
+        assert all(t == ds.stop_token for t in pred[alone.size(1) - len(p) :])
+    if num_beams == 1:  # evaluate() scores exactly these predictions
+        res = ds.evaluate(model, batch_size=4)
+        assert res["t"]["correct"] == data.exact_matches(
+            preds, [a for _, a in ds.data["t"]["test"]], ds.stop_token
+        )
