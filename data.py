@@ -351,6 +351,10 @@ class InstructDataset:
         of batch_size (little padding, few batches); a prompt longer than block_size - max_new loses
         its start. Returns the generated ids of each prompt, in order."""
         preds, keep = [None] * len(prompts), self.block_size - max_new
+        if keep < 1:
+            raise ValueError(
+                f'{max_new} new tokens leave no room for a prompt in block_size={self.block_size}'
+            )
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         decoding = {'temperature': 0.0, 'stop_token': self.stop_token, **decoding}
         for j in range(0, len(order), batch_size):

@@ -173,9 +173,9 @@ class GPT(nn.Module):
     ):  # fmt: skip
         """Continue idx (B, T) by at most max_new_tokens tokens -> (B, T + n). temperature=0: greedy;
         else sampling, cut to the top_k tokens and/or the fewest holding probability top_p. num_beams
-        > 1: each row's best beam (_beam_search). A row that emits stop_token keeps emitting it; all
-        done, decoding stops. no_repeat_ngram_size=n: no generated n-gram twice. Prompts of different
-        lengths are left-padded: attention_mask (B, T) 0 on padding, 1 on tokens (as Hugging Face)."""
+        > 1: each row's best beam (_beam_search; no sampling). A row that emits stop_token keeps
+        emitting it; all done, decoding stops. no_repeat_ngram_size=n: no generated n-gram twice.
+        Prompts of different lengths are left-padded: attention_mask (B, T) 0 on padding, else 1."""
         if idx.size(1) + max_new_tokens > self.config.block_size:
             msg = f"prompt {idx.size(1)} + {max_new_tokens} new tokens exceeds block_size="
             raise ValueError(msg + str(self.config.block_size))
