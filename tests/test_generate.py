@@ -106,6 +106,15 @@ def test_padded_batch_equals_rows_decoded_alone(num_beams):
     assert min(lengths) < 12 and out.size(1) == x.size(1) + max(lengths)  # one row stopped early
 
 
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_decoding_stops_once_every_row_has_stopped(num_beams):
+    model = tiny(scale=0.3)
+    idx = torch.tensor([[5, 9, 2], [5, 9, 2]])
+    stop = model.generate(idx, 1, temperature=0)[0, -1].item()  # the likeliest first token
+    out = model.generate(idx, 12, temperature=0, stop_token=stop, num_beams=num_beams)
+    assert out[:, 3:].tolist() == [[stop], [stop]]
+
+
 def test_one_beam_is_greedy():
     model = tiny(scale=0.3)
     idx = torch.randint(0, 61, (3, 6))
