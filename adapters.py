@@ -20,13 +20,13 @@ import contextlib
 import hashlib
 import inspect
 import math
+from fnmatch import fnmatchcase
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from formats.checkpoint import read_checkpoint, write_checkpoint
-from model import linear_names
 
 # -----------------------------------------------------------------------------
 # shared mechanics
@@ -406,6 +406,30 @@ def method_defaults(method):
 
 # -----------------------------------------------------------------------------
 # model surgery
+
+
+def linear_names(model, patterns):
+    """Names of the nn.Linear modules that `patterns` select ('attn.q,attn.v' or a list): a pattern, glob
+    or not ('h.*.mlp.c_fc'), matches a full name or its tail after a dot. Every pattern must match a
+    Linear: a typo is refused, never silently skipped. Adapters and analyze.py pick matrices with it."""
+    linears = [
+        n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.endswith(".base")
+    ]  # an adapter's frozen inner Linear is not a target of its own
+    patterns = [
+        p.strip()
+        for p in (patterns.split(",") if isinstance(patterns, str) else patterns)
+        if p.strip()
+    ]
+    if not patterns:
+        raise ValueError("targets are empty: give module names like 'attn.q,attn.v'")
+    matches = lambda name, p: fnmatchcase(name, p) or fnmatchcase(name, "*." + p)
+    for p in patterns:
+        if not any(matches(n, p) for n in linears):
+            raise ValueError(
+                f"target {p!r} matches no nn.Linear in the model (names look like {linears[0]!r}; "
+                f"give module names like 'attn.q,attn.v' or globs like 'h.*.mlp.c_fc')"
+            )
+    return [n for n in linears if any(matches(n, p) for p in patterns)]
 
 
 def adapted_modules(model):

@@ -31,7 +31,6 @@ import torch
 import adapters
 from formats.checkpoint import load_model, read_checkpoint
 from formats.huggingface import HF_MODELS
-from model import linear_names
 
 EPS = (0.3, 0.5, 0.7)  # intruder thresholds
 TOP_K = 10  # how many top singular vectors of W0 + ΔW are checked for intruders
@@ -373,7 +372,7 @@ def load_run(path, base_model, fingerprint):
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     else:  # full fine-tuning: every weight moved
         updates, method, trainable = {}, "full", sum(p.numel() for p in base_model.parameters())
-        for n in linear_names(base_model, "*"):
+        for n in adapters.linear_names(base_model, "*"):
             w, w0 = ckpt["model"].get(n + ".weight"), base_model.get_submodule(n).weight
             if w is None or w.shape != w0.shape:
                 raise ValueError(
@@ -439,7 +438,7 @@ def run(base_path, paths, matrices=None, out=OUT, float64=False, k=TOP_K, eps=EP
         shared = [x["method"] for x in runs].count(r["method"]) > 1
         r["label"] = f"{r['method']}:{r['label']}" if shared else r["method"]
     try:  # names, suffixes or globs, picked as adapters pick their targets
-        names = linear_names(base_model, matrices or "*")
+        names = adapters.linear_names(base_model, matrices or "*")
     except ValueError as e:
         raise ValueError(f"--matrices={matrices}: {e}") from None
     if (
@@ -447,7 +446,7 @@ def run(base_path, paths, matrices=None, out=OUT, float64=False, k=TOP_K, eps=EP
     ):  # every matrix an adapter run adapted; full fine-tuning is compared on the same ones
         names = [
             n for n in names if any(n in r["updates"] for r in runs if r["method"] != "full")
-        ] or linear_names(base_model, "attn.q,attn.v")
+        ] or adapters.linear_names(base_model, "attn.q,attn.v")
     base = {n: base_model.get_submodule(n).weight.detach() for n in names}
     for r in runs:
         if r["method"] == "full":  # ΔW = W_ft - W0

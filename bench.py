@@ -9,6 +9,7 @@ LoRA and a merged one. Printed as ratios, with the targets each ratio should mee
     python bench.py --peer           # this project's LoRA vs Hugging Face transformers + PEFT (test-only deps)
     python bench.py --spectra        # analyze.py on all q, v updates of a GPT-2-small shape (target <= 10 s)
     python bench.py --grad_checkpoint --block=512   # activation checkpointing: memory and time ratios
+    python bench.py --generate       # GPT.generate vs Hugging Face generate, greedy and beam search
 
 Timing: by default the process CPU time of one thread (--threads=1 --clock=cpu), which other
 processes on a shared machine disturb far less than wall-clock time; ratios between methods are what
@@ -27,6 +28,12 @@ and instruction tuning (the first ~70% of each row is prompt, without a loss). T
 adapts attn.q and attn.v with rank r; PEFT adapts GPT-2's fused c_attn (q, k and v together, one A
 and one B of 3C rows) with rank r, the closest PEFT allows (it cannot adapt slices of c_attn). Both
 train 4·r·C parameters per layer.
+
+--generate: GPT.generate against transformers' GPT2LMHeadModel.generate on the same random GPT-2-small
+weights and prompts (left-padded batches of E2E-like prompt lengths, 30-60 tokens), greedy and beam
+search with 10 beams, every call producing the same number of tokens (no stop token: transformers with
+eos_token_id=None, both forced to max_new_tokens). Calls interleaved; the best of --steps per method;
+the tokens of both compared.
 
 --spectra: analyze.analyze() (SVD spectra and intruder dimensions) on synthetic updates of every q and
 v matrix of a GPT-2-small shape, for four adapter methods and full fine-tuning; wall and CPU seconds.
@@ -522,6 +529,85 @@ def bench_peer(args):
                 print(f"| {kind} {what} <= {limit:.2f} | {name} | {dtype} | {v:.2f} | {met} |")
 
 
+# --- decoding speed: GPT.generate vs Hugging Face generate (target <= 0.8x for greedy and beam search)
+GENERATE_CASES = (  # (decoding, prompts per batch, beams)
+    ("greedy", 1, 1),
+    ("greedy", 8, 1),
+    ("beam search", 1, 10),
+    ("beam search", 4, 10),
+)
+
+
+def generate_prompts(B, vocab, seed=0):
+    """B random prompts of 30-60 tokens (E2E meaning representations in GPT-2 tokens), left-padded:
+    (B, T) ids and the attention mask, 0 on the padding."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(30, 61, (B,), generator=g).tolist()
+    x, mask = (
+        torch.zeros(B, max(lengths), dtype=torch.long),
+        torch.zeros(B, max(lengths), dtype=torch.long),
+    )
+    for i, n in enumerate(lengths):
+        x[i, x.size(1) - n :] = torch.randint(0, vocab, (n,), generator=g)
+        mask[i, x.size(1) - n :] = 1
+    return x, mask
+
+
+def bench_generate(args):
+    try:
+        import transformers
+    except ImportError:
+        print(
+            "generate comparison skipped: transformers is not installed (pip install -r requirements-dev.txt)"
+        )
+        return
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()  # random GPT-2 small
+    sd = {k.removeprefix("transformer."): v for k, v in hf.state_dict().items()}
+    ours = GPT(GPTConfig(block_size=1024, vocab_size=hf.config.vocab_size))
+    ours.load_state_dict(convert_hf_gpt2(sd, hf.config.n_layer))
+    ours.eval()
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    n = args.gen_tokens
+    print(
+        f"\n## GPT.generate vs Hugging Face transformers {transformers.__version__} generate: random GPT-2 small "
+        f"(same weights), {n} new tokens per prompt, {torch.get_num_threads()} thread(s), {args.clock} time, "
+        f"best of {args.steps} interleaved calls\n"
+    )
+    print(
+        "| decoding | prompts x beams | HF s | ours s | ours / HF | same tokens | target <= 0.80 |"
+    )
+    print("|---|---|---:|---:|---:|---|---|")
+    for what, B, K in GENERATE_CASES:
+        x, mask = generate_prompts(B, hf.config.vocab_size)
+        runs = {
+            "hf": lambda x=x, mask=mask, K=K: hf.generate(
+                x, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                num_beams=K, pad_token_id=0, eos_token_id=None,
+            ),
+            "ours": lambda x=x, mask=mask, K=K: ours.generate(
+                x, n, temperature=0, num_beams=K, attention_mask=mask
+            ),
+        }  # fmt: skip
+        times, outs = {k: [] for k in runs}, {}
+        with torch.no_grad():
+            for name, run in runs.items():
+                outs[name] = run()  # warm-up, and the tokens to compare
+            for i in range(args.steps):
+                for name in list(runs)[i % 2 :] + list(runs)[: i % 2]:  # alternate who goes first
+                    t0 = clock()
+                    runs[name]()
+                    times[name].append(clock() - t0)
+        hf_s, ours_s = min(times["hf"]), min(times["ours"])
+        same = "yes" if torch.equal(outs["hf"], outs["ours"]) else "NO"
+        met = "met" if ours_s / hf_s <= 0.8 else "MISSED"
+        print(
+            f"| {what} | {B} x {K} | {hf_s:.2f} | {ours_s:.2f} | {ours_s / hf_s:.2f} | {same} | {met} |"
+        )
+        sys.stdout.flush()
+
+
 # --- analyze.py's speed: spectra and intruders of synthetic GPT-2-small-shaped updates (target <= 10 s)
 def spectra_inputs(n_layer=12, d=768, rel=0.05, seed=0):
     """All q and v matrices of a GPT-2-small-shaped model; W0 with a power-law spectrum σ_j ∝ j^-0.6,
@@ -634,6 +720,12 @@ def main(argv=None):
         "with activation checkpointing instead (--gc_batch x --block tokens)",
     )
     p.add_argument("--gc_batch", type=int, default=8, help="--grad_checkpoint: batch size")
+    p.add_argument(
+        "--generate",
+        action="store_true",
+        help="time GPT.generate against HF transformers' generate instead (greedy, 10 beams)",
+    )
+    p.add_argument("--gen_tokens", type=int, default=32, help="--generate: new tokens per prompt")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.r % 3:
@@ -644,6 +736,12 @@ def main(argv=None):
         return
     if args.grad_checkpoint:
         bench_grad_checkpoint(args)
+        return
+    if args.generate:
+        bench_generate(args)
+        print(
+            f"\n(total {time.time() - t0:.0f} s; CPU timings are noisy when other processes share the cores)"
+        )
         return
     if args.peer:
         bench_peer(args)

@@ -365,7 +365,7 @@ class InstructDataset:
 
     @torch.no_grad()
     def evaluate(self, model, split='test', max_items=None, batch_size=64, tasks=None):
-        """Exact match by greedy generation (batched by prompt length) and answer-token loss, per task."""
+        """Exact match by greedy generation (left-padded batches) and answer-token loss, per task."""
         was_training = model.training
         model.eval()
         dev = model_device(model)  # batches are built on the CPU; the model may sit on a GPU
@@ -409,21 +409,30 @@ class InstructDataset:
         out['avg']['n'] = sum(r['n'] for r in out.values() if 'n' in r)
         return out
 
-    def generate(self, model, prompts, max_new, batch_size=64):
-        """Greedy continuations of prompts; rows of equal length share a batch (generate takes no padding)."""
-        preds = [None] * len(prompts)
-        by_len = collections.defaultdict(list)
-        for i, p in enumerate(prompts):
-            by_len[len(p)].append(i)
-        for n, idx in sorted(by_len.items()):
-            keep = min(n, self.block_size - max_new)  # left-crop prompts that would not fit
-            for j in range(0, len(idx), batch_size):
-                rows = idx[j : j + batch_size]
-                x = torch.tensor([prompts[i][n - keep :] for i in rows], dtype=torch.long)
-                x = x.to(model_device(model))
-                y = model.generate(x, max_new, temperature=0.0, stop_token=self.stop_token)
-                for i, row in zip(rows, y[:, keep:].tolist()):
-                    preds[i] = row
+    def generate(self, model, prompts, max_new, batch_size=64, **decoding):
+        """Continuations of prompts (lists of ids), greedy unless `decoding` passes other
+        model.generate options (num_beams, ...). Prompts sorted by length share left-padded batches
+        of batch_size (little padding, few batches); a prompt longer than block_size - max_new loses
+        its start. Returns the generated ids of each prompt, in order."""
+        preds, keep = [None] * len(prompts), self.block_size - max_new
+        if keep < 1:
+            raise ValueError(
+                f'{max_new} new tokens leave no room for a prompt in block_size={self.block_size}'
+            )
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        decoding = {'temperature': 0.0, 'stop_token': self.stop_token, **decoding}
+        for j in range(0, len(order), batch_size):
+            rows = order[j : j + batch_size]
+            T = min(max(len(prompts[i]) for i in rows), keep)
+            x = torch.full((len(rows), T), self.stop_token, dtype=torch.long)
+            mask = torch.zeros((len(rows), T), dtype=torch.long)  # 0 on the padding at the left
+            for r, i in enumerate(rows):
+                p = prompts[i][-keep:]
+                x[r, T - len(p) :], mask[r, T - len(p) :] = torch.tensor(p), 1
+            dev = model_device(model)
+            y = model.generate(x.to(dev), max_new, attention_mask=mask.to(dev), **decoding)
+            for i, row in zip(rows, y[:, T:].tolist()):
+                preds[i] = row
         return preds
 
     def decode(self, ids):

@@ -6,8 +6,8 @@ A single-file GPT-2, in the spirit of karpathy/nanoGPT, with two changes for ada
    (`attn.q`, `attn.v`) and never has to slice a fused weight. Loading a Hugging Face checkpoint
    splits `c_attn` into the three (see from_pretrained). The cost is three small matmuls instead
    of one, which is noise next to the MLP.
-2. A KV cache in generate(): exact-match evaluation decodes many short answers, and re-running the
-   whole prefix for every new token is the slow part on a CPU.
+2. generate() keeps a KV cache (re-running the prefix for every new token is the slow part on a CPU),
+   decodes prompts of different lengths in one left-padded batch, and does batched beam search.
 
 References: GPT-2 (Radford et al. 2019); nanoGPT for the layout and the MFU estimate.
 """
@@ -15,7 +15,6 @@ References: GPT-2 (Radford et al. 2019); nanoGPT for the layout and the MFU esti
 import hashlib
 import math
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 
 import torch
 import torch.nn as nn
@@ -28,9 +27,7 @@ from formats.huggingface import convert_hf_gpt2, read_hf_gpt2
 @dataclass
 class GPTConfig:
     block_size: int = 1024
-    vocab_size: int = (
-        50304  # GPT-2's 50257, padded up to a multiple of 64 when training from scratch
-    )
+    vocab_size: int = 50304  # GPT-2's 50257 padded to a multiple of 64, to train from scratch
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
@@ -48,29 +45,24 @@ class CausalSelfAttention(nn.Module):
         self.v = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.n_head = config.n_head
-        self.dropout = config.dropout
+        self.n_head, self.dropout = config.n_head, config.dropout
 
-    def forward(self, x, cache=None):
+    def forward(self, x, cache=None, mask=None):
         B, T, C = x.size()  # batch, sequence length, embedding dim
-        nh, hs = self.n_head, C // self.n_head
-        q = self.q(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = self.k(x).view(B, T, nh, hs).transpose(1, 2)
-        v = self.v(x).view(B, T, nh, hs).transpose(1, 2)
-        if cache is not None:
-            # decoding: attend to everything cached so far; new queries sit after it
-            if cache.get("k") is not None:
-                k = torch.cat([cache["k"], k], dim=2)
-                v = torch.cat([cache["v"], v], dim=2)
-            cache["k"], cache["v"] = k, v
-        if k.size(2) == T:  # no past: the usual causal mask
-            y = F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-            )
-        else:  # T new queries after P cached keys: query i sees keys 0 .. P+i
-            P = k.size(2) - T
-            mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        nh, hs = self.n_head, C // self.n_head  # q, k and v: (B, nh, T, hs)
+        q, k, v = (f(x).view(B, T, nh, hs).transpose(1, 2) for f in (self.q, self.k, self.v))
+        if cache is not None:  # decoding: keys and values so far, in buffers of generate's length
+            if "k" not in cache:  # (growing them by torch.cat would copy them at every step)
+                cache["k"], cache["v"] = (t.new_empty(B, nh, cache["size"], hs) for t in (k, v))
+            n = cache["n"]
+            cache["k"][:, :, n : n + T], cache["v"][:, :, n : n + T] = k, v
+            k, v, cache["n"] = cache["k"][:, :, : n + T], cache["v"][:, :, : n + T], n + T
+        if mask is None and k.size(2) > T > 1:  # T queries after P cached keys: query i sees 0..P+i
+            mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(k.size(2) - T)
+        y = F.scaled_dot_product_attention(  # no mask: causal, or one query that sees every key
+            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+            dropout_p=self.dropout if self.training else 0.0,
+        )  # fmt: skip
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): re-assemble the heads
         return self.resid_dropout(self.c_proj(y))
 
@@ -96,8 +88,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None):
-        x = x + self.attn(self.ln_1(x), cache)
+    def forward(self, x, cache=None, mask=None):
+        x = x + self.attn(self.ln_1(x), cache, mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -142,32 +134,35 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
-    def forward(self, idx, targets=None, caches=None, label_smoothing=0.0):
-        """idx (B, T) token ids -> (logits, loss).
-        Without targets: logits (B, T, vocab_size) at every position (what generation and evaluation
-        read) and loss None. With targets (B, T), -1 marking a position without a loss: logits
-        (N, vocab_size) only at the N positions where targets != -1 (equal to model(idx)[0][targets != -1])
-        and loss the mean cross-entropy over those N (nan if N = 0). Callers wanting every position's
-        logits call model(idx) and compute their loss from them."""
+    def forward(self, idx, targets=None, caches=None, label_smoothing=0.0, valid=None, last=False):
+        """idx (B, T) token ids -> (logits, loss). Without targets: logits (B, T, vocab_size) at every
+        position (or, last=True, (B, 1, vocab_size) at the last) and loss None. With targets (B, T),
+        -1 marking a position without a loss: logits (N, vocab_size) only at the N positions where
+        targets != -1 (equal to model(idx)[0][targets != -1]) and loss their mean cross-entropy (nan
+        if N = 0). valid (B, past + T) bool, False on left padding: each row's positions count from 0
+        at its first real token, and no query sees a padded key. caches: generate's KV cache."""
         B, T = idx.size()
-        past = 0 if not caches or caches[0].get("k") is None else caches[0]["k"].size(2)
+        past = caches[0]["n"] if caches else 0
         if past + T > self.config.block_size:
             raise ValueError(
                 f"sequence of length {past + T} is longer than block_size={self.config.block_size}"
             )
-        pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)  # (T,)
-        x = self.transformer.drop(
-            self.transformer.wte(idx) + self.transformer.wpe(pos)
-        )  # (B, T, C)
+        mask, pos = None, torch.arange(past, past + T, device=idx.device)  # (T,)
+        if valid is not None:
+            key, query = torch.arange(past + T, device=idx.device), pos[:, None]
+            pos = (valid.long().cumsum(1) - 1).clamp(min=0)[:, past:]  # (B, T)
+            # (B, 1, T, past + T); a padded query sees itself alone (no key at all: softmax NaN)
+            mask = (key <= query) & valid[:, None, None, :] | (key == query)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):
             if self.grad_checkpoint and caches is None and torch.is_grad_enabled():
                 # keep only the block's input; backward recomputes its inside (with the same dropout)
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, None, mask, use_reentrant=False)
             else:
-                x = block(x, None if caches is None else caches[i])
+                x = block(x, None if caches is None else caches[i], mask)
         x = self.transformer.ln_f(x)
-        if targets is None:
-            return self.lm_head(x), None  # (B, T, vocab_size)
+        if targets is None:  # the vocabulary-wide head is the largest matmul: skip unread positions
+            return self.lm_head(x[:, -1:] if last else x), None  # (B, T or 1, vocab_size)
         # Prompt tokens and padding (target -1) carry no loss, yet the vocab-wide head and the fp32
         # cross-entropy would cost as much there as at the answer: run both only where a target counts
         keep = targets.view(-1) != -1
@@ -178,35 +173,87 @@ class GPT(nn.Module):
         return logits, loss
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, stop_token=None):
-        """Continue idx (B, T) by max_new_tokens tokens. temperature=0 decodes greedily. Rows must be
-        of equal length (no padding). Stops early once every row has emitted stop_token; a finished
-        row then keeps emitting stop_token."""
+    def generate(
+        self, idx, max_new_tokens, temperature=1.0, top_k=None, stop_token=None, num_beams=1,
+        length_penalty=1.0, no_repeat_ngram_size=0, top_p=None, attention_mask=None,
+    ):  # fmt: skip
+        """Continue idx (B, T) by at most max_new_tokens tokens -> (B, T + n). temperature=0: greedy;
+        else sampling, cut to the top_k tokens and/or the fewest holding probability top_p. num_beams
+        > 1: each row's best beam (_beam_search; no sampling). A row that emits stop_token keeps
+        emitting it; all done, decoding stops. no_repeat_ngram_size=n: no generated n-gram twice.
+        Prompts of different lengths are left-padded: attention_mask (B, T) 0 on padding, else 1."""
         if idx.size(1) + max_new_tokens > self.config.block_size:
-            raise ValueError(
-                f"prompt {idx.size(1)} + {max_new_tokens} new tokens exceeds block_size={self.config.block_size}"
-            )
-        caches = [{} for _ in self.transformer.h]
-        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-        logits, _ = self(idx, caches=caches)  # prefill the cache with the whole prompt
+            msg = f"prompt {idx.size(1)} + {max_new_tokens} new tokens exceeds block_size="
+            raise ValueError(msg + str(self.config.block_size))
+        valid = None if attention_mask is None or attention_mask.all() else attention_mask.bool()
+        caches = [{"size": idx.size(1) + max_new_tokens, "n": 0} for _ in self.transformer.h]
+        logits = self(idx, caches=caches, valid=valid, last=True)[0][:, -1]  # prefill: (B, vocab)
+        args = (logits, caches, valid, max_new_tokens, stop_token, no_repeat_ngram_size)
+        if num_beams > 1:
+            return torch.cat((idx, self._beam_search(*args, num_beams, length_penalty)), dim=1)
+        out, done = idx[:, :0], torch.zeros_like(idx[:, 0], dtype=torch.bool)  # (B, steps), (B,)
         for _ in range(max_new_tokens):
-            logits = logits[:, -1, :]  # (B, vocab_size)
+            ban_repeated_ngrams(logits, out, no_repeat_ngram_size)
             if temperature == 0:
                 nxt = logits.argmax(dim=-1, keepdim=True)
             else:
                 logits = logits / temperature
-                if top_k is not None:
-                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                    logits[logits < v[:, [-1]]] = -float("inf")
+                if top_k is not None:  # the top_k logits (and their ties) stay
+                    kth = logits.topk(min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
+                    logits[logits < kth] = -math.inf
+                if top_p is not None:  # drop the tail outside the first top_p of probability
+                    sorted_logits, order = logits.sort(dim=-1, descending=True)
+                    p = F.softmax(sorted_logits.float(), dim=-1)
+                    cut = sorted_logits.masked_fill(p.cumsum(-1) - p > top_p, -float("inf"))
+                    logits = logits.scatter(1, order, cut)
                 nxt = torch.multinomial(F.softmax(logits.float(), dim=-1), num_samples=1)
             if stop_token is not None:
                 nxt[done] = stop_token
                 done |= nxt.squeeze(1) == stop_token
-            idx = torch.cat((idx, nxt), dim=1)
-            if stop_token is not None and bool(done.all()):
+            out = torch.cat((out, nxt), dim=1)
+            if out.size(1) == max_new_tokens or stop_token is not None and bool(done.all()):
                 break
-            logits, _ = self(nxt, caches=caches)  # only the new token goes through the model
-        return idx
+            valid = None if valid is None else F.pad(valid, (0, 1), value=True)
+            logits = self(nxt, caches=caches, valid=valid)[0][:, -1]  # only the new token goes in
+        return torch.cat((idx, out), dim=1)
+
+    def _beam_search(self, logits, caches, valid, max_new, stop, ngram, K, length_penalty):
+        """K beams per row after the prefill (logits (B, vocab)), as microsoft/LoRA's gpt2_beam.py
+        decodes E2E; all rows' beams share one forward per step. A beam that emits stop is a finished
+        hypothesis, scored sum(log p) / len**length_penalty (len counts its tokens, stop included),
+        and leaves (score -inf; the next top-K refills); after max_new steps the live beams are
+        hypotheses too. As log p <= 0, a live beam can end at best at score / max(len**lp) over the
+        lengths to come: once none beats its row's best, the rest cannot change the result."""
+        (B, V), dev = logits.shape, logits.device
+        first = torch.arange(B, device=dev)[:, None] * K  # (B, 1): each row's beam 0 in (B*K)
+        # all beams start equal: step 0 takes its K candidates from beam 0 alone
+        scores = torch.tensor([0.0] + [-math.inf] * (K - 1), device=dev).repeat(B, 1)  # (B, K)
+        logits = logits.repeat_interleave(K, dim=0)  # (B*K, vocab)
+        valid = None if valid is None else valid.repeat_interleave(K, dim=0)
+        hist = torch.zeros(B * K, 0, dtype=torch.long, device=dev)  # (B*K, step) generated tokens
+        best, best_len = torch.full((B,), -math.inf, device=dev), hist.new_zeros(B)  # per row
+        best_seq = torch.full((B, max_new), 0 if stop is None else stop, device=dev)
+        for step in range(max_new):
+            ban_repeated_ngrams(logits, hist, ngram)
+            logp = F.log_softmax(logits.float(), dim=-1).nan_to_num(-math.inf)  # all banned: NaN
+            scores, flat = (scores.view(-1, 1) + logp).view(B, K * V).topk(K, dim=1)  # (B, K)
+            src, tok = (first + flat // V).view(-1), (flat % V).view(-1, 1)  # beam each extends
+            hist = torch.cat((hist[src], tok), dim=1)
+            for c in caches:  # the cache follows its beam (step 0: the prefill's B rows)
+                c["k"], c["v"] = (c[n].index_select(0, src if step else src // K) for n in "kv")
+            ended = tok.view(B, K) == (-1 if stop is None else stop)  # (B, K); no token is -1
+            final = scores if step == max_new - 1 else scores.masked_fill(~ended, -math.inf)
+            top, j = (final / (step + 1) ** length_penalty).max(dim=1)  # ties: the first stays
+            better = top > best
+            best, best_len = torch.where(better, top, best), best_len.masked_fill(better, step + 1)
+            best_seq[better, : step + 1] = hist.view(B, K, -1)[better, j[better]]
+            scores = scores.masked_fill(ended, -math.inf)
+            lengths = max((step + 2) ** length_penalty, max_new**length_penalty)
+            if step == max_new - 1 or bool((scores.max(1).values / lengths <= best).all()):
+                break  # no live beam can win
+            valid = None if valid is None else F.pad(valid, (0, 1), value=True)
+            logits = self(tok, caches=caches, valid=valid)[0][:, -1]
+        return best_seq[:, : int(best_len.max())]
 
     def flops_per_token(self, frozen_weights=False):
         """Training FLOPs per token (PaLM paper, appendix B): 6N for the weights (forward 2N, backward 2N
@@ -232,41 +279,21 @@ class GPT(nn.Module):
         once into a cache folder): formats/huggingface.py reads and converts them."""
         args, sd_hf = read_hf_gpt2(name_or_dir)
         config = GPTConfig(**args, dropout=dropout, bias=True)
-        with torch.device(
-            "meta"
-        ):  # shapes only: no random init that the file's weights would overwrite
+        with torch.device("meta"):  # shapes only: no random init that the weights would overwrite
             model = cls(config)
         # each weight is copied once from the file into its own fp32 tensor, and its mapping dropped
         model.load_state_dict(convert_hf_gpt2(sd_hf, config.n_layer, consume=True), assign=True)
-        model.transformer.wte.weight = (
-            model.lm_head.weight
-        )  # assign=True replaced both: tie them again
+        model.transformer.wte.weight = model.lm_head.weight  # assign=True replaced both: tie again
         if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
-            raise RuntimeError(
-                "from_pretrained left a tensor on the meta device: give it a value here"
-            )
+            raise RuntimeError("from_pretrained left a tensor on the meta device: give it a value")
         return model
 
 
-def linear_names(model, patterns):
-    """Names of the nn.Linear modules that `patterns` select ('attn.q,attn.v' or a list): a pattern, glob
-    or not ('h.*.mlp.c_fc'), matches a full name or its tail after a dot. Every pattern must match a
-    Linear: a typo is refused, never silently skipped. Adapters and analyze.py pick matrices with it."""
-    linears = [
-        n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.endswith(".base")
-    ]  # an adapter's frozen inner Linear is not a target of its own
-    patterns = [
-        p.strip()
-        for p in (patterns.split(",") if isinstance(patterns, str) else patterns)
-        if p.strip()
-    ]
-    if not patterns:
-        raise ValueError("targets are empty: give module names like 'attn.q,attn.v'")
-    matches = lambda name, p: fnmatchcase(name, p) or fnmatchcase(name, "*." + p)
-    for p in patterns:
-        if not any(matches(n, p) for n in linears):
-            raise ValueError(
-                f"target {p!r} matches no nn.Linear in the model (names look like {linears[0]!r}; "
-                f"give module names like 'attn.q,attn.v' or globs like 'h.*.mlp.c_fc')"
-            )
-    return [n for n in linears if any(matches(n, p) for p in patterns)]
+def ban_repeated_ngrams(logits, hist, n):
+    """Set to -inf, in place, the logit of each token that would complete an n-gram already in hist
+    (R, L), each row's generated tokens (the prompt is not searched, as in the reference)."""
+    if 0 < n <= hist.size(1):
+        grams = hist.unfold(1, n, 1)  # (R, L - n + 1, n): every n-gram so far
+        last = hist[:, hist.size(1) - n + 1 :].unsqueeze(1)  # (R, 1, n - 1): the next one's start
+        rows, at = (grams[:, :, :-1] == last).all(-1).nonzero(as_tuple=True)
+        logits[rows, grams[rows, at, -1]] = -math.inf

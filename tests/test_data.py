@@ -188,14 +188,16 @@ class PlantedModel(torch.nn.Module):
     def forward(self, idx, targets=None):
         return torch.zeros(*idx.shape, self.vocab), None
 
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, stop_token=None):
+    def generate(
+        self, idx, max_new_tokens, temperature=1.0, top_k=None, stop_token=None, attention_mask=None
+    ):
         assert temperature == 0 and stop_token is not None
         self.calls.append(idx.shape)
-        rows = [
-            p
-            + (self.reply(tuple(p), self.answers[tuple(p)]) + [0] * max_new_tokens)[:max_new_tokens]
-            for p in idx.tolist()
-        ]
+        rows = []
+        for p, m in zip(idx.tolist(), attention_mask.tolist()):  # left padding: m is 0 there
+            prompt = tuple(t for t, real in zip(p, m) if real)
+            reply = self.reply(prompt, self.answers[prompt]) + [0] * max_new_tokens
+            rows.append(p + reply[:max_new_tokens])
         return torch.tensor(rows)
 
 
@@ -213,7 +215,9 @@ def test_evaluate_on_planted_predictions(world_dir):
         assert res[t]['n'] == 30 and res[t]['acc'] == pytest.approx(1 / 3)
         assert res[t]['loss'] == pytest.approx(math.log(ds.vocab_size), rel=1e-5)
     assert res['avg']['acc'] == pytest.approx(1 / 3) and res['avg']['n'] == 90
-    assert all(shape[0] <= 8 for shape in model.calls)  # batched, and each batch one prompt length
+    assert (
+        all(shape[0] <= 8 for shape in model.calls) and len(model.calls) == 12
+    )  # 3 tasks x ceil(30 / 8)
     table = data.format_results(res)
     assert (
         'shift_reverse' in table and '0.333' in table and table.splitlines()[-1].startswith('avg')

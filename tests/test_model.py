@@ -11,10 +11,11 @@ import torch
 import torch.nn.functional as F
 from helpers import hf_state_dict
 
+from adapters import linear_names
 from formats.checkpoint import load_model
 from formats.huggingface import convert_hf_gpt2, hf_download
 from formats.safetensors import read_safetensors, write_safetensors
-from model import GPT, GPTConfig, linear_names
+from model import GPT, GPTConfig
 
 TINY = dict(block_size=32, vocab_size=61, n_layer=2, n_head=2, n_embd=16)
 
