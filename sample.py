@@ -30,6 +30,7 @@ import adapters
 import data
 import metrics
 from formats.checkpoint import load_model, read_checkpoint
+from sources.files import E2E_PLACEHOLDERS
 
 STREAMS = ('world', 'text', 'shakespeare')  # plain-text datasets: a prompt is continued as it is
 
@@ -89,7 +90,9 @@ def get_args(argv):
     run = p.add_argument_group('run')
     run.add_argument('--seed', type=int, default=1337, help='torch seed for sampling')
     run.add_argument('--device', default='auto', help="'auto' | 'cpu' | 'cuda' | 'cuda:1' | 'mps'")
-    run.add_argument('--batch_size', type=int, default=32, help='prompts decoded together')
+    run.add_argument(
+        '--batch_size', type=int, default=8, help='prompts decoded together (x num_beams rows)'
+    )
     run.add_argument(
         '--max_items', type=int, default=0, help='--dataset: the first N unique prompts; 0 = all'
     )
@@ -261,7 +264,7 @@ def decode_split(model, info, args, device):
     stem = os.path.join(folder, f'{name}_{args.split}')
     metrics.write_predictions(stem + '_predictions.txt', preds)
     metrics.write_references(stem + '_references.txt', [refs for _, refs in groups])
-    left = sum(ph in p for p in preds for ph in data.E2E_PLACEHOLDERS.values())
+    left = sum(ph in p for p in preds for ph in E2E_PLACEHOLDERS.values())
     print(
         f'wrote {stem}_predictions.txt and {stem}_references.txt in {time.time() - t0:.0f}s'
         + (f'; {left} placeholders had no value in their MR' if left else ''),
