@@ -494,6 +494,8 @@ def supported_decoding(model, decoding):
     import inspect
 
     takes = inspect.signature(model.generate).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in takes.values()):
+        return decoding
     dropped = sorted(k for k in decoding if k not in takes)
     if dropped:
         print(

@@ -84,7 +84,8 @@ class Parrot(torch.nn.Module):
     def forward(self, idx, targets=None):
         return torch.zeros(*idx.shape, self.vocab), None
 
-    def generate(self, idx, max_new_tokens, temperature=0.0, top_k=None, stop_token=None):
+    def generate(self, idx, max_new_tokens, stop_token=None, num_beams=1, **padding_and_sampling):
+        assert num_beams == 1  # (the test decodes greedily)
         new = torch.tensor(self.answer + [stop_token] * max_new_tokens)[:max_new_tokens]
         return torch.cat((idx, new.expand(idx.size(0), -1)), dim=1)
 
