@@ -27,13 +27,16 @@ import numpy as np
 import tiktoken
 import torch
 
+import metrics
 from formats.checkpoint import write_error
 from sources import world
 from sources.files import (  # noqa: F401 (the readers stay data.read_*)
     DEFAULT_PATHS,
+    delexicalise,
     read_alpaca,
     read_e2e,
     read_source,
+    relexicalise,
 )
 from sources.world import COMPOSITE, FAMILIES, MIXTURE, SKILL1, SKILL2, TASK_FAMILY
 
@@ -66,7 +69,7 @@ DATASETS = {  # name -> what get_dataset(name, ...) gives; python data.py prints
     'text': 'a plain-text file of yours (tiny-shakespeare style): --data_path=FILE',
     'shakespeare': 'tiny shakespeare, data/shakespeare/input.txt (downloaded when online)',
     'alpaca': 'Alpaca-format instruction JSON, data/alpaca/alpaca_data.json or --data_path=FILE',
-    'e2e': 'E2E NLG CSVs (columns mr, ref): data/e2e/ with train/dev/test, or --data_path=FOLDER_OR_CSV',
+    'e2e': 'E2E NLG (columns mr, ref): data/e2e/ (devset + test set shipped; trainset.csv a download)',
 }
 
 # -----------------------------------------------------------------------------------------------
@@ -305,6 +308,7 @@ class InstructDataset:
                 h.update(json.dumps([t, split, ps, ans]).encode())
         self.fingerprint = h.hexdigest()[:16]
         self.check_block_size()
+        self.cropped = self.report_cropping()
 
     def check_block_size(self):
         """collate keeps an item's answer whole (and crops its prompt from the left) as long as the
@@ -328,6 +332,24 @@ class InstructDataset:
             print(
                 f"notice: {what}: they train on their answers' first tokens only", file=sys.stderr
             )
+
+    def report_cropping(self):
+        """Items longer than block_size lose the start of their prompt (collate keeps the answer): never
+        silently. One line per task and split that has such items; returns {(task, split): count}."""
+        cropped = {}
+        for t, splits in self.data.items():
+            for split, items in splits.items():
+                over = [len(p) + len(a) - 1 - self.block_size for p, a in items]
+                over = [n for n in over if n > 0]
+                if over:
+                    cropped[(t, split)] = len(over)
+                    print(
+                        f'warning: {len(over)} of {len(items)} {t} {split} items are longer than '
+                        f'block_size={self.block_size}: their prompts lose up to {max(over)} tokens '
+                        f'from the left (raise block_size to {self.block_size + max(over)} to keep them)',
+                        file=sys.stderr,
+                    )
+        return cropped
 
     def collate(self, pairs):
         """(x, y) for a list of (prompt, answer): y is the next token on answer positions, -1 elsewhere."""
@@ -368,23 +390,10 @@ class InstructDataset:
         """Exact match by greedy generation (left-padded batches) and answer-token loss, per task."""
         was_training = model.training
         model.eval()
-        dev = model_device(model)  # batches are built on the CPU; the model may sit on a GPU
         out = {}
         for t in tasks or self.tasks:
             items = self.data[t][split][:max_items]
-            nll = n_tok = 0.0
-            for i in range(0, len(items), batch_size):
-                x, y = self.collate(items[i : i + batch_size])
-                logits, _ = model(
-                    x.to(dev)
-                )  # full (B, T, V) logits: model(x, y) returns them only where y counts
-                nll += torch.nn.functional.cross_entropy(
-                    logits.float().reshape(-1, logits.size(-1)),
-                    y.to(dev).reshape(-1),
-                    ignore_index=-1,
-                    reduction='sum',
-                ).item()
-                n_tok += (y != -1).sum().item()
+            nll, n_tok = self.answer_loss(model, items, batch_size)
             if all(
                 p == [self.stop_token] for p, _ in items
             ):  # plain text: a loss, no answer to match
@@ -409,6 +418,29 @@ class InstructDataset:
         out['avg']['n'] = sum(r['n'] for r in out.values() if 'n' in r)
         return out
 
+    def answer_loss(self, model, items, batch_size=64):
+        """(summed cross-entropy, token count) over the answer tokens of items."""
+        dev = model_device(model)  # batches are built on the CPU; the model may sit on a GPU
+        nll = n_tok = 0.0
+        for i in range(0, len(items), batch_size):
+            x, y = self.collate(items[i : i + batch_size])
+            logits, _ = model(x.to(dev))  # (B, T, V): model(x, y) gives them only where y counts
+            nll += torch.nn.functional.cross_entropy(
+                logits.float().reshape(-1, logits.size(-1)),
+                y.to(dev).reshape(-1),
+                ignore_index=-1,
+                reduction='sum',
+            ).item()
+            n_tok += (y != -1).sum().item()
+        return nll, n_tok
+
+    def format_prompt(self, question):
+        return PROMPT.format(q=question)
+
+    def answer_text(self, ids, question):
+        """The answer as text: the tokens before the stop token, decoded, stripped."""
+        return self.decode(ids).strip()
+
     def generate(self, model, prompts, max_new, batch_size=64, **decoding):
         """Continuations of prompts (lists of ids), greedy unless `decoding` passes other
         model.generate options (num_beams, ...). Prompts sorted by length share left-padded batches
@@ -418,6 +450,13 @@ class InstructDataset:
         if keep < 1:
             raise ValueError(
                 f'{max_new} new tokens leave no room for a prompt in block_size={self.block_size}'
+            )
+        cropped = [len(p) - keep for p in prompts if len(p) > keep]
+        if cropped:  # never silently
+            print(
+                f'warning: {len(cropped)} of {len(prompts)} prompts lose up to {max(cropped)} tokens '
+                f'from the left to fit {max_new} new tokens in block_size={self.block_size}',
+                file=sys.stderr,
             )
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         decoding = {'temperature': 0.0, 'stop_token': self.stop_token, **decoding}
@@ -437,6 +476,89 @@ class InstructDataset:
 
     def decode(self, ids):
         return self.tokenizer.decode(cut_at(ids, self.stop_token))
+
+
+# -----------------------------------------------------------------------------------------------
+# E2E NLG: scored per meaning representation against all of its references (BLEU, NIST, ROUGE-L, CIDEr)
+
+# The decoding of microsoft/LoRA's examples/NLG (gpt2_beam.py), which the LoRA and NOLA numbers use
+E2E_DECODING = {'num_beams': 10, 'length_penalty': 0.8, 'no_repeat_ngram_size': 4}
+E2E_MAX_NEW_GPT2 = (
+    64  # its cap on new GPT-2 tokens; other tokenizers get the longest training answer
+)
+
+
+def e2e_prompt(mr, delex=False):
+    """The training template around an MR ('describe: ' added when it comes without), delexicalised
+    when the model was trained so."""
+    question = mr if mr.startswith('describe: ') else 'describe: ' + mr
+    return PROMPT.format(q=delexicalise(question)[0] if delex else question)
+
+
+def e2e_answer(text, mr, delex=False):
+    """Decoded text -> the answer: stripped, the MR's names put back when delexicalised."""
+    text = text.strip()
+    return relexicalise(text, mr) if delex else text
+
+
+class E2EDataset(InstructDataset):
+    """E2E rows as prompt/answer items for training (one row = one reference), and an evaluation that
+    decodes each unique MR once and scores it against all of its references, as the E2E papers do.
+    delex=True trains on name[]/near[] placeholders and puts the values back after decoding."""
+
+    def __init__(self, splits, block_size, enc, tok_name, delex=False, mix='uniform'):
+        self.delex = delex
+        self.row_questions = {s: [q for q, _ in pairs] for s, pairs in splits.items()}
+        self.groups = {}  # split -> [(question, [references])], one per unique MR, first-seen order
+        for split, pairs in splits.items():
+            by_q = {}
+            for q, a in pairs:
+                by_q.setdefault(q, []).append(a)
+            self.groups[split] = list(by_q.items())
+        if delex:
+            splits = {s: [delexicalise(q, a) for q, a in pairs] for s, pairs in splits.items()}
+        super().__init__({'e2e': splits}, block_size, enc, tok_name, ['e2e'], None, mix)
+        longest = max(len(a) for _, a in self.data['e2e']['train'])
+        self.decoding = {
+            **E2E_DECODING,
+            'max_new_tokens': E2E_MAX_NEW_GPT2 if tok_name == 'gpt2' else longest,
+        }
+
+    def format_prompt(self, question):
+        return e2e_prompt(question, self.delex)
+
+    def answer_text(self, ids, question):
+        return e2e_answer(self.decode(ids), question, self.delex)
+
+    @torch.no_grad()
+    def evaluate(self, model, split='test', max_items=None, batch_size=64, tasks=None, **decoding):
+        """BLEU / NIST / ROUGE-L / CIDEr of the first max_items unique MRs of split (all by default),
+        decoded as `decoding` says (default: E2E_DECODING), and the answer-token loss over their rows."""
+        groups = self.groups[split][:max_items]
+        questions = {q for q, _ in groups}
+        rows = [
+            it
+            for it, q in zip(self.data['e2e'][split], self.row_questions[split])
+            if q in questions
+        ]
+        was_training = model.training
+        model.eval()
+        nll, n_tok = self.answer_loss(model, rows, batch_size)
+        preds = self.predict(model, [q for q, _ in groups], batch_size, **decoding)
+        model.train(was_training)
+        scores = metrics.score_all(preds, [refs for _, refs in groups])
+        loss = nll / max(n_tok, 1)
+        res = {**scores, 'loss': loss, 'n': len(groups), 'refs': sum(len(r) for _, r in groups)}
+        res['predictions'] = preds
+        return {'e2e': res, 'avg': {'acc': float('nan'), 'loss': loss, 'n': len(groups)}}
+
+    def predict(self, model, questions, batch_size=64, **decoding):
+        """The decoded answer text for each question (an MR with or without 'describe: ')."""
+        decoding = {**self.decoding, **decoding}
+        max_new = decoding.pop('max_new_tokens')
+        prompts = self.tokenizer.encode_ordinary_batch([self.format_prompt(q) for q in questions])
+        ids = self.generate(model, prompts, max_new, batch_size, **decoding)
+        return [self.answer_text(y, q) for y, q in zip(ids, questions)]
 
 
 def model_device(model):
@@ -465,7 +587,14 @@ def accuracy(preds, answers, stop):
 
 
 def format_results(results):
-    """A table of evaluate()'s dict, with per-family means."""
+    """A table of evaluate()'s dict, with per-family means (E2E: its corpus scores)."""
+    if 'BLEU' in results.get('e2e', {}):
+        r = results['e2e']
+        return (
+            f"{'task':<8}{'BLEU':>8}{'NIST':>8}{'ROUGE_L':>9}{'CIDEr':>8}{'loss':>8}{'MRs':>6}{'refs':>6}\n"
+            f"{'e2e':<8}{r['BLEU']:>8.4f}{r['NIST']:>8.4f}{r['ROUGE_L']:>9.4f}{r['CIDEr']:>8.4f}"
+            f"{r['loss']:>8.3f}{r['n']:>6}{r['refs']:>6}"
+        )
     lines = [f"{'task':<16}{'family':<15}{'acc':>7}{'loss':>8}{'n':>6}"]
     fam = collections.defaultdict(list)
     for t, r in results.items():
@@ -520,10 +649,16 @@ def read_tasks(folder):
 
 def get_dataset(name, block_size, tokenizer=None, data_dir='data', seed=1337, **opts):
     """A dataset object (names: DATASETS). opts: world sizes (world.WORLD_DEFAULTS),
-    mix ('uniform'|'proportional'), path (the file or folder of text, shakespeare, alpaca, e2e)."""
+    mix ('uniform'|'proportional'), path (the file or folder of text, shakespeare, alpaca, e2e),
+    e2e_train ('trainset' | 'devset': what E2E trains on, sources.files.read_e2e_folder) and
+    e2e_delex (name[]/near[] placeholders, E2EDataset)."""
     tok_name = tokenizer or ('gpt2' if name in ('shakespeare',) else 'world')
     enc = get_tokenizer(tok_name)
     mix = opts.pop('mix', 'uniform')
+    e2e_train, e2e_delex = opts.pop('e2e_train', 'trainset'), opts.pop('e2e_delex', False)
+    if name == 'e2e':
+        src = read_source(name, data_dir, seed, e2e_train=e2e_train, **opts)
+        return E2EDataset(src, block_size, enc, tok_name, e2e_delex, mix)
     if name in FILE_DATASETS:
         src = read_source(name, data_dir, seed, **opts)
         if isinstance(src, dict):

@@ -75,6 +75,8 @@ tokenizer = 'world'      # 'world' (offline, owned by the project) | 'gpt2' (tik
 data_dir = 'data'        # where datasets are built and cached
 data_path = ''           # file or folder of a real-data dataset (text, shakespeare, alpaca, e2e); '' = data_dir/<name>
 data_seed = 1337         # the synthetic world and its splits; `seed` below varies only init and batch order
+e2e_train = 'trainset'   # E2E training rows: 'trainset' (42k, downloaded) | 'devset' (shipped; 10% of MRs validate)
+e2e_delex = False        # E2E: name[] and near[] values as placeholders in MR and text, put back after decoding
 batch_size = 32          # sequences per micro-batch
 block_size = 128         # tokens per sequence (context length)
 gradient_accumulation_steps = 1  # micro-batches per optimizer step
@@ -114,13 +116,15 @@ cat_seed = 0             # seed of the softmax weights' random start
 # optimizer: AdamW, decay on matrices only
 learning_rate = 1e-3     # peak learning rate
 max_iters = 300          # total optimizer steps of the run (a resumed run counts from where it stopped)
+epochs = 0.0             # if > 0, sets max_iters to this many passes over the training items (instruction datasets)
 weight_decay = 0.1       # AdamW decoupled weight decay, on weight matrices only
 beta1 = 0.9              # AdamW first-moment decay
 beta2 = 0.99             # AdamW second-moment decay
 grad_clip = 1.0          # over trainable parameters only; 0 disables
 label_smoothing = 0.0    # of the cross-entropy targets; 0 = none
-# learning rate: linear warmup, then cosine decay to min_lr
+# learning rate: linear warmup, then a decay to min_lr at max_iters
 decay_lr = True          # else a constant learning_rate
+lr_schedule = 'cosine'   # the decay after warmup: 'cosine' | 'linear' (the LoRA paper's E2E recipe)
 warmup_iters = 30        # iterations of linear warmup
 min_lr = 1e-4            # where the cosine decay ends, at max_iters
 # system
@@ -153,6 +157,8 @@ RESUMABLE = (
     'min_lr',
     'warmup_iters',
     'decay_lr',
+    'lr_schedule',
+    'epochs',
     'weight_decay',
     'beta1',
     'beta2',
@@ -250,6 +256,10 @@ def check_options(cfg):
     ):
         if cfg[k] <= 0:
             raise ValueError(f"option {k} must be positive, got {cfg[k]}")
+    if cfg['lr_schedule'] not in ('cosine', 'linear'):
+        raise ValueError(f"lr_schedule={cfg['lr_schedule']!r}: choose 'cosine' or 'linear'")
+    if cfg['epochs'] < 0:
+        raise ValueError(f"option epochs must be >= 0 (0: use max_iters), got {cfg['epochs']}")
     if cfg['data_path'] and cfg['dataset'] not in data.FILE_DATASETS:
         raise ValueError(
             f"data_path is read by the {', '.join(data.FILE_DATASETS)} datasets only, not by "
@@ -422,13 +432,26 @@ def pick_device_dtype(c):
 
 
 def lr_at(it, c):
-    """Linear warmup for warmup_iters, then cosine decay to min_lr at max_iters."""
+    """Linear warmup for warmup_iters, then a cosine or linear decay to min_lr at max_iters."""
     if not c.decay_lr:
         return c.learning_rate
     if it < c.warmup_iters:
         return c.learning_rate * (it + 1) / (c.warmup_iters + 1)
     ratio = min(1.0, (it - c.warmup_iters) / max(1, c.max_iters - c.warmup_iters))
+    if c.lr_schedule == 'linear':
+        return c.learning_rate + ratio * (c.min_lr - c.learning_rate)
     return c.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (c.learning_rate - c.min_lr)
+
+
+def iters_for_epochs(c, ds):
+    """max_iters for c.epochs passes over the training items (each optimizer step sees batch_size x
+    gradient_accumulation_steps of them), rounded up."""
+    if not hasattr(ds, 'train_tasks'):
+        raise ValueError(
+            f"epochs={c.epochs} needs an instruction dataset; {c.dataset} is a token stream: set max_iters"
+        )
+    n = sum(len(ds.data[t]['train']) for t in ds.train_tasks)
+    return math.ceil(c.epochs * n / (c.batch_size * c.gradient_accumulation_steps))
 
 
 def build_model(c, ds, ckpt):
@@ -857,7 +880,11 @@ def main(argv=()):
         data_dir=c.data_dir,
         seed=c.data_seed,
         **({'path': c.data_path} if c.data_path else {}),
+        **({'e2e_train': c.e2e_train, 'e2e_delex': c.e2e_delex} if c.dataset == 'e2e' else {}),
     )
+    if c.epochs > 0:
+        c.max_iters = iters_for_epochs(c, ds)
+        print(f"epochs={c.epochs:g}: max_iters={c.max_iters}")
     trained_on = ckpt.get('data', {}).get('fingerprint') if ckpt is not None else None
     if trained_on and trained_on != getattr(ds, 'fingerprint', trained_on):
         raise ValueError(

@@ -10,11 +10,13 @@ import io
 import json
 import os
 import random
+import re
 
 PATH_HINT = 'pass --data_path=FILE to train.py (path=FILE to data.get_dataset)'
 URLS = {
     'shakespeare': 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt',
     'alpaca': 'https://raw.githubusercontent.com/tatsu-lab/stanford_alpaca/main/alpaca_data.json',
+    'e2e': 'https://raw.githubusercontent.com/tuetschek/e2e-dataset/master/trainset.csv',
 }
 DEFAULT_PATHS = {
     'shakespeare': 'shakespeare/input.txt',
@@ -133,7 +135,85 @@ def split_by_question(pairs, seed, frac=0.05, cap=500):
     return out
 
 
-def read_source(name, data_dir, seed, path=None):
+# -----------------------------------------------------------------------------------------------
+# E2E NLG: meaning representations, delexicalisation, the splits
+
+E2E_FILES = {'train': 'trainset.csv', 'val': 'devset.csv', 'test': 'testset_w_refs.csv'}
+# Placeholders for the venue names (TGen's, the E2E challenge baseline): half of the test set's name[]
+# values never occur in the devset, and a small model trained from scratch cannot copy an unseen name
+E2E_PLACEHOLDERS = {'name': 'X-name', 'near': 'X-near'}
+
+
+def parse_mr(mr):
+    """'name[The Eagle], eatType[coffee shop]' -> {'name': 'The Eagle', 'eatType': 'coffee shop'}."""
+    return dict(re.findall(r'(\w+)\s*\[([^\]]*)\]', mr))
+
+
+def delexicalise(mr, ref=None):
+    """(mr, ref) with the name[] and near[] values replaced by their placeholders, in the MR and,
+    case-insensitively, wherever the ref spells them out."""
+    slots = parse_mr(mr)
+    for slot, ph in E2E_PLACEHOLDERS.items():
+        value = slots.get(slot)
+        if value:
+            mr = mr.replace(f'{slot}[{value}]', f'{slot}[{ph}]')
+            if ref is not None:
+                ref = re.sub(re.escape(value), ph, ref, flags=re.IGNORECASE)
+    return mr, ref
+
+
+def relexicalise(text, mr):
+    """Put the MR's name[] and near[] values back in place of their placeholders. A placeholder of
+    a slot that the MR lacks (a hallucinated near[]) stays, so that it is seen and counted."""
+    slots = parse_mr(mr)
+    for slot, ph in E2E_PLACEHOLDERS.items():
+        if slots.get(slot):
+            text = text.replace(ph, slots[slot])
+    return text
+
+
+def split_e2e_devset(pairs, seed, val_frac=0.1):
+    """The devset as training data: 90% of its MRs train, the other 10% validate (no MR in both)."""
+    mrs = sorted({q for q, _ in pairs})
+    random.Random(seed).shuffle(mrs)
+    val = set(mrs[: max(1, int(val_frac * len(mrs)))])
+    return {
+        'train': [(q, a) for q, a in pairs if q not in val],
+        'val': [(q, a) for q, a in pairs if q in val],
+    }
+
+
+def read_e2e_folder(path, train, seed):
+    """The official E2E files in folder path. train='trainset': trainset.csv trains (downloaded when
+    absent and online), devset.csv validates; train='devset': the devset's MRs split 90/10 into
+    train/val (the files shipped in data/e2e/ suffice). The test split is always testset_w_refs.csv."""
+    if train not in ('trainset', 'devset'):
+        raise ValueError(f"e2e_train={train!r}: use 'trainset' (42k rows) or 'devset' (shipped)")
+    need = ['val', 'test'] if train == 'devset' else ['val', 'test', 'train']
+    missing = [
+        E2E_FILES[s] for s in need[:2] if not os.path.exists(os.path.join(path, E2E_FILES[s]))
+    ]
+    if missing:
+        raise FileNotFoundError(
+            f'{path} lacks {", ".join(missing)} (the E2E NLG files of '
+            f'github.com/tuetschek/e2e-dataset): put them there'
+        )
+    test = read_e2e(os.path.join(path, E2E_FILES['test']))
+    dev = read_e2e(os.path.join(path, E2E_FILES['val']))
+    if train == 'devset':
+        return {**split_e2e_devset(dev, seed), 'test': test}
+    trainset = os.path.join(path, E2E_FILES['train'])
+    try:
+        fetch(trainset, URLS['e2e'])
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f'{trainset} not found (42,061 rows, offline?): download it from '
+            f'{URLS["e2e"]}, or train on the shipped devset with --e2e_train=devset'
+        ) from None
+    return {'train': read_e2e(trainset), 'val': dev, 'test': test}
+
+
+def read_source(name, data_dir, seed, path=None, e2e_train='trainset'):
     """What file dataset name is made of: the text of 'text' / 'shakespeare' (newlines as open() reads
     them), or the {'train', 'val', 'test'} lists of (question, answer) of 'alpaca' / 'e2e'."""
     path = path or os.path.join(data_dir, DEFAULT_PATHS.get(name, ''))
@@ -143,22 +223,8 @@ def read_source(name, data_dir, seed, path=None):
         return read_text(fetch(path, URLS.get(name))).replace('\r\n', '\n').replace('\r', '\n')
     if name == 'alpaca':
         splits = split_by_question(read_alpaca(fetch(path, URLS['alpaca'])), seed)
-    elif os.path.isdir(path):  # e2e: a folder with the official splits
-        files = {
-            s: [os.path.join(path, f) for f in fs if os.path.exists(os.path.join(path, f))]
-            for s, fs in (
-                ('train', ['trainset.csv']),
-                ('val', ['devset.csv']),
-                ('test', ['testset_w_refs.csv', 'testset.csv']),
-            )
-        }
-        missing = [s for s, fs in files.items() if not fs]
-        if missing:
-            raise FileNotFoundError(
-                f'{path} lacks the E2E {"/".join(missing)} CSV (trainset.csv, devset.csv, '
-                f'testset_w_refs.csv from github.com/tuetschek/e2e-dataset): put them there'
-            )
-        splits = {s: read_e2e(fs[0]) for s, fs in files.items()}
+    elif os.path.isdir(path):  # e2e: a folder with the official files
+        splits = read_e2e_folder(path, e2e_train, seed)
     elif os.path.exists(path):  # e2e: one CSV that we split ourselves
         splits = split_by_question(read_e2e(path), seed)
     else:

@@ -27,6 +27,7 @@ CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 
 CONFIGS.sort(key=lambda p: (os.path.basename(p).startswith('cat_'), p))
 TINY = [
     '--max_iters=2',
+    '--epochs=0',  # the GPT-2 E2E recipes count epochs; here two iterations
     '--eval_interval=2',
     '--eval_iters=1',
     '--log_interval=1',
@@ -154,6 +155,9 @@ def test_config_parses_and_trains_two_iterations(config, env):
             '--tokenizer=world',
             f'--data_dir={env / "realdata"}',
         ]
+    elif c['init_from'] == 'scratch':  # config/e2e_small.py: a small GPT from scratch on the devset
+        assert c['dataset'] == 'e2e' and c['e2e_train'] == 'devset'
+        args += [f'--data_dir={env / "realdata"}']
     else:
         assert (
             c['init_from'] == 'out/base/ckpt.pt'
@@ -171,6 +175,8 @@ def test_config_parses_and_trains_two_iterations(config, env):
     assert ckpt['iter_num'] == 2 and ckpt['config']['dataset'] == c['dataset']
     if c['adapter']:
         assert 'model' not in ckpt and ckpt['adapter']['config']['method'] == c['adapter']
+    elif c['init_from'] == 'scratch':
+        assert 'adapter' not in ckpt and ckpt['base'] is None  # trained from nothing
     else:
         assert 'adapter' not in ckpt and ckpt['base']['path'].endswith('base.pt')
 
