@@ -21,16 +21,11 @@ Every option is checked, and the memory a training step needs estimated, before 
 Ctrl-C stops with one line naming the last checkpoint kept (exit status 130), leaving no partial file.
 """
 
-import ast
-import builtins
-import io
 import json
 import math
 import os
 import sys
 import time
-import tokenize
-import traceback
 from types import SimpleNamespace
 
 import torch
@@ -39,10 +34,10 @@ import torch.distributed as dist
 import adapters
 import data
 from formats.checkpoint import check_resumable, load_model, read_checkpoint, write_checkpoint
-from formats.huggingface import HF_MODELS, read_hf_config
-from formats.memory import refuse_if_too_big, training_bytes
+from formats.huggingface import HF_MODELS
 from model import GPT, GPTConfig
-from sources.world import TASK_FAMILY
+from training import options
+from training.checks import check_before_work, check_cat_targets, check_own_inputs, check_values
 from training.device import (
     autocast_context,
     peak_flops_for,
@@ -139,95 +134,17 @@ DEFAULTS = {
 # what may differ on resume: the schedule, evaluation, bookkeeping and where it runs. Any other key
 # (model shape, data, tokenizer, adapter, dtype, batch, seeds, ...) shapes what was trained, so a
 # resumed run keeps the checkpoint's value and refuses a different one.
-RESUMABLE = (
-    'init_from',
-    'out_dir',
-    'overwrite',
-    'data_dir',
-    'data_path',
-    'max_iters',
-    'learning_rate',
-    'min_lr',
-    'warmup_iters',
-    'decay_lr',
-    'weight_decay',
-    'beta1',
-    'beta2',
-    'grad_clip',
-    'eval_interval',
-    'eval_iters',
-    'log_interval',
-    'always_save_checkpoint',
-    'final_eval',
-    'eval_split',
-    'eval_max_items',
-    'device',
-    'compile',
-    'peak_flops',
-    'grad_checkpoint',
-)
+RESUMABLE = '''
+    init_from out_dir overwrite data_dir data_path max_iters learning_rate min_lr warmup_iters
+    decay_lr weight_decay beta1 beta2 grad_clip eval_interval eval_iters log_interval
+    always_save_checkpoint final_eval eval_split eval_max_items device compile peak_flops
+    grad_checkpoint
+'''.split()
 
 
 def given_options(argv):
-    """The keys that config files and then --key=value arguments set, type-checked against the defaults."""
-    given = {}
-
-    def setkey(k, v, where):
-        if k not in DEFAULTS:
-            raise ValueError(f"unknown option {k!r} in {where} (python train.py --help lists them)")
-        d = DEFAULTS[k]
-        ok = isinstance(v, type(d)) and not (isinstance(v, bool) and not isinstance(d, bool))
-        if isinstance(d, float) and isinstance(v, int) and not isinstance(v, bool):
-            v, ok = float(v), True
-        if not ok:
-            raise ValueError(f"option {k} expects {type(d).__name__} but got {v!r} in {where}")
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ValueError(f"option {k} must be a finite number but got {v!r} in {where}")
-        given[k] = v
-
-    for arg in argv:
-        if arg in ('-h', '--help'):
-            print(help_text())
-            sys.exit(0)
-        if arg.startswith('--'):
-            if '=' not in arg:
-                raise ValueError(f"expected --key=value, got {arg!r}")
-            k, v = arg[2:].split('=', 1)
-            try:
-                v = ast.literal_eval(v)
-            except (ValueError, SyntaxError):
-                pass  # a bare word is a string
-            setkey(k, v, 'the command line')
-        else:
-            for k, v in run_config_file(arg).items():
-                setkey(k, v, arg)
-    return given
-
-
-def run_config_file(path):
-    """The names a config file assigns. Config files are trusted Python in this repo; an error in one is
-    reported as one line naming the file and line."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file {path!r} not found (see config/ for examples)")
-    scope = {}
-    try:
-        with open(path, encoding='utf-8') as f:
-            exec(
-                builtins.compile(f.read(), path, 'exec'), {}, scope
-            )  # (the option `compile` hides the builtin)
-    except SyntaxError as e:
-        raise ValueError(
-            f"config file {path}, line {e.lineno}: {e.msg} (config files are plain Python assignments)"
-        ) from None
-    except KeyboardInterrupt as e:  # Ctrl-C while it ran (or it raised one): say where
-        line = [fr.lineno for fr in traceback.extract_tb(e.__traceback__) if fr.filename == path]
-        raise KeyboardInterrupt(f"config file {path}, line {(line or ['?'])[-1]}") from None
-    except Exception as e:
-        line = [
-            fr.lineno for fr in traceback.extract_tb(e.__traceback__) if fr.filename == path
-        ] or ['?']
-        raise ValueError(f"config file {path}, line {line[-1]}: {type(e).__name__}: {e}") from None
-    return {k: v for k, v in scope.items() if not k.startswith('_')}
+    """The keys that config files and then --key=value arguments set, type-checked against DEFAULTS."""
+    return options.given_options(argv, DEFAULTS, __file__)
 
 
 def check_options(cfg):
@@ -236,15 +153,8 @@ def check_options(cfg):
         raise ValueError(
             f"unknown adapter {cfg['adapter']!r}: choose '' (full training) or {', '.join(adapters.METHODS)}"
         )
-    for k in (
-        'batch_size',
-        'block_size',
-        'max_iters',
-        'gradient_accumulation_steps',
-        'eval_iters',
-        'log_interval',
-        'eval_interval',
-    ):
+    counts = 'batch_size block_size max_iters gradient_accumulation_steps eval_iters log_interval'
+    for k in [*counts.split(), 'eval_interval']:
         if cfg[k] <= 0:
             raise ValueError(f"option {k} must be positive, got {cfg[k]}")
     if cfg['data_path'] and cfg['dataset'] not in data.FILE_DATASETS:
@@ -257,142 +167,9 @@ def check_options(cfg):
     return cfg
 
 
-def check_values(cfg):
-    """Ranges and choices, checked before any work (building data, making the model, training): a
-    value that would run silently wrong, or fail only after training, is refused here in one line."""
-    if cfg['eval_split'] not in ('test', 'val'):
-        raise ValueError(f"eval_split={cfg['eval_split']!r}: choose 'test' or 'val'")
-    for k in ('n_layer', 'n_head', 'n_embd', 'learning_rate'):
-        if cfg[k] <= 0:
-            raise ValueError(f"option {k} must be positive, got {cfg[k]}")
-    for k in (
-        'warmup_iters',
-        'eval_max_items',
-        'min_lr',
-        'weight_decay',
-        'grad_clip',
-        'peak_flops',
-    ):
-        if cfg[k] < 0:
-            raise ValueError(f"option {k} must be 0 or more, got {cfg[k]}")
-    for k in ('dropout', 'label_smoothing', 'beta1', 'beta2'):
-        if not 0 <= cfg[k] < 1:
-            raise ValueError(f"option {k} must be in [0, 1), got {cfg[k]}")
-    if cfg['n_embd'] % cfg['n_head']:
-        raise ValueError(
-            f"n_embd={cfg['n_embd']} is not a multiple of n_head={cfg['n_head']}: each head gets "
-            "n_embd / n_head dimensions"
-        )
-    if cfg['tokenizer'] not in ('world', 'world-bytes', 'gpt2'):
-        raise ValueError(
-            f"unknown tokenizer {cfg['tokenizer']!r}: use 'world', 'world-bytes' or 'gpt2'"
-        )
-    name = cfg['dataset']
-    if name not in data.DATASETS and not (name.startswith('task:') and name[5:] in TASK_FAMILY):
-        raise ValueError(
-            f"unknown dataset {name!r}: use one of {', '.join(data.DATASETS)} "
-            f"(task:<{'|'.join(TASK_FAMILY)}>)"
-        )
-    if cfg['cat_adapters'] and cfg['adapter'] != 'cat':
-        raise ValueError(
-            f"cat_adapters is read by adapter='cat' only, not by adapter={cfg['adapter']!r}"
-        )
-
-
-def check_cat_targets(c, skills_targets):
-    """CAT adapts what its skill LoRAs adapt; an adapter_targets given as anything else (it used to be
-    ignored without a word) is refused, naming both."""
-    skills = skills_targets if isinstance(skills_targets, str) else ','.join(skills_targets)
-    if c.adapter_targets not in (DEFAULTS['adapter_targets'], skills):
-        raise ValueError(
-            f"adapter=cat adapts what its skill LoRAs adapt ({skills}), not adapter_targets="
-            f"{c.adapter_targets!r}: drop --adapter_targets"
-        )
-
-
-def check_own_inputs(cfg):
-    """A run never writes over one of its own inputs, whatever overwrite says: --overwrite=True is
-    for another run's checkpoint, and an adapter run into its base's out_dir would destroy its base."""
-    outputs = [os.path.join(cfg['out_dir'], f) for f in ('ckpt.pt', 'eval.json')]
-    cats = [p.strip() for p in cfg['cat_adapters'].split(',') if p.strip()]
-    inputs = [('init_from', cfg['init_from']), ('data_path', cfg['data_path'])]
-    for key, path in inputs + [('cat_adapters', p) for p in cats]:
-        for out in outputs:
-            if path and os.path.isfile(path) and os.path.realpath(path) == os.path.realpath(out):
-                raise ValueError(
-                    f"--{key}={path} is {out}, which this run writes: it would destroy its own "
-                    "input, whatever --overwrite says; pass another --out_dir"
-                )
-
-
 def parse_args(argv):
     """Defaults <- config files <- --key=value; type-checked against the defaults."""
     return check_options({**DEFAULTS, **given_options(argv)})
-
-
-def help_text():
-    """The module docstring, then every key with its default and the comment beside it above."""
-    notes, sections = {}, {}
-    with open(__file__, encoding='utf-8') as f:
-        source = f.read()
-    block = source[source.index('# I/O') : source.index('DEFAULTS = ')]
-    key, section = None, None
-    for tok in tokenize.generate_tokens(io.StringIO(block).readline):
-        if tok.type == tokenize.NAME and tok.start[1] == 0:
-            key = tok.string
-            sections.setdefault(key, section)
-        elif tok.type == tokenize.COMMENT and tok.start[1] == 0:
-            section, key = tok.string[1:].strip(), None
-        elif tok.type == tokenize.COMMENT and key in DEFAULTS:
-            notes[key] = tok.string[1:].strip()
-        elif tok.type == tokenize.NEWLINE:
-            key = None
-    lines, shown = [__doc__.strip(), '', 'options, their defaults and what they do:'], None
-    for k, v in DEFAULTS.items():
-        if sections.get(k, shown) != shown:
-            shown = sections[k]
-            lines.append(f'# {shown}')
-        lines.append(f'  --{k}={v!r}'.ljust(36) + ' ' + notes.get(k, ''))
-    return '\n'.join(line.rstrip() for line in lines)
-
-
-def check_before_work(c, ckpt, dev, dt):
-    """What can be checked only when the run starts (a config file may name a base that a run before
-    it makes), before any data or model is built: init_from exists, and the sizes fit. A training step
-    that cannot fit in this device's memory (formats/memory.py: the weights, their optimizer state,
-    the batch, saved activations) is refused with the estimate. The model's shape is the options'
-    (scratch), the resumed checkpoint's, or a GPT-2 directory's config.json; a base in a train.py
-    checkpoint is measured as it loads."""
-    init = c.init_from
-    if init not in ('scratch', 'resume', *HF_MODELS) and not os.path.exists(init):
-        raise ValueError(
-            f"no checkpoint at {init}: init_from takes 'scratch', 'resume', a GPT-2 name "
-            f"({', '.join(HF_MODELS)}), or an existing train.py checkpoint or GPT-2 directory"
-        )
-    if c.init_from == 'scratch':
-        vocab = data.get_tokenizer(c.tokenizer).n_vocab
-        args = dict(n_layer=c.n_layer, n_embd=c.n_embd, vocab_size=vocab, block_size=c.block_size)
-    elif ckpt is not None and 'model_args' in ckpt and 'model' in ckpt:
-        args = ckpt['model_args']
-    elif ckpt is None and os.path.isdir(c.init_from):
-        args = read_hf_config(c.init_from)
-    else:
-        return
-    parts = training_bytes(
-        args,
-        c.batch_size,
-        c.block_size,
-        dtype_bytes=2 if dt in ('bfloat16', 'float16') else 4,
-        full=not c.adapter,
-    )
-    refuse_if_too_big(
-        f"a training step of batch_size={c.batch_size} x block_size={c.block_size} on a "
-        f"{args['n_layer']}-layer, {args['n_embd']}-wide model",
-        parts,
-        dev,
-        hint="lower batch_size (gradient_accumulation_steps keeps the tokens per step), "
-        "block_size or the model's size",
-    )
 
 
 def lr_at(it, c):
@@ -686,7 +463,7 @@ def main(argv=()):
             }
             if c.adapter == 'cat':
                 spec['targets'], spec['skills'] = adapters.load_cat_skills(c.cat_adapters, model)
-                check_cat_targets(c, spec['targets'])
+                check_cat_targets(c, spec['targets'], DEFAULTS['adapter_targets'])
         else:  # resume: the checkpoint's own adapter config (a CAT run needs no skill files then)
             spec = ckpt['adapter']['config']
         print(adapters.add_adapters(model, **spec))
