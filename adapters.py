@@ -412,9 +412,10 @@ def linear_names(model, patterns):
     """Names of the nn.Linear modules that `patterns` select ('attn.q,attn.v' or a list): a pattern, glob
     or not ('h.*.mlp.c_fc'), matches a full name or its tail after a dot. Every pattern must match a
     Linear: a typo is refused, never silently skipped. Adapters and analyze.py pick matrices with it."""
+    # an adapter's frozen inner Linear is not a target of its own
     linears = [
         n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.endswith(".base")
-    ]  # an adapter's frozen inner Linear is not a target of its own
+    ]
     patterns = [
         p.strip()
         for p in (patterns.split(",") if isinstance(patterns, str) else patterns)
@@ -536,10 +537,10 @@ def to_lora(model):
         B, A = (t.detach() for t in m.factors())
         m.unmerge()
         lora = LoRALinear(m.base, r=A.shape[0], alpha=float(A.shape[0]))
-        lora.load_state_dict(
-            {"lora_A": A, "lora_B": B}, strict=False
-        )  # copies, in the base's dtype
+        # copies, in the base's dtype
+        lora.load_state_dict({"lora_A": A, "lora_B": B}, strict=False)
         _replace(model, name, lora)
+    # one r for all modules
     model._adapter_config = {
         "method": "lora",
         "targets": model._adapter_config["targets"],
@@ -547,7 +548,7 @@ def to_lora(model):
         "alpha": float(lora.r),
         "dropout": 0.0,
         "rslora": False,
-    }  # one r for all modules
+    }
     return model
 
 
@@ -593,9 +594,8 @@ def load_adapter_state_dict(model, sd):
             )
     was_merged = [m for m in adapted_modules(model).values() if m.merged]
     unmerge_adapters(model)  # new factors must not be subtracted from a W0 that holds the old ones
-    model.load_state_dict(
-        sd, strict=False
-    )  # keys and shapes checked above; the base stays as it is
+    # keys and shapes checked above; the base stays as it is
+    model.load_state_dict(sd, strict=False)
     for m in was_merged:
         m.merge()
 

@@ -69,9 +69,8 @@ def singular_values(u, dtype=torch.float32, name="ΔW"):
 
 def spectrum_metrics(s, energy=ENERGY):
     """Everything we report about one spectrum s (descending σ's). Sums in float64."""
-    s = (
-        s.detach().to(torch.float64).cpu()
-    )  # singular_values() refused empty, non-finite and zero spectra
+    # singular_values() refused empty, non-finite and zero spectra
+    s = s.detach().to(torch.float64).cpu()
     cum = (s**2).cumsum(0) / (s**2).sum()
     p = s[s > 0] / s.sum()  # 0·log 0 = 0
     return {
@@ -120,16 +119,14 @@ def analyze(base, runs, matrices=None, k=TOP_K, eps=EPS, float64=False):
         time.process_time(),
         torch.float64 if float64 else torch.float32,
     )
-    natural = lambda name: [
-        int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)
-    ]  # h.10 after h.9
+    # h.10 after h.9
+    natural = lambda name: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
     names = matrices or sorted({n for r in runs for n in r["updates"]}, key=natural)
     U0, out = {}, []
     for r in runs:
         per = {}
-        for name in (
-            n for n in names if n in r["updates"]
-        ):  # a matrix a run did not adapt has ΔW = 0
+        # a matrix a run did not adapt has ΔW = 0
+        for name in (n for n in names if n in r["updates"]):
             if name not in base:
                 raise ValueError(f"no matrix {name!r} in the base model")
             W0, u, what = base[name].to(dtype), r["updates"][name], f"ΔW of {name} in {r['label']}"
@@ -264,9 +261,8 @@ def save_figure(result, path):
         return None
     fig = figure.Figure(figsize=(11, 4.2), layout="tight")
     ax1, ax2 = fig.subplots(1, 2)
-    for i, r in enumerate(
-        result["runs"]
-    ):  # a marker and dash per method: equal-rank curves overlap
+    # a marker and dash per method: equal-rank curves overlap
+    for i, r in enumerate(result["runs"]):
         c = [v for v in r["aggregate"]["normalized_mean"] if v > 0]
         style = dict(marker="os^Dv*PX"[i % 8], ls=["-", "--", "-.", ":"][i % 4], ms=4, alpha=0.85)
         (line,) = ax1.plot(
@@ -302,9 +298,8 @@ def save_figure(result, path):
 def write_outputs(result, out):
     """out.json (every number), out.png (or out.txt, the text chart, without matplotlib)."""
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    one_line = lambda m: (
-        "[" + " ".join(m.group(1).split()) + "]"
-    )  # a list of numbers per line, not a number
+    # a list of numbers per line, not a number
+    one_line = lambda m: "[" + " ".join(m.group(1).split()) + "]"
     tmp = f"{out}.json.{os.getpid()}.tmp"  # this writer's own name: two writers never share one
     with open(tmp, "w") as f:
         f.write(re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", one_line, json.dumps(result, indent=1)))
@@ -441,9 +436,8 @@ def run(base_path, paths, matrices=None, out=OUT, float64=False, k=TOP_K, eps=EP
         names = adapters.linear_names(base_model, matrices or "*")
     except ValueError as e:
         raise ValueError(f"--matrices={matrices}: {e}") from None
-    if (
-        not matrices
-    ):  # every matrix an adapter run adapted; full fine-tuning is compared on the same ones
+    # every matrix an adapter run adapted; full fine-tuning is compared on the same ones
+    if not matrices:
         names = [
             n for n in names if any(n in r["updates"] for r in runs if r["method"] != "full")
         ] or adapters.linear_names(base_model, "attn.q,attn.v")

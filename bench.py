@@ -108,9 +108,8 @@ class Run:
         self.name, self.model, self.times = name, model, []
         self.loss, self.autocast = loss, autocast
         params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(
-            params, lr=1e-4, weight_decay=0.0
-        )  # train.py's optimizer (CPU: foreach)
+        # train.py's optimizer (CPU: foreach)
+        self.opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
         self.trainable = sum(p.numel() for p in params)
 
     def step(self, x, y):
@@ -198,9 +197,8 @@ def bench_model(label, cfg, batch, args):
         run.step(x, y)
     mem = {run.name: run.peak_bytes(x, y) for run in runs}
     for i in range(args.steps):
-        for run in (
-            runs[i % len(runs) :] + runs[: i % len(runs)]
-        ):  # rotate: no method always follows full FT
+        # rotate: no method always follows full FT
+        for run in runs[i % len(runs) :] + runs[: i % len(runs)]:
             run.timed_step(x, y, clock)
 
     # inference: base vs LoRA unmerged vs LoRA merged (wrapper kept: its forward is then base(x))
@@ -217,9 +215,8 @@ def bench_model(label, cfg, batch, args):
         for m in infer.values():
             m.eval()(x)
         for i in range(max(10, 2 * args.steps)):
-            for k, m in (
-                list(infer.items())[i % 3 :] + list(infer.items())[: i % 3]
-            ):  # rotate the order
+            # rotate the order
+            for k, m in list(infer.items())[i % 3 :] + list(infer.items())[: i % 3]:
                 t0 = clock()
                 m(x)
                 itimes[k].append(clock() - t0)
@@ -381,9 +378,8 @@ def peer_batches(vocab, B, T, prompt_share, seed=0):
     batches = {"plain": (x, y, x.clone())}
     y, labels = y.clone(), x.clone()
     for b in range(B):  # prompt lengths spread around prompt_share * T
-        p = min(
-            max(int(prompt_share * T) + (b % 5 - 2) * T // 32, 1), T - 1
-        )  # at least one loss position
+        # at least one loss position
+        p = min(max(int(prompt_share * T) + (b % 5 - 2) * T // 32, 1), T - 1)
         y[b, : p - 1], labels[b, :p] = -1, -100
     batches["instruction"] = (x, y, labels)
     return batches
@@ -454,9 +450,8 @@ def peer_case(shape, B, T, dtype, kind, args):
                 y,
             ),
         ]
-    first = {
-        run.name: run.step(x, t) for run, t in runs
-    }  # warm-up on identical weights: the losses must agree
+    # warm-up on identical weights: the losses must agree
+    first = {run.name: run.step(x, t) for run, t in runs}
     mem = {run.name: run.peak_bytes(x, t)[0] for run, t in runs}
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     for i in range(args.steps):
@@ -623,18 +618,20 @@ def spectra_inputs(n_layer=12, d=768, rel=0.05, seed=0):
         for kind in ("attn.q", "attn.v")
     }
     fit = lambda W0, B, A: (B * (rel * W0.norm() / (B @ A).norm()), A)
+    # multilora: 3 modules of rank 8; cat: 2 LoRAs
     ranks = {
         "lora": 8,
         "multilora": 24,
         "nola": 8,
         "cat": 16,
-    }  # multilora: 3 modules of rank 8; cat: 2 LoRAs
+    }
+    # per matrix
     params = {
         "lora": 8 * 2 * d,
         "multilora": 24 * 2 * d + 3,
         "nola": 64 + 64,
         "cat": 2,
-    }  # per matrix
+    }
     runs = [
         {
             "label": m,

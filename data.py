@@ -46,12 +46,13 @@ EOT = '<|endoftext|>'
 # GPT-2's split pattern, except that digits come one at a time so that arithmetic sees digits
 PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
+# read from a file: get_dataset's path= (train.py's data_path)
 FILE_DATASETS = (
     'text',
     'shakespeare',
     'alpaca',
     'e2e',
-)  # read from a file: get_dataset's path= (train.py's data_path)
+)
 DATASETS = {  # name -> what get_dataset(name, ...) gives; python data.py prints this list
     'world': "the world's pretraining corpus, a plain token stream (nanoGPT .bin)",
     'mixture': 'the 12 instruction tasks of 3 families (MultiLoRA-style heterogeneous mixture)',
@@ -355,9 +356,8 @@ class InstructDataset:
         """(x, y) for a list of (prompt, answer): y is the next token on answer positions, -1 elsewhere."""
         rows = []
         for p, a in pairs:
-            a = a[
-                : self.block_size
-            ]  # keep at least one prompt token; crop long prompts from the left
+            # keep at least one prompt token; crop long prompts from the left
+            a = a[: self.block_size]
             p = p[max(0, len(p) + len(a) - 1 - self.block_size) :]
             rows.append((p + a, len(p)))
         T = max(len(s) for s, _ in rows) - 1
@@ -366,9 +366,8 @@ class InstructDataset:
         for i, (s, n_p) in enumerate(rows):
             s = torch.tensor(s[: T + 1])
             x[i, : len(s) - 1] = s[:-1]
-            y[i, n_p - 1 : len(s) - 1] = s[
-                n_p:
-            ]  # the token after the last prompt token is the first answer token
+            # the token after the last prompt token is the first answer token
+            y[i, n_p - 1 : len(s) - 1] = s[n_p:]
         return x, y
 
     def get_batch(self, split, batch_size, generator=None):
@@ -394,16 +393,14 @@ class InstructDataset:
         for t in tasks or self.tasks:
             items = self.data[t][split][:max_items]
             nll, n_tok = self.answer_loss(model, items, batch_size)
-            if all(
-                p == [self.stop_token] for p, _ in items
-            ):  # plain text: a loss, no answer to match
+            # plain text: a loss, no answer to match
+            if all(p == [self.stop_token] for p, _ in items):
                 out[t] = {'loss': nll / max(n_tok, 1), 'n': len(items)}
                 continue
             max_new = min(max(len(a) for _, a in items), self.block_size // 2)
             preds = self.generate(model, [p for p, _ in items], max_new, batch_size)
-            correct = exact_matches(
-                preds, [a for _, a in items], self.stop_token
-            )  # per item, in item order
+            # per item, in item order
+            correct = exact_matches(preds, [a for _, a in items], self.stop_token)
             out[t] = {
                 'acc': sum(correct) / max(len(correct), 1),
                 'loss': nll / max(n_tok, 1),
@@ -667,9 +664,8 @@ def get_dataset(name, block_size, tokenizer=None, data_dir='data', seed=1337, **
             data_dir, f'{name}-{hashlib.sha256(src.encode()).hexdigest()[:16]}', tok_name
         )
         with writing_data(data_dir):
-            write_stream_once(
-                folder, lambda: src, enc, tok_name, val_frac=0.1
-            )  # one cache per file content
+            # one cache per file content
+            write_stream_once(folder, lambda: src, enc, tok_name, val_frac=0.1)
         source = opts.get('path') or os.path.join(data_dir, DEFAULT_PATHS.get(name, ''))
         return StreamDataset(folder, block_size, enc, tok_name, source=source)
     with writing_data(data_dir):

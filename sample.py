@@ -216,9 +216,8 @@ def decode_split(model, info, args, device):
             'e2e_train': cfg.get('e2e_train', 'trainset'),
             'e2e_delex': cfg.get('e2e_delex', False),
         }
-        if (
-            opts['e2e_train'] == 'trainset' and not cfg
-        ):  # GPT-2 without a checkpoint: needs no trainset
+        # GPT-2 without a checkpoint: needs no trainset
+        if opts['e2e_train'] == 'trainset' and not cfg:
             opts['e2e_train'] = 'devset'
     if cfg.get('data_path') and cfg.get('dataset') == name:
         opts['path'] = cfg['data_path']

@@ -21,39 +21,31 @@ Every option is checked, and the memory a training step needs estimated, before 
 Ctrl-C stops with one line naming the last checkpoint kept (exit status 130), leaving no partial file.
 """
 
-import ast
-import builtins
-import functools
-import io
 import json
 import math
 import os
-import re
 import sys
 import time
-import tokenize
-import traceback
-from contextlib import nullcontext
 from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 import adapters
 import data
-from formats.checkpoint import (
-    RunLock,
-    check_resumable,
-    load_model,
-    read_checkpoint,
-    remove_stale_temps,
-    write_checkpoint,
-)
-from formats.huggingface import HF_MODELS, read_hf_config
-from formats.memory import refuse_if_too_big, training_bytes
+from formats.checkpoint import check_resumable, load_model, read_checkpoint, write_checkpoint
+from formats.huggingface import HF_MODELS
 from model import GPT, GPTConfig
-from sources.world import TASK_FAMILY
+from training import options
+from training.checks import check_before_work, check_cat_targets, check_own_inputs, check_values
+from training.device import (
+    autocast_context,
+    peak_flops_for,
+    pick_device_dtype,
+    start_distributed,
+    wrap_ddp,
+)
+from training.run import RUN, releases_run_lock
 
 # fmt: off
 # -----------------------------------------------------------------------------
@@ -146,97 +138,17 @@ DEFAULTS = {
 # what may differ on resume: the schedule, evaluation, bookkeeping and where it runs. Any other key
 # (model shape, data, tokenizer, adapter, dtype, batch, seeds, ...) shapes what was trained, so a
 # resumed run keeps the checkpoint's value and refuses a different one.
-RESUMABLE = (
-    'init_from',
-    'out_dir',
-    'overwrite',
-    'data_dir',
-    'data_path',
-    'max_iters',
-    'learning_rate',
-    'min_lr',
-    'warmup_iters',
-    'decay_lr',
-    'lr_schedule',
-    'epochs',
-    'weight_decay',
-    'beta1',
-    'beta2',
-    'grad_clip',
-    'eval_interval',
-    'eval_iters',
-    'log_interval',
-    'always_save_checkpoint',
-    'final_eval',
-    'eval_split',
-    'eval_max_items',
-    'device',
-    'compile',
-    'peak_flops',
-    'grad_checkpoint',
-)
+RESUMABLE = '''
+    init_from out_dir overwrite data_dir data_path max_iters learning_rate min_lr warmup_iters
+    decay_lr lr_schedule epochs weight_decay beta1 beta2 grad_clip eval_interval eval_iters
+    log_interval always_save_checkpoint final_eval eval_split eval_max_items device compile
+    peak_flops grad_checkpoint
+'''.split()
 
 
 def given_options(argv):
-    """The keys that config files and then --key=value arguments set, type-checked against the defaults."""
-    given = {}
-
-    def setkey(k, v, where):
-        if k not in DEFAULTS:
-            raise ValueError(f"unknown option {k!r} in {where} (python train.py --help lists them)")
-        d = DEFAULTS[k]
-        ok = isinstance(v, type(d)) and not (isinstance(v, bool) and not isinstance(d, bool))
-        if isinstance(d, float) and isinstance(v, int) and not isinstance(v, bool):
-            v, ok = float(v), True
-        if not ok:
-            raise ValueError(f"option {k} expects {type(d).__name__} but got {v!r} in {where}")
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ValueError(f"option {k} must be a finite number but got {v!r} in {where}")
-        given[k] = v
-
-    for arg in argv:
-        if arg in ('-h', '--help'):
-            print(help_text())
-            sys.exit(0)
-        if arg.startswith('--'):
-            if '=' not in arg:
-                raise ValueError(f"expected --key=value, got {arg!r}")
-            k, v = arg[2:].split('=', 1)
-            try:
-                v = ast.literal_eval(v)
-            except (ValueError, SyntaxError):
-                pass  # a bare word is a string
-            setkey(k, v, 'the command line')
-        else:
-            for k, v in run_config_file(arg).items():
-                setkey(k, v, arg)
-    return given
-
-
-def run_config_file(path):
-    """The names a config file assigns. Config files are trusted Python in this repo; an error in one is
-    reported as one line naming the file and line."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file {path!r} not found (see config/ for examples)")
-    scope = {}
-    try:
-        with open(path, encoding='utf-8') as f:
-            exec(
-                builtins.compile(f.read(), path, 'exec'), {}, scope
-            )  # (the option `compile` hides the builtin)
-    except SyntaxError as e:
-        raise ValueError(
-            f"config file {path}, line {e.lineno}: {e.msg} (config files are plain Python assignments)"
-        ) from None
-    except KeyboardInterrupt as e:  # Ctrl-C while it ran (or it raised one): say where
-        line = [fr.lineno for fr in traceback.extract_tb(e.__traceback__) if fr.filename == path]
-        raise KeyboardInterrupt(f"config file {path}, line {(line or ['?'])[-1]}") from None
-    except Exception as e:
-        line = [
-            fr.lineno for fr in traceback.extract_tb(e.__traceback__) if fr.filename == path
-        ] or ['?']
-        raise ValueError(f"config file {path}, line {line[-1]}: {type(e).__name__}: {e}") from None
-    return {k: v for k, v in scope.items() if not k.startswith('_')}
+    """The keys that config files and then --key=value arguments set, type-checked against DEFAULTS."""
+    return options.given_options(argv, DEFAULTS, __file__)
 
 
 def check_options(cfg):
@@ -245,15 +157,8 @@ def check_options(cfg):
         raise ValueError(
             f"unknown adapter {cfg['adapter']!r}: choose '' (full training) or {', '.join(adapters.METHODS)}"
         )
-    for k in (
-        'batch_size',
-        'block_size',
-        'max_iters',
-        'gradient_accumulation_steps',
-        'eval_iters',
-        'log_interval',
-        'eval_interval',
-    ):
+    counts = 'batch_size block_size max_iters gradient_accumulation_steps eval_iters log_interval'
+    for k in [*counts.split(), 'eval_interval']:
         if cfg[k] <= 0:
             raise ValueError(f"option {k} must be positive, got {cfg[k]}")
     if cfg['lr_schedule'] not in ('cosine', 'linear'):
@@ -270,165 +175,9 @@ def check_options(cfg):
     return cfg
 
 
-def check_values(cfg):
-    """Ranges and choices, checked before any work (building data, making the model, training): a
-    value that would run silently wrong, or fail only after training, is refused here in one line."""
-    if cfg['eval_split'] not in ('test', 'val'):
-        raise ValueError(f"eval_split={cfg['eval_split']!r}: choose 'test' or 'val'")
-    for k in ('n_layer', 'n_head', 'n_embd', 'learning_rate'):
-        if cfg[k] <= 0:
-            raise ValueError(f"option {k} must be positive, got {cfg[k]}")
-    for k in (
-        'warmup_iters',
-        'eval_max_items',
-        'min_lr',
-        'weight_decay',
-        'grad_clip',
-        'peak_flops',
-    ):
-        if cfg[k] < 0:
-            raise ValueError(f"option {k} must be 0 or more, got {cfg[k]}")
-    for k in ('dropout', 'label_smoothing', 'beta1', 'beta2'):
-        if not 0 <= cfg[k] < 1:
-            raise ValueError(f"option {k} must be in [0, 1), got {cfg[k]}")
-    if cfg['n_embd'] % cfg['n_head']:
-        raise ValueError(
-            f"n_embd={cfg['n_embd']} is not a multiple of n_head={cfg['n_head']}: each head gets "
-            "n_embd / n_head dimensions"
-        )
-    if cfg['tokenizer'] not in ('world', 'world-bytes', 'gpt2'):
-        raise ValueError(
-            f"unknown tokenizer {cfg['tokenizer']!r}: use 'world', 'world-bytes' or 'gpt2'"
-        )
-    name = cfg['dataset']
-    if name not in data.DATASETS and not (name.startswith('task:') and name[5:] in TASK_FAMILY):
-        raise ValueError(
-            f"unknown dataset {name!r}: use one of {', '.join(data.DATASETS)} "
-            f"(task:<{'|'.join(TASK_FAMILY)}>)"
-        )
-    if cfg['cat_adapters'] and cfg['adapter'] != 'cat':
-        raise ValueError(
-            f"cat_adapters is read by adapter='cat' only, not by adapter={cfg['adapter']!r}"
-        )
-
-
-def check_cat_targets(c, skills_targets):
-    """CAT adapts what its skill LoRAs adapt; an adapter_targets given as anything else (it used to be
-    ignored without a word) is refused, naming both."""
-    skills = skills_targets if isinstance(skills_targets, str) else ','.join(skills_targets)
-    if c.adapter_targets not in (DEFAULTS['adapter_targets'], skills):
-        raise ValueError(
-            f"adapter=cat adapts what its skill LoRAs adapt ({skills}), not adapter_targets="
-            f"{c.adapter_targets!r}: drop --adapter_targets"
-        )
-
-
-def check_own_inputs(cfg):
-    """A run never writes over one of its own inputs, whatever overwrite says: --overwrite=True is
-    for another run's checkpoint, and an adapter run into its base's out_dir would destroy its base."""
-    outputs = [os.path.join(cfg['out_dir'], f) for f in ('ckpt.pt', 'eval.json')]
-    cats = [p.strip() for p in cfg['cat_adapters'].split(',') if p.strip()]
-    inputs = [('init_from', cfg['init_from']), ('data_path', cfg['data_path'])]
-    for key, path in inputs + [('cat_adapters', p) for p in cats]:
-        for out in outputs:
-            if path and os.path.isfile(path) and os.path.realpath(path) == os.path.realpath(out):
-                raise ValueError(
-                    f"--{key}={path} is {out}, which this run writes: it would destroy its own "
-                    "input, whatever --overwrite says; pass another --out_dir"
-                )
-
-
 def parse_args(argv):
     """Defaults <- config files <- --key=value; type-checked against the defaults."""
     return check_options({**DEFAULTS, **given_options(argv)})
-
-
-def help_text():
-    """The module docstring, then every key with its default and the comment beside it above."""
-    notes, sections = {}, {}
-    with open(__file__, encoding='utf-8') as f:
-        source = f.read()
-    block = source[source.index('# I/O') : source.index('DEFAULTS = ')]
-    key, section = None, None
-    for tok in tokenize.generate_tokens(io.StringIO(block).readline):
-        if tok.type == tokenize.NAME and tok.start[1] == 0:
-            key = tok.string
-            sections.setdefault(key, section)
-        elif tok.type == tokenize.COMMENT and tok.start[1] == 0:
-            section, key = tok.string[1:].strip(), None
-        elif tok.type == tokenize.COMMENT and key in DEFAULTS:
-            notes[key] = tok.string[1:].strip()
-        elif tok.type == tokenize.NEWLINE:
-            key = None
-    lines, shown = [__doc__.strip(), '', 'options, their defaults and what they do:'], None
-    for k, v in DEFAULTS.items():
-        if sections.get(k, shown) != shown:
-            shown = sections[k]
-            lines.append(f'# {shown}')
-        lines.append(f'  --{k}={v!r}'.ljust(36) + ' ' + notes.get(k, ''))
-    return '\n'.join(line.rstrip() for line in lines)
-
-
-def check_before_work(c, ckpt, dev, dt):
-    """What can be checked only when the run starts (a config file may name a base that a run before
-    it makes), before any data or model is built: init_from exists, and the sizes fit. A training step
-    that cannot fit in this device's memory (formats/memory.py: the weights, their optimizer state,
-    the batch, saved activations) is refused with the estimate. The model's shape is the options'
-    (scratch), the resumed checkpoint's, or a GPT-2 directory's config.json; a base in a train.py
-    checkpoint is measured as it loads."""
-    init = c.init_from
-    if init not in ('scratch', 'resume', *HF_MODELS) and not os.path.exists(init):
-        raise ValueError(
-            f"no checkpoint at {init}: init_from takes 'scratch', 'resume', a GPT-2 name "
-            f"({', '.join(HF_MODELS)}), or an existing train.py checkpoint or GPT-2 directory"
-        )
-    if c.init_from == 'scratch':
-        vocab = data.get_tokenizer(c.tokenizer).n_vocab
-        args = dict(n_layer=c.n_layer, n_embd=c.n_embd, vocab_size=vocab, block_size=c.block_size)
-    elif ckpt is not None and 'model_args' in ckpt and 'model' in ckpt:
-        args = ckpt['model_args']
-    elif ckpt is None and os.path.isdir(c.init_from):
-        args = read_hf_config(c.init_from)
-    else:
-        return
-    parts = training_bytes(
-        args,
-        c.batch_size,
-        c.block_size,
-        dtype_bytes=2 if dt in ('bfloat16', 'float16') else 4,
-        full=not c.adapter,
-    )
-    refuse_if_too_big(
-        f"a training step of batch_size={c.batch_size} x block_size={c.block_size} on a "
-        f"{args['n_layer']}-layer, {args['n_embd']}-wide model",
-        parts,
-        dev,
-        hint="lower batch_size (gradient_accumulation_steps keeps the tokens per step), "
-        "block_size or the model's size",
-    )
-
-
-def pick_device_dtype(c):
-    """The device and the dtype name ('float32', 'bfloat16' or 'float16') the run computes in."""
-    dev = c.device if c.device != 'auto' else 'cuda' if torch.cuda.is_available() else 'cpu'
-    if dev.startswith('cuda') and not torch.cuda.is_available():
-        raise ValueError(
-            f"device={dev!r} but torch sees no CUDA GPU here: pass --device=cpu (or auto)"
-        )
-    dtype = c.dtype
-    if dtype == 'auto':
-        if dev.startswith('cuda'):
-            dtype = 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
-        else:  # bf16 autocast pays only where the CPU has bf16 instructions (README: 0.65x the fp32 step time)
-            flags = open('/proc/cpuinfo').read() if os.path.exists('/proc/cpuinfo') else ''
-            dtype = 'bfloat16' if ('avx512_bf16' in flags or 'amx_bf16' in flags) else 'float32'
-    if dtype not in ('float32', 'bfloat16', 'float16'):
-        raise ValueError(f"unknown dtype {dtype!r}: choose auto, float32, bfloat16 or float16")
-    if dtype == 'bfloat16' and dev.startswith('cuda') and not torch.cuda.is_bf16_supported():
-        raise ValueError(
-            "this GPU has no bf16: pass --dtype=float16 (or auto), which trains with a GradScaler"
-        )
-    return dev, dtype
 
 
 def lr_at(it, c):
@@ -477,9 +226,8 @@ def build_model(c, ds, ckpt):
                 "(a damaged or edited checkpoint): nothing to resume"
             ) from None
         return model, ckpt.get('base')
-    base_path = (
-        ckpt['base']['path'] if ckpt is not None else c.init_from
-    )  # resuming an adapter run: its base
+    # resuming an adapter run: its base
+    base_path = ckpt['base']['path'] if ckpt is not None else c.init_from
     model, base_ckpt = load_model(base_path)
     # the tokenizer the base learned: a train.py checkpoint records it, GPT-2 by name is gpt2's, a directory can't say
     trained_with = (
@@ -538,14 +286,12 @@ def save_checkpoint(path, model, optimizer, scaler, c, iter_num, best_val_loss, 
     }
     if scaler is not None:
         ckpt['scaler'] = scaler.state_dict()
-    if (
-        c.adapter
-    ):  # the adapter tensors only, in the one format adapters.load_adapter_checkpoint reads
+    # the adapter tensors only, in the one format adapters.load_adapter_checkpoint reads
+    if c.adapter:
         return adapters.save_adapter_checkpoint(path, model, **ckpt)
     ckpt['model'] = model.state_dict()
-    write_checkpoint(
-        ckpt, path
-    )  # atomic: a crash or a full disk never destroys the last good checkpoint
+    # atomic: a crash or a full disk never destroys the last good checkpoint
+    write_checkpoint(ckpt, path)
 
 
 def resume_config(ckpt, path, given):
@@ -570,168 +316,6 @@ def resume_config(ckpt, path, given):
     if changed:
         print('applying ' + ', '.join(f"{k}={v!r} (was {saved[k]!r})" for k, v in changed.items()))
     return check_options({**saved, **given, 'init_from': 'resume'})
-
-
-class Run:
-    """What this process's run holds beyond main's locals: the lock that keeps it the only run in its
-    out_dir (formats/checkpoint.py's RunLock, released however main ends), and how far it got, for
-    the one line a Ctrl-C prints."""
-
-    def __init__(self):
-        self.lock, self.ckpt_path, self.iter_num, self.saved_iter = None, None, None, None
-        self.found = None  # the identity of the ckpt.pt out_dir held when this run began
-
-    def start(self, out_dir, ckpt_path):
-        """Take out_dir's lock (a second run there refuses at once), then remove the partial
-        checkpoints that killed writers left; under torchrun only rank 0, the writer, locks."""
-        self.release()
-        self.__init__()
-        if int(os.environ.get('RANK', 0)) == 0:
-            self.lock = RunLock(out_dir).acquire()
-            if self.lock.notice:
-                print(self.lock.notice)
-            for tmp in remove_stale_temps(ckpt_path):
-                print(f"removed {tmp}, a partial checkpoint left by an interrupted write")
-        self.ckpt_path, self.found = ckpt_path, file_identity(ckpt_path)
-
-    def progress(self, iter_num, saved_iter):  # iterations done, and the one ckpt_path holds
-        self.iter_num, self.saved_iter = iter_num, saved_iter
-
-    def release(self):
-        if self.lock is not None:
-            self.lock.release()
-            self.lock = None
-
-    def kept_iteration(self):
-        """The iteration of the checkpoint this run owns at ckpt_path (one it wrote, or the one it
-        resumed), read from the file itself: a Ctrl-C can land between the rename that puts a new
-        checkpoint in place and any bookkeeping after it. None if it owns none."""
-        now = file_identity(self.ckpt_path)
-        if now is None or (now == self.found and self.saved_iter is None):
-            return None  # none, or still the earlier run's
-        try:  # mmap: the small header is read, not the weights
-            return torch.load(self.ckpt_path, mmap=True, weights_only=True)['iter_num']
-        except Exception:
-            return self.saved_iter
-
-    def interrupted(self, where=''):
-        """The line a Ctrl-C prints: where it landed and what is on disk."""
-        if where or self.iter_num is None:
-            return (
-                f"interrupted in {where or 'the setup, before training began'}: nothing was written"
-            )
-        kept = self.kept_iteration()
-        if kept is not None:
-            kept = (
-                f"the last checkpoint (iteration {kept}) is kept at {self.ckpt_path}: "
-                "resume with --init_from=resume"
-            )
-        elif self.found is not None:
-            kept = f"no checkpoint was written ({self.ckpt_path} is still the earlier run's)"
-        else:
-            kept = "no checkpoint was written"
-        return f"interrupted at iteration {self.iter_num}; {kept}"
-
-
-def file_identity(path):
-    """What tells one file at `path` from another written there since (a rename gives a new inode)."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
-
-
-RUN = Run()
-
-
-def releases_run_lock(main):
-    """main, with out_dir's lock released however it ends (return, error, Ctrl-C)."""
-
-    @functools.wraps(main)
-    def run(*args, **kwargs):
-        try:
-            return main(*args, **kwargs)
-        finally:
-            RUN.release()
-
-    return run
-
-
-# -----------------------------------------------------------------------------
-# the device at hand: its autocast, its peak FLOP/s, and several processes under torchrun
-
-# dense (no sparsity) bf16/fp16 tensor-core peak of one GPU in FLOP/s, from NVIDIA's data sheets: what
-# the MFU column divides by. Searched in order in torch.cuda.get_device_name(), lower-cased. GeForce
-# cards at their rate with fp32 accumulation (what autocast's matmuls use; half their fp16-accumulate
-# peak); V100 and T4 have no bf16: their fp16 peak. The A10G (AWS) is left out: its clocks differ.
-GPU_PEAK_FLOPS = (
-    (r'\bh100\b.*\bnvl\b', 835e12),
-    (r'\bh100\b.*\bpcie\b', 756e12),
-    (r'\bh100\b', 989e12),  # SXM
-    (r'\bh200\b.*\bnvl\b', 835e12),
-    (r'\bg?h200\b', 989e12),  # H200 SXM, GH200
-    (r'\ba100\b', 312e12),
-    (r'\ba30\b', 165e12),
-    (r'\ba40\b', 149.7e12),
-    (r'\ba10\b', 125e12),
-    (r'\bl40s\b', 362e12),
-    (r'\bl40\b', 181e12),
-    (r'\bl4\b', 121e12),
-    (r'\brtx 4090\b', 165.2e12),
-    (r'\brtx 3090\b(?! ti)', 71e12),
-    (r'\bv100s\b', 130e12),
-    (r'\bv100\b.*\bpcie\b', 112e12),
-    (r'\bv100\b', 125e12),
-    (r'\bt4\b', 65e12),
-)
-
-
-def gpu_peak_flops(name):
-    """A GPU's 16-bit dense peak FLOP/s looked up by its name in GPU_PEAK_FLOPS; None if not listed."""
-    name = name.lower()
-    return next((peak for pattern, peak in GPU_PEAK_FLOPS if re.search(pattern, name)), None)
-
-
-def peak_flops_for(dev, dtype, peak_flops=0.0):
-    """What MFU divides by: peak_flops when given; else a listed GPU's peak in a bf16/fp16 run; else
-    None (a CPU, an unknown GPU, float32): the log then shows FLOP/s without a percentage."""
-    if peak_flops:
-        return peak_flops
-    if not dev.startswith('cuda') or dtype == 'float32':
-        return None
-    return gpu_peak_flops(torch.cuda.get_device_name(dev))
-
-
-def autocast_context(dev, dtype):
-    """Mixed precision on the device the tensors live on ('cuda:1' -> 'cuda', 'mps', 'cpu'); none for
-    float32, nor where this torch has no autocast for that device (mps before torch 2.5 or so)."""
-    device_type = dev.split(':')[0]
-    available = getattr(torch.amp, 'is_autocast_available', lambda t: t in ('cuda', 'cpu'))
-    if dtype == 'float32' or not available(device_type):
-        return nullcontext()
-    return torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))
-
-
-def start_distributed(dev):
-    """Under torchrun: join the process group (NCCL between GPUs, gloo between CPU processes) and
-    return this process's device, one GPU per process: cuda:LOCAL_RANK."""
-    if dev.startswith('cuda'):
-        dev = f"cuda:{os.environ['LOCAL_RANK']}"
-        torch.cuda.set_device(dev)
-    dist.init_process_group(backend='nccl' if dev.startswith('cuda') else 'gloo')
-    return dev
-
-
-def wrap_ddp(model, dev):
-    """DistributedDataParallel over the trainable parameters alone. A frozen base and the adapters'
-    fixed buffers are the same in every process by construction (the same file, the same seeds), so
-    DDP is told to ignore them: no broadcast of a frozen GPT-2 at the start, and none of it in the
-    gradient buckets."""
-    fixed = [n for n, p in model.named_parameters() if not p.requires_grad]
-    fixed += [n for n, _ in model.named_buffers()]
-    DDP._set_params_and_buffers_to_ignore_for_model(model, fixed)
-    return DDP(model, device_ids=[torch.device(dev)] if dev.startswith('cuda') else None)
 
 
 def draw_step(ds, c, gen, rank, world, dev):
@@ -901,7 +485,7 @@ def main(argv=()):
             }
             if c.adapter == 'cat':
                 spec['targets'], spec['skills'] = adapters.load_cat_skills(c.cat_adapters, model)
-                check_cat_targets(c, spec['targets'])
+                check_cat_targets(c, spec['targets'], DEFAULTS['adapter_targets'])
         else:  # resume: the checkpoint's own adapter config (a CAT run needs no skill files then)
             spec = ckpt['adapter']['config']
         print(adapters.add_adapters(model, **spec))
@@ -1062,10 +646,11 @@ def main(argv=()):
         )
     elif c.final_eval:
         model.eval()
+        # merged in fp32 first; then evaluated in the training precision
         with (
             adapters.merged(model),
             autocast,
-        ):  # merged in fp32 first; then evaluated in the training precision
+        ):
             summary['eval'] = ds.evaluate(
                 model, split=c.eval_split, max_items=c.eval_max_items or None
             )
@@ -1086,9 +671,8 @@ def unigram_entropy(ds, c, n_batches=50):
 
 
 if __name__ == '__main__':
-    sys.stdout.reconfigure(
-        line_buffering=True
-    )  # progress lines show up at once, also through | tee
+    # progress lines show up at once, also through | tee
+    sys.stdout.reconfigure(line_buffering=True)
     try:
         main(sys.argv[1:])
     except (

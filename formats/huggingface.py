@@ -142,10 +142,11 @@ def convert_hf_gpt2(sd_hf, n_layer, consume=False):
         return sd_hf.pop(k)
 
     wte = own(pop("wte.weight"))
+    # tied: GPT-2 files may omit lm_head
     sd = {
         "lm_head.weight": wte,
         "transformer.wte.weight": wte,
-    }  # tied: GPT-2 files may omit lm_head
+    }
     for k in ("wpe.weight", "ln_f.weight", "ln_f.bias"):
         sd["transformer." + k] = own(pop(k))
     for i in range(n_layer):

@@ -93,13 +93,14 @@ _PEFT_INERT = {
     "eva_config",
     "ensure_weight_tying",
 }
+# the others (PiSSA, OLoRA, LoftQ...) change W0
 _INERT_INITS = (
     True,
     False,
     "gaussian",
     "eva",
     "orthogonal",
-)  # the others (PiSSA, OLoRA, LoftQ...) change W0
+)
 
 
 def _targets(layer_kinds, n_layer):
@@ -141,9 +142,8 @@ def gpt2_config(config, dtype=torch.float32):
         "use_cache": True,
         "torch_dtype": str(dtype).removeprefix("torch."),
     }
-    eot = (
-        50256 if config.vocab_size > 50256 else None
-    )  # GPT-2's <|endoftext|>; another tokenizer's is not known here
+    # GPT-2's <|endoftext|>; another tokenizer's is not known here
+    eot = 50256 if config.vocab_size > 50256 else None
     return {**hf, "bos_token_id": eot, "eos_token_id": eot}
 
 
@@ -177,9 +177,8 @@ def peft_lora(model):
         if not match:
             raise ValueError(f"the adapter on {name} has no counterpart in Hugging Face GPT-2")
         layer, (hf_kind, block) = int(match[1]), HF_MODULE[match[2]]
-        B, A = (
-            t.detach().float() for t in m.factors()
-        )  # scale and gates folded into A: ΔW = B @ A
+        # scale and gates folded into A: ΔW = B @ A
+        B, A = (t.detach().float() for t in m.factors())
         groups.setdefault((layer, hf_kind), []).append((block, B, A))
         layer_kinds.setdefault(layer, set()).add(hf_kind)
     if not groups:
@@ -203,9 +202,8 @@ def peft_lora(model):
         )
         ranks[f"h.{layer}.{hf_kind}"] = A.shape[0]
     r = Counter(ranks.values()).most_common(1)[0][0]
-    pattern = {
-        k: R for k, R in ranks.items() if R != r
-    }  # PEFT matches these as regexes on the module name
+    # PEFT matches these as regexes on the module name
+    pattern = {k: R for k, R in ranks.items() if R != r}
     config = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -460,9 +458,8 @@ def import_peft(peft_dir, out, base=None):
             continue
         for block, sub in enumerate("qkv"):  # rows block·C .. (block+1)·C of ΔW are W_q, W_k, W_v's
             Bj = B[block * C : (block + 1) * C]
-            used = (
-                Bj.abs().amax(0) > 0
-            )  # rank directions this block uses (zero columns add nothing)
+            # rank directions this block uses (zero columns add nothing)
+            used = Bj.abs().amax(0) > 0
             trimmed |= not bool(used.all())
             if used.any():
                 ours[f"transformer.h.{layer}.attn.{sub}"] = (Bj[:, used], A[used], s)
@@ -471,9 +468,8 @@ def import_peft(peft_dir, out, base=None):
             f"{peft_dir}: every lora_B is zero (an untrained adapter): nothing to import"
         )
     ranks = {A.shape[0] for _, A, _ in ours.values()}
-    if (
-        not trimmed and len(ranks) == 1 and len({s for *_, s in ours.values()}) == 1
-    ):  # one r and alpha: keep them
+    # one r and alpha: keep them
+    if not trimmed and len(ranks) == 1 and len({s for *_, s in ours.values()}) == 1:
         r, opts = (
             ranks.pop(),
             dict(alpha=float(cfg.get("lora_alpha", 8)), rslora=bool(cfg.get("use_rslora"))),

@@ -83,9 +83,8 @@ def _map_tensor(f, offset, nbytes, dtype):
     skip, itemsize = offset - page, torch.empty((), dtype=dtype).element_size()
     if skip % itemsize:  # misaligned (a file written without alignment): copy this one tensor
         return torch.frombuffer(bytearray(buf[skip : skip + nbytes]), dtype=dtype)
-    return torch.frombuffer(
-        buf, dtype=dtype, count=nbytes // itemsize, offset=skip
-    )  # holds buf open
+    # holds buf open
+    return torch.frombuffer(buf, dtype=dtype, count=nbytes // itemsize, offset=skip)
 
 
 def write_safetensors(path, tensors, metadata=None):

@@ -108,18 +108,18 @@ QUICK = dict(
     results='out/study-quick/results',
 )
 COMPOSITION_LR, CAT_LR = 3e-3, 1e-2
+# tuned on the composite split
 LAMBDAS = {
     'task arithmetic': [0.5, 0.75, 1.0, 1.25, 1.5],
     'TIES': [0.5, 1.0, 1.5, 2.0, 3.0],
-}  # tuned on the composite split
+}
 
 
 def next_rate(lr, up):
     """lr's neighbour on the 1-3-10 ladder the grids are drawn from (..., 1e-3, 3e-3, 1e-2, 3e-2, ...)."""
     k = round(2 * math.log10(lr)) + (1 if up else -1)
-    return float(
-        f'{(1, 3)[k % 2]}e{k // 2}'
-    )  # the same float as the literal 3e-4, not 3 * 10 ** -4
+    # the same float as the literal 3e-4, not 3 * 10 ** -4
+    return float(f'{(1, 3)[k % 2]}e{k // 2}')
 
 
 def tune_lr(grid, score, widen):
@@ -143,9 +143,9 @@ def tune_lr(grid, score, widen):
 def mixture_methods(R, n_embd):
     """name -> (config, extra options). All adapters but lora_qv adapt every Linear
     (lora_qv: the papers' GPT-2 setting)."""
-    half = (
-        n_embd // 2
-    )  # NOLA: k + l = d per matrix, fewer trainable numbers than LoRA rank 1 at any width
+    # NOLA: k + l = d per matrix, fewer trainable numbers than LoRA rank 1 at any width
+    half = n_embd // 2
+    # the same bases, kept: 2x faster on a CPU
     return {
         'full': ('config/finetune_mixture.py', []),
         f'lora_qv_r{R}': ('config/lora_mixture.py', [f'--lora_r={R}', f'--lora_alpha={2.0 * R}']),
@@ -175,7 +175,7 @@ def mixture_methods(R, n_embd):
                 '--nola_stored_basis=True',
             ],
         ),
-    }  # the same bases, kept: 2x faster on a CPU
+    }
 
 
 def nbytes(obj):
@@ -235,9 +235,8 @@ def answer_rates(model, ds, task, split='test', max_items=None):
 class Study:
     def __init__(self, S, fresh=False, log=print):
         self.S, self.fresh, self.log = argparse.Namespace(**S), fresh, log
-        self.trained = (
-            set()
-        )  # runs this invocation trained: --fresh retrains a run once, then reuses it
+        # runs this invocation trained: --fresh retrains a run once, then reuses it
+        self.trained = set()
         self.base_path = os.path.join(self.S.base_dir, 'ckpt.pt')
         self.runs_dir = os.path.join(self.S.results, 'runs')
         os.makedirs(self.runs_dir, exist_ok=True)
@@ -255,9 +254,8 @@ class Study:
             return rec
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, 'train.log'), 'w') as f, contextlib.redirect_stdout(f):
-            summary = train.main(
-                argv + ['--overwrite=True']
-            )  # a stale or --fresh run of the study's own
+            # a stale or --fresh run of the study's own
+            summary = train.main(argv + ['--overwrite=True'])
         summary.pop('losses', None)
         rec = {'key': key, 'summary': summary}
         self.save_record(name, rec)
@@ -345,15 +343,17 @@ class Study:
         reuse = False
         if os.path.exists(self.base_path) and not self.fresh:
             ck = read_checkpoint(self.base_path)
+            # keys newer than the checkpoint: their defaults
             old = {
                 **train.DEFAULTS,
                 **ck.get('config', {}),
-            }  # keys newer than the checkpoint: their defaults
+            }
+            # adapters: not the base
             same_cfg = all(
                 old[k] == v
                 for k, v in want.items()
                 if k not in ignore and not k.startswith(('lora_', 'multilora_', 'nola_', 'cat_'))
-            )  # adapters: not the base
+            )
             same_data = ck.get('data', {}).get('fingerprint') == ds.fingerprint
             reuse = (
                 same_cfg and same_data and ck.get('iter_num') == want['max_iters'] and 'model' in ck
@@ -396,9 +396,8 @@ class Study:
         qa = self.dataset('known_qa')  # its tokenizer and batched generation, for the recall probes
         rec = {k: recall(base, qa, world.recall_probes(people, [k])) for k in world.FACT_TEMPLATES}
         rec['all'] = mean(list(rec.values()))
-        rec['manual'] = recall(
-            base, qa, world.recall_probes(world.make_manual(self.world()))
-        )  # never read: ~0
+        # never read: ~0
+        rec['manual'] = recall(base, qa, world.recall_probes(world.make_manual(self.world())))
         self.log(
             f'  base fact recall {rec["all"]:.3f} ('
             + ', '.join(f'{k} {v:.2f}' for k, v in rec.items())
@@ -509,9 +508,8 @@ class Study:
             )
             for m, r in zip(names, result['runs']):
                 r['label'] = m
-            if (
-                i == 0
-            ):  # the figure and its numbers: the first seed, labelled by this study's method names
+            # the figure and its numbers: the first seed, labelled by this study's method names
+            if i == 0:
                 files = analyze.write_outputs(result, os.path.join(self.S.results, 'spectra'))
                 table = analyze.format_table(result)
             per_seed.append({m: r['aggregate'] for m, r in zip(names, result['runs'])})

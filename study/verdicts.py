@@ -25,11 +25,12 @@ EQUIV_MARGIN = (
 # A "matches" claim also needs both methods this far above answering every item with the task's most common
 # training answer: 0.10 is 20 test items in 200 per task beyond the constant answer.
 FLOOR_GATE = 0.10
+# paired bootstrap: resamples, coverage, its own fixed RNG seed
 N_BOOT, CI_LEVEL, BOOT_SEED = (
     2000,
     0.95,
     0,
-)  # paired bootstrap: resamples, coverage, its own fixed RNG seed
+)
 # The gates every headline verdict rests on (what "the runs have learned" means here): (key, what, op, threshold)
 GATES = [
     (
@@ -324,9 +325,8 @@ def verdicts(res):
     )
 
     spec = res['spectra']['per_method']
-    e_m, e_l, e_f = (
-        spec[m]['effective_rank_mean'] for m in (multi, lora, 'full')
-    )  # per seed, in seed order
+    # per seed, in seed order
+    e_m, e_l, e_f = (spec[m]['effective_rank_mean'] for m in (multi, lora, 'full'))
     ci1 = paired_diff_ci(e_m, e_l)
     ci2 = paired_diff_ci(
         [abs(x - f) for x, f in zip(e_l, e_f)], [abs(x - f) for x, f in zip(e_m, e_f)]

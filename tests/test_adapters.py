@@ -521,9 +521,8 @@ def test_cat_refuses_mixed_targets_and_non_lora(tmp_path):
     one_line_error(ValueError, "composes LoRA adapters", ad.load_cat_skills, f"{a},{c}", base)
     one_line_error(ValueError, "another base model", ad.load_cat_skills, [a], tiny_base(seed=3))
     one_line_error(ValueError, "cat needs cat_adapters", ad.load_cat_skills, "", base)
-    targets, skills = ad.load_cat_skills(
-        [a], base
-    )  # skills for other modules than the targets given
+    # skills for other modules than the targets given
+    targets, skills = ad.load_cat_skills([a], base)
     one_line_error(
         ValueError,
         "adapt 4 modules, this model has 2",

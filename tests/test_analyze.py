@@ -46,9 +46,8 @@ def test_planted_singular_values_are_recovered():
     torch.testing.assert_close(
         an.singular_values((U * s, V.T), torch.float64), s, rtol=0, atol=1e-6
     )
-    torch.testing.assert_close(
-        an.singular_values(dW.float()).double()[:7], s, rtol=0, atol=1e-5
-    )  # float32 too
+    # float32 too
+    torch.testing.assert_close(an.singular_values(dW.float()).double()[:7], s, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("d_out,r,d_in", [(50, 6, 40), (10, 16, 12)])  # r > d: the core is (d, d)
@@ -87,9 +86,8 @@ def w0_with_tail(d=64, seed=0):
 
 def test_intruder_planted_by_rotating_a_top_direction_out_of_the_span():
     U, V, s, W0 = w0_with_tail()
-    w = U[:, 40:].sum(1) / math.sqrt(
-        24
-    )  # unit vector spread over W0's tail: |cos| <= 1/√24 with each u0_j
+    # unit vector spread over W0's tail: |cos| <= 1/√24 with each u0_j
+    w = U[:, 40:].sum(1) / math.sqrt(24)
     dW = s[0] * torch.outer(w - U[:, 0], V[:, 0])  # u0_1 rotated to w, same σ and right vector
     U0 = torch.linalg.svd(W0)[0]
     max_cos, counts = an.intruder_dimensions(U0, W0 + dW, k=10, eps=(0.3, 0.5, 0.7))
@@ -111,9 +109,8 @@ def test_intruder_planted_by_rotating_a_top_direction_out_of_the_span():
 
 def test_update_inside_w0_top_subspace_makes_no_intruders():
     U, V, s, W0 = w0_with_tail()
-    delta = s[:10] * torch.linspace(
-        0.8, 0.1, 10, dtype=torch.float64
-    )  # grows every top σ, keeps them distinct
+    # grows every top σ, keeps them distinct
+    delta = s[:10] * torch.linspace(0.8, 0.1, 10, dtype=torch.float64)
     B, A = U[:, :10] * delta, V[:, :10].T
     U0 = torch.linalg.svd(W0)[0]
     max_cos, counts = an.intruder_dimensions(U0, W0 + B @ A, k=10)
@@ -132,9 +129,8 @@ def test_update_inside_w0_top_subspace_makes_no_intruders():
     assert res["runs"][0]["matrices"]["m"]["intruders"] == {"0.3": 0, "0.5": 0, "0.7": 0}
 
 
-@pytest.mark.parametrize(
-    "kind", ["fine-tuned", "gaussian"]
-)  # gaussian: tiny gaps, falls back to a full SVD
+# gaussian: tiny gaps, falls back to a full SVD
+@pytest.mark.parametrize("kind", ["fine-tuned", "gaussian"])
 def test_top_singular_vectors_match_full_svd(kind, monkeypatch):
     g = torch.Generator().manual_seed(5)
     if kind == "fine-tuned":
@@ -148,15 +144,13 @@ def test_top_singular_vectors_match_full_svd(kind, monkeypatch):
     )
     torch.manual_seed(123)
     Ut, St = an.top_singular_vectors(M, 10)
-    assert sum(full_svds) == (
-        kind == "gaussian"
-    )  # the randomized solver converged, or an exact SVD took over
+    # the randomized solver converged, or an exact SVD took over
+    assert sum(full_svds) == (kind == "gaussian")
     torch.testing.assert_close(St, Se[:10], rtol=1e-6, atol=0)
     assert (Ut.T @ Ue[:, :10]).abs().diagonal().min() > 1 - 1e-6
     torch.manual_seed(456)
-    Ut2, _ = an.top_singular_vectors(
-        M, 10
-    )  # a fixed start: the same answer whatever the global seed
+    # a fixed start: the same answer whatever the global seed
+    Ut2, _ = an.top_singular_vectors(M, 10)
     assert torch.equal(Ut, Ut2)
 
 
@@ -257,9 +251,8 @@ def ckpts(tmp_path_factory):
         d / "cat" / "ckpt.pt", base, "cat", cat_skills=skills
     )
     for s in skills:
-        os.remove(
-            s
-        )  # a CAT checkpoint is self-contained: the skill files are not needed to analyse it
+        # a CAT checkpoint is self-contained: the skill files are not needed to analyse it
+        os.remove(s)
     other = tiny_base(seed=1)
     paths["other_lora"] = adapter_ckpt(d / "other.pt", other, "lora", r=4)[0]
     return d, base, paths, models
@@ -342,9 +335,8 @@ def test_json_holds_the_numbers_of_the_table(ckpts):
                 line for line in table.splitlines() if line.startswith(f"{r['label']} {kind} ")
             )
             assert cells.split()[2:] == [f"{by_layer[str(i)]:.2f}" for i in range(2)]
-        m = r["matrices"][
-            "transformer.h.0.attn.q"
-        ]  # and the aggregate is the mean of the per-matrix numbers
+        # and the aggregate is the mean of the per-matrix numbers
+        m = r["matrices"]["transformer.h.0.attn.q"]
         assert a["effective_rank_mean"] == pytest.approx(
             sum(x["effective_rank"] for x in r["matrices"].values()) / 4
         )
@@ -496,9 +488,8 @@ def test_bench_spectra_metrics_match_an_independent_svd(capsys):
     result = bench.bench_spectra(n_layer=2, d=64)
     out = capsys.readouterr().out
     assert "spectra: 4 matrices (2 layers x q,v, 64x64) x 5 methods" in out
-    assert re.search(
-        r"^lora\s+4,096\s+4\s+7\.\d\d", out, re.M
-    )  # rank-8 random factors: effective rank just under 8
+    # rank-8 random factors: effective rank just under 8
+    assert re.search(r"^lora\s+4,096\s+4\s+7\.\d\d", out, re.M)
     base, runs = bench.spectra_inputs(n_layer=2, d=64)
     rank = {"lora": 8, "multilora": 24, "nola": 8, "cat": 16, "full": 64}
     assert [r["label"] for r in result["runs"]] == list(rank)

@@ -266,9 +266,8 @@ def test_non_finite_numbers_are_refused(tmp_path):
 
 def test_nan_before_the_first_checkpoint_says_none_was_written(tmp_path):
     with pytest.raises(RuntimeError) as e:
-        tiny_run(
-            tmp_path / 'out', '--learning_rate=1e30'
-        )  # finite, but the first step blows the weights up
+        # finite, but the first step blows the weights up
+        tiny_run(tmp_path / 'out', '--learning_rate=1e30')
     assert str(e.value) == (
         "loss is nan at step 1; stopped, no checkpoint was written; "
         "a smaller --learning_rate may help"
@@ -355,9 +354,8 @@ def test_stale_partial_checkpoint_is_removed_at_start(run_dir, capsys):
     tmp = run_dir / 'ckpt.pt.tmp'
     tmp.write_bytes(b'PK\x03\x04 left by a kill -9 during a write')
     before = saved(run_dir)
-    train.main(
-        [f'--out_dir={run_dir}', '--init_from=resume']
-    )  # nothing left to train: no checkpoint is written
+    # nothing left to train: no checkpoint is written
+    train.main([f'--out_dir={run_dir}', '--init_from=resume'])
     assert (
         f"removed {tmp}, a partial checkpoint left by an interrupted write"
         in capsys.readouterr().out

@@ -62,9 +62,8 @@ def test_answer_masking_on_labels(world_dir):
         assert all(v != -1 for v in yr[first : last + 1]) and all(v == -1 for v in yr[last + 1 :])
         prompt = enc.decode(xr[: first + 1])
         assert prompt.startswith('Q: ') and prompt.endswith('\nA:')
-        assert (
-            enc.decode(yr[first : last + 1]) == by_prompt[prompt]
-        )  # labels = answer + stop, nothing else
+        # labels = answer + stop, nothing else
+        assert enc.decode(yr[first : last + 1]) == by_prompt[prompt]
         assert by_prompt[prompt].endswith(data.EOT) and yr[last] == ds.stop_token
         assert xr[first + 1 : last + 1] == yr[first:last]  # each label is the next input token
 
@@ -105,9 +104,8 @@ def test_plain_text_parser(tmp_path):
     ds = data.get_dataset(
         'text', 16, tokenizer='world-bytes', data_dir=str(tmp_path), path=str(path)
     )
-    assert sum(ds.meta['tokens'].values()) == len(
-        path.read_bytes()
-    )  # bytes tokenizer: one id per byte
+    # bytes tokenizer: one id per byte
+    assert sum(ds.meta['tokens'].values()) == len(path.read_bytes())
     x, y = ds.get_batch('val', 2, torch.Generator().manual_seed(0))
     assert x.shape == (2, 16) and torch.equal(x[:, 1:], y[:, :-1])
     with pytest.raises(FileNotFoundError, match=r'missing.txt not found: put the file there'):
@@ -164,12 +162,13 @@ def test_unknown_dataset_and_option(world_dir):
 def test_accuracy_on_planted_predictions():
     stop = 9
     answers = [[1, 2, stop], [3, stop], [4, 5, stop], [6, stop]]
+    # right, wrong, never stops, right
     preds = [
         [1, 2, stop, stop],
         [3, 7, stop],
         [4, 5],
         [6, stop, 1],
-    ]  # right, wrong, never stops, right
+    ]
     assert data.accuracy(preds, answers, stop) == 0.5
     with pytest.raises(ValueError, match='3 predictions for 4 answers'):
         data.accuracy(preds[:3], answers, stop)
@@ -206,18 +205,16 @@ def test_evaluate_on_planted_predictions(world_dir):
     assert ds.tasks == [data.SKILL1, data.SKILL2, data.COMPOSITE] and ds.train_tasks == [
         data.COMPOSITE
     ]
-    right = {
-        tuple(p) for t in ds.tasks for p, _ in ds.data[t]['test'][:30][::3]
-    }  # 10 of the first 30 per task
+    # 10 of the first 30 per task
+    right = {tuple(p) for t in ds.tasks for p, _ in ds.data[t]['test'][:30][::3]}
     model = PlantedModel(ds, lambda p, a: a if p in right else [0, ds.stop_token])
     res = ds.evaluate(model, split='test', max_items=30, batch_size=8)
     for t in ds.tasks:
         assert res[t]['n'] == 30 and res[t]['acc'] == pytest.approx(1 / 3)
         assert res[t]['loss'] == pytest.approx(math.log(ds.vocab_size), rel=1e-5)
     assert res['avg']['acc'] == pytest.approx(1 / 3) and res['avg']['n'] == 90
-    assert (
-        all(shape[0] <= 8 for shape in model.calls) and len(model.calls) == 12
-    )  # 3 tasks x ceil(30 / 8)
+    # 3 tasks x ceil(30 / 8)
+    assert all(shape[0] <= 8 for shape in model.calls) and len(model.calls) == 12
     table = data.format_results(res)
     assert (
         'shift_reverse' in table and '0.333' in table and table.splitlines()[-1].startswith('avg')
@@ -240,9 +237,8 @@ def test_plain_text_items_have_a_target_on_every_token_and_a_loss_only(world_dir
     assert (y[1] != -1).sum().item() == len(
         enc.encode_ordinary(' ' + ans)
     ) + 1  # a Q/A item: its answer only
-    right = {
-        tuple(p) for p, _ in ds.data['known_qa']['test']
-    }  # every known_qa item right, no manual_qa item
+    # every known_qa item right, no manual_qa item
+    right = {tuple(p) for p, _ in ds.data['known_qa']['test']}
     model = PlantedModel(ds, lambda p, a: a if p in right else [0, stop])
     res = ds.evaluate(model, max_items=10, batch_size=4, tasks=['manual', 'known_qa', 'manual_qa'])
     assert res['manual'] == {'loss': pytest.approx(math.log(ds.vocab_size), rel=1e-5), 'n': 10}
@@ -296,9 +292,8 @@ def test_evaluate_with_the_real_model_matches_one_item_at_a_time(mixture):
         for p, a in items:
             with torch.no_grad():
                 logits, _ = model(torch.tensor([p + a[:-1]]))
-                answer_logits = logits[
-                    0, len(p) - 1 :
-                ]  # the position of each answer token's prediction
+                # the position of each answer token's prediction
+                answer_logits = logits[0, len(p) - 1 :]
                 nll += torch.nn.functional.cross_entropy(
                     answer_logits, torch.tensor(a), reduction='sum'
                 ).item()
@@ -309,17 +304,15 @@ def test_evaluate_with_the_real_model_matches_one_item_at_a_time(mixture):
             right += stop in out and out[: out.index(stop) + 1] == a
         assert res[t]['loss'] == pytest.approx(nll / n_tok, rel=1e-4), t
         assert res[t]['acc'] == right / len(items) and res[t]['n'] == 4, t
-    assert (
-        abs(res['avg']['loss'] - math.log(ds.vocab_size)) < 1.0
-    )  # an untrained model is near uniform
+    # an untrained model is near uniform
+    assert abs(res['avg']['loss'] - math.log(ds.vocab_size)) < 1.0
 
 
 # -----------------------------------------------------------------------------------------------
 # bad data files: one line naming the file and what to do; files the project wrote are rebuilt
 
-SMALL = dict(
-    n_people=30, bio_repeats=1, n_train=40, n_eval=10, n_skill=60
-)  # a tiny world, built in a blink
+# a tiny world, built in a blink
+SMALL = dict(n_people=30, bio_repeats=1, n_train=40, n_eval=10, n_skill=60)
 
 
 def one_line(excinfo, *words):
@@ -475,9 +468,8 @@ def test_damaged_text_cache_and_tasks_file_are_rebuilt(tmp_path, capsys):
     ds = data.get_dataset(
         'text', 8, tokenizer='world-bytes', data_dir=str(tmp_path), path=str(path)
     )
-    assert (
-        sum(ds.meta['tokens'].values()) == len(path.read_bytes()) - 50
-    )  # \r\n read as \n, as open() does
+    # \r\n read as \n, as open() does
+    assert sum(ds.meta['tokens'].values()) == len(path.read_bytes()) - 50
     with open(os.path.join(ds.folder, 'val.bin'), 'r+b') as f:
         f.truncate(5)
     data.get_dataset('text', 8, tokenizer='world-bytes', data_dir=str(tmp_path), path=str(path))
@@ -534,9 +526,8 @@ def test_a_bad_data_file_reaches_the_user_as_one_line(tmp_path):
 
 
 def test_cli_lists_every_dataset_and_task_and_answers_help(world_dir, monkeypatch, capsys):
-    monkeypatch.chdir(
-        os.path.dirname(os.path.dirname(world_dir))
-    )  # python data.py builds ./data/world
+    # python data.py builds ./data/world
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(world_dir)))
     data.main(['--help'])
     assert capsys.readouterr().out == data.USAGE + '\n'
     with pytest.raises(SystemExit) as e:

@@ -10,6 +10,7 @@ import torch
 import adapters
 import train
 from model import GPT, GPTConfig
+from training import device
 
 TINY = [
     '--n_layer=2',
@@ -49,7 +50,7 @@ TINY = [
     ],
 )
 def test_gpu_peak_is_looked_up_by_name(name, peak):
-    assert train.gpu_peak_flops(name) == peak
+    assert device.gpu_peak_flops(name) == peak
 
 
 def test_peak_for_the_run(monkeypatch):

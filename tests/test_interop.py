@@ -107,10 +107,11 @@ def test_exported_adapter_loads_in_peft_with_same_logits(base_dir, tmp_path, met
         sd["base_model.model.transformer.h.0.attn.c_attn.lora_A.weight"],
         sd["base_model.model.transformer.h.0.attn.c_attn.lora_B.weight"],
     )
+    # (r, in) and (out, r) although GPT-2 is Conv1D
     assert A.shape[1] == 32 and B.shape == (
         96,
         A.shape[0],
-    )  # (r, in) and (out, r) although GPT-2 is Conv1D
+    )
     if targets == "attn.q,attn.v":  # stacked A; B in the q and v row blocks, the k block zero
         assert A.shape[0] == 8 and B[32:64].abs().max() == 0 and B[:32, 4:].abs().max() == 0
     if targets == ALL:
@@ -153,10 +154,11 @@ def test_merged_model_loads_in_transformers(base_dir, tmp_path):
         and cfg["n_ctx"] == 32
     )
     sd = read_safetensors(str(tmp_path / "merged" / "model.safetensors"))
+    # Conv1D (in, out), q|k|v fused
     assert sd["transformer.h.1.attn.c_attn.weight"].shape == (
         32,
         96,
-    )  # Conv1D (in, out), q|k|v fused
+    )
     assert sd["transformer.h.1.mlp.c_fc.weight"].shape == (32, 128)
     with pytest.raises(SystemExit, match="already exists"):  # never overwrites
         interop.main(["export-hf", ckpt, str(tmp_path / "merged")])
@@ -264,9 +266,8 @@ def test_export_import_round_trip_gives_back_the_adapter(base_dir, tmp_path):
     model = adapted(base_dir, "lora", "attn.q,attn.v,mlp.c_fc", r=4, alpha=8.0)
     ckpt = save(model, tmp_path / "ckpt.pt", base_dir)
     interop.main(["export-peft", ckpt, str(tmp_path / "peft")])
-    interop.main(
-        ["import-peft", str(tmp_path / "peft"), str(tmp_path / "back.pt")]
-    )  # base from adapter_config.json
+    # base from adapter_config.json
+    interop.main(["import-peft", str(tmp_path / "peft"), str(tmp_path / "back.pt")])
     back = adapters.load_adapter_checkpoint(str(tmp_path / "back.pt"))
     assert back["config"]["r"] == 4 and back["config"]["targets"] == "attn.q,attn.v,mlp.c_fc"
     fresh = GPT.from_pretrained(base_dir).eval()

@@ -39,9 +39,8 @@ def reference_gpt2(sd, idx, n_layer, n_head):
         y = (att @ v).transpose(1, 2).reshape(B, T, C)
         x = x + conv(y, p + "attn.c_proj")
         h = conv(ln(x, p + "ln_2"), p + "mlp.c_fc")
-        h = (
-            0.5 * h * (1 + torch.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h**3)))
-        )  # GPT-2's gelu
+        # GPT-2's gelu
+        h = 0.5 * h * (1 + torch.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h**3)))
         x = x + conv(h, p + "mlp.c_proj")
     return ln(x, "ln_f") @ sd["wte.weight"].t()
 
@@ -51,9 +50,8 @@ def write_hf_dir(path, sd, fmt="safetensors"):
     cfg = {"n_positions": 32, "vocab_size": 61, "n_layer": 2, "n_head": 2, "n_embd": 16}
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(cfg, f)
-    full = {
-        "transformer." + k: v for k, v in sd.items()
-    }  # HF files prefix names with 'transformer.'
+    # HF files prefix names with 'transformer.'
+    full = {"transformer." + k: v for k, v in sd.items()}
     if fmt == "safetensors":
         write_safetensors(os.path.join(path, "model.safetensors"), full)
     else:
@@ -106,9 +104,8 @@ def test_generate_stops_and_pads_with_stop_token():
     first = model.generate(idx, 1, temperature=0)[:, -1]
     stop = int(first[0])
     out = model.generate(idx, 12, temperature=0, stop_token=stop)
-    assert (
-        out[0, 5] == stop and (out[0, 5:] == stop).all()
-    )  # row 0 stopped at once and stays stopped
+    # row 0 stopped at once and stays stopped
+    assert out[0, 5] == stop and (out[0, 5:] == stop).all()
     with pytest.raises(ValueError, match="exceeds block_size"):
         model.generate(idx, 40)
 
@@ -297,9 +294,8 @@ def test_linear_names_select_by_suffix_or_glob_and_refuse_each_unmatched_pattern
         "transformer.h.1.mlp.c_fc",
         "transformer.h.1.mlp.c_proj",
     ]
-    assert (
-        len(linear_names(model, "*")) == 2 * 6 + 1
-    )  # q, k, v, c_proj, c_fc, mlp c_proj per layer; lm_head
+    # q, k, v, c_proj, c_fc, mlp c_proj per layer; lm_head
+    assert len(linear_names(model, "*")) == 2 * 6 + 1
     with pytest.raises(
         ValueError, match=r"^target 'attn.z' matches no nn.Linear in the model \(names look like "
     ):

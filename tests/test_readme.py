@@ -180,9 +180,8 @@ def interface(target):
         warnings.catch_warnings(),
     ):
         try:
-            if (
-                is_module
-            ):  # (runpy warns when another test imported the module already: harmless here)
+            # (runpy warns when another test imported the module already: harmless here)
+            if is_module:
                 warnings.filterwarnings("ignore", "'.*' found in sys.modules", RuntimeWarning)
                 runpy.run_module(target, run_name="__main__", alter_sys=True)
             else:

@@ -130,21 +130,22 @@ def expected_trainable(c, d=N_EMBD, n_layer=N_LAYER, total=None):
 @pytest.mark.parametrize('config', CONFIGS)
 def test_config_parses_and_trains_two_iterations(config, env):
     c = train.parse_args([config])
+    # the skill LoRAs adapt every Linear (config comments)
     skills = (
         'lora_skill1',
         'lora_skill2',
         'cat_composite',
-    )  # the skill LoRAs adapt every Linear (config comments)
+    )
+    # the GPT-2 papers' q, v
     assert c['adapter_targets'] == (
         'attn.q,attn.k,attn.v,attn.c_proj,mlp.c_fc,mlp.c_proj'
         if any(k in config for k in skills)
         else 'attn.q,attn.v'
-    )  # the GPT-2 papers' q, v
+    )
     name = os.path.basename(config)[:-3]
     args = [config, *TINY, f'--out_dir={env / name}']
-    if c['init_from'].startswith(
-        'gpt2'
-    ):  # real GPT-2 on real data: a tiny HF directory and tiny files
+    # real GPT-2 on real data: a tiny HF directory and tiny files
+    if c['init_from'].startswith('gpt2'):
         assert (
             c['tokenizer'] == 'gpt2'
             and c['dtype'] == 'bfloat16'
@@ -159,9 +160,8 @@ def test_config_parses_and_trains_two_iterations(config, env):
         assert c['dataset'] == 'e2e' and c['e2e_train'] == 'devset'
         args += [f'--data_dir={env / "realdata"}']
     else:
-        assert (
-            c['init_from'] == 'out/base/ckpt.pt'
-        )  # the default base, what `python train.py` writes
+        # the default base, what `python train.py` writes
+        assert c['init_from'] == 'out/base/ckpt.pt'
         args += [f'--init_from={env / "base.pt"}']
     if c['adapter'] == 'cat':
         assert c['cat_adapters'] == 'out/lora_skill1/ckpt.pt,out/lora_skill2/ckpt.pt'
@@ -216,9 +216,10 @@ def test_gpu_configs_follow_the_reference_settings():
             assert lora[k] == multi[k] == nola[k], k  # one run, three adapters
         assert lora['init_from'] == 'gpt2-medium' and lora['adapter_targets'] == 'attn.q,attn.v'
         assert multi['multilora_n'] * multi['multilora_r'] == lora['lora_r']  # LoRA's A/B budget
+        # and its s
         assert (
             multi['multilora_alpha'] / multi['multilora_r'] == lora['lora_alpha'] / lora['lora_r']
-        )  # and its s
+        )
         # NOLA's reference settings for GPT-2 M: rank 8, k = l = 512, s = 1, lr 5e-3, no decay, no dropout
         assert (
             nola['nola_r'],
@@ -241,6 +242,7 @@ def test_gpu_configs_follow_the_reference_settings():
         e2e['label_smoothing'],
         e2e['batch_size'],
     ) == (4, 32.0, 0.1, 2e-4, 0.01, 0.1, 8)
+    # the GPT-2 L line of its comment
     large = train.parse_args(
         [
             'config/gpt2_e2e_nola.py',
@@ -250,7 +252,7 @@ def test_gpu_configs_follow_the_reference_settings():
             '--nola_alpha=2.0',
             '--learning_rate=1e-2',
         ]
-    )  # the GPT-2 L line of its comment
+    )
     assert (
         large['nola_alpha'] / large['nola_r'] == 0.25 and large['nola_k'] == large['nola_l'] == 256
     )
@@ -273,14 +275,14 @@ def test_most_common_answer_baseline_on_planted_items():
         },
     }
     b = study_verdicts.most_common_answer_baseline(items)
+    # y: a 2-2 tie goes to the alphabetically first answer, 'a'
     assert b == {
         'x': 0.5,
         'y': 0.5,
         'avg': 0.5,
-    }  # y: a 2-2 tie goes to the alphabetically first answer, 'a'
-    b2 = study_verdicts.most_common_answer_baseline(
-        items, max_items=1
-    )  # only the items the study evaluates
+    }
+    # only the items the study evaluates
+    b2 = study_verdicts.most_common_answer_baseline(items, max_items=1)
     assert b2 == {'x': 1.0, 'y': 1.0, 'avg': 1.0}
     with pytest.raises(ValueError, match="task 'z' has no train items"):
         study_verdicts.most_common_answer_baseline({'z': {'train': [], 'test': [('q', 'a')]}})
@@ -307,18 +309,17 @@ def test_paired_bootstrap_covers_a_known_difference_and_is_deterministic():
         {t: v + 0.25 * (s - 1) for t, v in zip((f't{j}' for j in range(12)), task_means)}
         for s in range(3)
     ]
-    a = [
-        {t: v + 0.10 + rng.normal(0, 0.01) for t, v in row.items()} for row in b
-    ]  # a = b + 0.1, paired
+    # a = b + 0.1, paired
+    a = [{t: v + 0.10 + rng.normal(0, 0.01) for t, v in row.items()} for row in b]
     diff, lo, hi = study_verdicts.paired_diff_ci(a, b)
-    assert (
-        abs(diff - 0.10) < 0.01 and lo < 0.10 < hi and hi - lo < 0.03
-    )  # the seed shift (±0.25) cancels in pairs
+    # the seed shift (±0.25) cancels in pairs
+    assert abs(diff - 0.10) < 0.01 and lo < 0.10 < hi and hi - lo < 0.03
+    # fixed RNG: the same CI every time
     assert study_verdicts.paired_diff_ci(a, b) == (
         diff,
         lo,
         hi,
-    )  # fixed RNG: the same CI every time
+    )
     assert study_verdicts.paired_diff_ci(a, b, seed=7) != (diff, lo, hi)  # ... drawn from that RNG
     # per-item correctness (0/1 per item): items are resampled too, the CI still covers the difference
     items_b = [{t: [1.0] * 50 + [0.0] * 50 for t in ('u', 'v')} for _ in range(3)]
@@ -355,9 +356,8 @@ def test_equivalence_margin_floor_rule_and_gates():
         'inconclusive (at the floor: lora only +0.020, full only +0.010'
     )
     status, text = study_verdicts.equivalence(ci, {'lora': 0.30, 'full': 0.095})
-    assert (
-        status == 'inconclusive' and 'full only +0.095' in text and 'lora' not in text
-    )  # 0.10 is the gate
+    # 0.10 is the gate
+    assert status == 'inconclusive' and 'full only +0.095' in text and 'lora' not in text
     # a failed gate makes an otherwise matching pair inconclusive, naming the gate and its value
     res = planted(mix={'full': 0.50})
     failed = study_verdicts.gate_failures(study_verdicts.gates(res), ('full_ft', 'best_adapter'))
@@ -378,6 +378,7 @@ def test_equivalence_margin_floor_rule_and_gates():
 
 SEEDS, N_ITEMS, R = (0, 1, 2), 40, 12
 QV, LORA, MULTI = f'lora_qv_r{R}', f'lora_r{R}', f'multilora_3x{R // 3}'
+# exact match per task
 MIX = {
     'full': 0.70,
     QV: 0.70,
@@ -385,8 +386,9 @@ MIX = {
     MULTI: 0.80,
     'lora_r1': 0.60,
     'nola': 0.60,
-}  # exact match per task
+}
 EFF = {'full': 30.0, LORA: 4.0, MULTI: 10.0, 'lora_r1': 1.0, 'nola': 7.0}  # effective rank of ΔW
+# composite (manual_qa) exact match
 COMP = {
     'base': 0.0,
     'skill A alone': 0.0,
@@ -399,7 +401,7 @@ COMP = {
     'TIES': 0.35,
     'data mixing': 0.4,
     'data mixing + composite split': 0.45,
-}  # composite (manual_qa) exact match
+}
 PARAMS = {'full': 10**6, QV: 3072, LORA: 6144, MULTI: 6156, 'lora_r1': 512, 'nola': 256}
 
 
@@ -565,11 +567,12 @@ def test_lora_agrees_when_identical_items_well_above_the_baseline():
     v = verdict_rows(res)
     assert all(g['pass'] for g in res['gates']), res['gates']
     assert v['LoRA']['verdict'] == 'agrees' and v['LoRA']['agrees']
+    # identical per-item correctness: every paired difference is 0
     assert v['LoRA']['ci'] == (
         0.0,
         0.0,
         0.0,
-    )  # identical per-item correctness: every paired difference is 0
+    )
     assert 'paired diff +0.000, 95% CI [+0.000, +0.000]: matches' in v['LoRA']['finding']
     assert 'minus the baseline 0.200: +0.500 vs +0.500' in v['LoRA']['finding']
     # the other papers, planted to hold: MultiLoRA flatter, closer to full FT, more accurate; NOLA = LoRA r=1
@@ -602,9 +605,8 @@ def test_lora_at_the_floor_is_inconclusive_and_names_the_floor(monkeypatch):
     # the baseline is 0.60: full FT and LoRA (identical items, 0.65) pass the gates but sit only +0.05 over it
     res = planted(mix={'full': 0.65, QV: 0.65, LORA: 0.80}, baseline=0.60)
     v = verdict_rows(res)
-    assert all(g['pass'] for g in res['gates']), res[
-        'gates'
-    ]  # the floor alone, no gate, makes it inconclusive
+    # the floor alone, no gate, makes it inconclusive
+    assert all(g['pass'] for g in res['gates']), res['gates']
     assert (
         v['LoRA']['verdict']
         == (
@@ -649,23 +651,19 @@ def test_failed_gates_make_the_cat_verdict_inconclusive_and_name_the_gate():
     v = verdict_rows(res)
     want = "gate failed: base: fact recall in the corpus's own wording ('p lives in' -> city) 0.500, needs ≥ 0.7"
     assert v['CAT']['verdict'].startswith(f'inconclusive ({want})') and not v['CAT']['agrees']
-    assert v['CAT']['verdict'].endswith(
-        'as measured: beats merging yes, beats data mixing yes'
-    )  # what it measured
-    assert (
-        v['LoRA']['verdict'] == f'inconclusive ({want})'
-    )  # the base gates the mixture verdicts too
+    # what it measured
+    assert v['CAT']['verdict'].endswith('as measured: beats merging yes, beats data mixing yes')
+    # the base gates the mixture verdicts too
+    assert v['LoRA']['verdict'] == f'inconclusive ({want})'
     v2 = verdict_rows(planted(comp={study_verdicts.UPPER_BOUND: 0.3}))
     assert v2['CAT']['verdict'].startswith(
         'inconclusive (gate failed: composition: upper-bound LoRA (manual + ample '
         'composite Q/A) on the composite 0.300, needs ≥ 0.8)'
     )
-    assert (
-        not v2['CAT']['agrees'] and v2['LoRA']['verdict'] == 'agrees'
-    )  # the composition gates are CAT's only
-    v3 = verdict_rows(
-        planted(comp={'skill A alone': 0.1}, skill_b_known=0.5)
-    )  # a skill that answers the composite
+    # the composition gates are CAT's only
+    assert not v2['CAT']['agrees'] and v2['LoRA']['verdict'] == 'agrees'
+    # a skill that answers the composite
+    v3 = verdict_rows(planted(comp={'skill A alone': 0.1}, skill_b_known=0.5))
     assert (
         'gate failed: composition: skill A alone on the composite (manual_qa) 0.100, needs ≤ 0.05'
         in v3['CAT']['verdict']
@@ -684,9 +682,8 @@ def test_cat_verdict_follows_its_paired_items():
         'CAT vs TIES (the best merge)' in f
         and 'vs data mixing + composite split (the better data mixing)' in f
     )
-    assert (
-        abs(v['CAT']['ci'][0] - 0.45) < 1e-9 and v['CAT']['ci'][1] > 0.3
-    )  # 0.80 - 0.35 (TIES), clear margin
+    # 0.80 - 0.35 (TIES), clear margin
+    assert abs(v['CAT']['ci'][0] - 0.45) < 1e-9 and v['CAT']['ci'][1] > 0.3
     # CAT's softmax weights count when they do better
     v_sm = verdict_rows(planted(comp={'CAT': 0.1, 'CAT (softmax)': 0.8}))
     assert v_sm['CAT']['verdict'] == 'agrees' and 'CAT (softmax) vs TIES' in v_sm['CAT']['finding']
@@ -733,9 +730,8 @@ def test_gates_report_measured_values_and_pass_flags():
         '≤ 0.05',
         '≥ 0.8',
     ]
-    assert next(g for g in G if g['key'] == 'best_adapter')['gate'].endswith(
-        f'({MULTI})'
-    )  # which adapter was best
+    # which adapter was best
+    assert next(g for g in G if g['key'] == 'best_adapter')['gate'].endswith(f'({MULTI})')
     # each gate fails on its own side of its threshold; '≤' gates fail above theirs
     res = planted(
         mix={'full': 0.5, MULTI: 0.4, QV: 0.4, LORA: 0.4, 'lora_r1': 0.4, 'nola': 0.4},
@@ -877,10 +873,11 @@ def test_fresh_retrains_each_run_once_per_invocation(tmp_path, monkeypatch):
     def invocation(fresh):
         st = study.Study(S, fresh=fresh, log=lambda s: None)
         st.base_fp = 'planted'
+        # the sweep's run, then seed 0's: the same
         (
             st.train('run_a', ['--lr=1']),
             st.train('run_a', ['--lr=1']),
-        )  # the sweep's run, then seed 0's: the same
+        )
         st.train('run_b', ['--lr=2'])
 
     invocation(fresh=False)

@@ -215,6 +215,7 @@ def test_adapter_run_resumes_exactly_and_stores_only_the_adapter(
 ):
     run(tmp_path, '--max_iters=2', '--eval_interval=2', name='base')
     base = str(tmp_path / 'base' / 'ckpt.pt')
+    # the resumed run must take its dtype from the checkpoint, not the default
     args = TINY + [
         f'--init_from={base}',
         f'--adapter={method}',
@@ -226,7 +227,7 @@ def test_adapter_run_resumes_exactly_and_stores_only_the_adapter(
         '--nola_k=16',
         '--nola_l=16',
         f'--dtype={dtype}',
-    ]  # the resumed run must take its dtype from the checkpoint, not the default
+    ]
     full = train.main(args + [f'--out_dir={tmp_path / "full"}'])
     crash_after_checkpoint(6, monkeypatch, args + [f'--out_dir={tmp_path / "crashed"}'])
     resumed = train.main([f'--out_dir={tmp_path / "crashed"}', '--init_from=resume'])
@@ -278,9 +279,8 @@ def test_each_method_reads_its_own_options_with_the_class_defaults(tmp_path, mon
         'dropout': 0.0,
         'gate': 'scalar',
     }
-    assert mfu_calls[-1] == {
-        'frozen_weights': True
-    }  # GFLOP/s counts 4N per token for an adapter run
+    # GFLOP/s counts 4N per token for an adapter run
+    assert mfu_calls[-1] == {'frozen_weights': True}
     run(tmp_path, '--max_iters=1', '--eval_interval=1', '--log_interval=1', name='full')
     assert mfu_calls[-1] == {'frozen_weights': False}
     with pytest.raises(ValueError, match="unknown option 'nola_rank'"):

@@ -105,9 +105,8 @@ def test_missing_tokenizer_file_is_regenerated_silently(tmp_path, monkeypatch, c
 
 def test_a_changed_world_names_the_tokenizer_hash_to_update(tmp_path, monkeypatch):
     monkeypatch.setattr(world, 'TOKENIZER_FILE', str(tmp_path / 'world.tiktoken'))
-    monkeypatch.setattr(
-        world, 'TOKENIZER_SHA256', '0' * 64
-    )  # as if world.py had changed the corpus
+    # as if world.py had changed the corpus
+    monkeypatch.setattr(world, 'TOKENIZER_SHA256', '0' * 64)
     with pytest.raises(
         ValueError,
         match=r'world.py now trains another tokenizer.*set TOKENIZER_SHA256 in sources/world.py '
