@@ -21,6 +21,7 @@ Every option is checked, and the memory a training step needs estimated, before 
 Ctrl-C stops with one line naming the last checkpoint kept (exit status 130), leaving no partial file.
 """
 
+import gc
 import json
 import math
 import os
@@ -634,6 +635,10 @@ def main(argv=()):
         'total_params': n_total,
     }
     if world > 1:  # the processes part when all are here (rank 0 has written its checkpoint)
+        # DDP's reducer holds the process group: freed first, the group's threads end inside
+        # destroy_process_group, not during interpreter exit (where gloo can abort the process)
+        del train_model
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
         if rank > 0:  # rank 0 alone reports and scores the run
