@@ -3,9 +3,12 @@ train.py checkpoints: written atomically, read with weights_only=True (a pickle 
 refused), and load_model, which gives a GPT from a checkpoint or from GPT-2 weights.
 """
 
+import contextlib
 import errno
 import os
 import shutil
+import signal
+import threading
 import time
 from dataclasses import fields
 
@@ -59,20 +62,46 @@ def temp_path(path):
     return f"{path}.{os.getpid()}.tmp"
 
 
+@contextlib.contextmanager
+def noting_ctrl_c():
+    """Yields a list that a Ctrl-C (SIGINT) arriving inside the block appends to before it raises
+    KeyboardInterrupt as usual: the caller can tell an interrupted write from a failed one even when
+    C++ code (torch.save's writer) catches the KeyboardInterrupt and raises its own error instead."""
+    noted = []
+    # only where Ctrl-C raises KeyboardInterrupt now (not where it is ignored or handled otherwise);
+    # signal handlers can be set from the main thread only
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield noted
+        return
+
+    def on_sigint(signum, frame):
+        noted.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield noted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def write_checkpoint(obj, path):
     """torch.save to a temporary file of this process, then an atomic rename: a crash, a full disk or
     a Ctrl-C mid-write never destroys the last good checkpoint at `path`, and leaves no partial file."""
     tmp = temp_path(path)
     try:
-        with open(
-            tmp, "wb"
-        ) as f:  # a file of ours: a write error keeps its errno (ENOSPC, EROFS...)
-            torch.save(obj, f)
-        os.replace(tmp, path)
+        with noting_ctrl_c() as ctrl_c:
+            # a file of ours: a write error keeps its errno (ENOSPC, EROFS...)
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+            os.replace(tmp, path)
     except (OSError, RuntimeError) as e:  # torch reports a write error as "file write failed"...
         partial = os.path.exists(tmp)
         if partial:
             os.remove(tmp)
+        if ctrl_c:  # torch's writer turned the Ctrl-C raised inside it into a RuntimeError
+            raise KeyboardInterrupt from None
         folder = os.path.dirname(os.path.abspath(path))
         torch_write = any(s in str(e) for s in ("unexpected pos", "file write failed"))
         if isinstance(e, OSError):

@@ -105,9 +105,8 @@ def read_hf_gpt2(name_or_dir):
         sd_hf = read_safetensors(st)  # memory-mapped: read page by page as each weight is copied
     elif os.path.exists(binf):  # a zip-format .bin is memory-mapped too; a legacy one is read whole
         try:  # weights_only: a pickle that would run code is refused, not run
-            sd_hf = torch.load(
-                binf, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(binf)
-            )
+            mmap = zipfile.is_zipfile(binf)
+            sd_hf = torch.load(binf, map_location="cpu", weights_only=True, mmap=mmap)
         except Exception as e:
             raise ValueError(
                 f"{binf}: not a loadable weights file ({type(e).__name__}); only plain tensors are "

@@ -1056,3 +1056,41 @@ def test_analyze_refuses_bad_settings_and_replaces_nothing_unasked(tmp_path, cap
     assert (code, lines) == (1, ['analyze.py: ' + message.format(d=d)])
     assert (d / 'old.json').read_text() == '{"kept": true}'
     assert (d / 'run.json').read_text() == 'not a checkpoint'
+
+
+def test_ctrl_c_inside_torch_save_is_a_ctrl_c_not_a_write_error(tmp_path, monkeypatch):
+    """A SIGINT that lands inside torch.save's C++ writer (it calls the file's write) comes out of
+    torch as a RuntimeError ('unexpected pos'); write_checkpoint must still report a Ctrl-C (so that
+    train.py prints its one 'interrupted' line, exit status 130), and leave no partial file."""
+    from formats import checkpoint
+
+    real_open = open
+
+    class InterruptedFile:  # the third write of the checkpoint receives a Ctrl-C
+        def __init__(self, f):
+            self.f, self.writes = f, 0
+
+        def write(self, b):
+            self.writes += 1
+            if self.writes == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+            return self.f.write(b)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def opening(path, mode='r', *a, **k):
+        f = real_open(path, mode, *a, **k)
+        return InterruptedFile(f) if 'w' in mode else f
+
+    monkeypatch.setattr(checkpoint, 'open', opening, raising=False)
+    path = tmp_path / 'ckpt.pt'
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.write_checkpoint({'w': torch.randn(1000, 100)}, str(path))
+    assert os.listdir(tmp_path) == []
