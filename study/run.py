@@ -813,7 +813,8 @@ def check(res):
 
 def main(argv=None):
     p = argparse.ArgumentParser(
-        description='The small-scale study of LoRA, MultiLoRA, NOLA and CAT.'
+        prog='python -m study',
+        description='The small-scale study of LoRA, MultiLoRA, NOLA and CAT.',
     )
     p.add_argument(
         '--quick', action='store_true', help='tiny budgets, every stage (the CI smoke test)'
