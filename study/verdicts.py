@@ -32,36 +32,18 @@ N_BOOT, CI_LEVEL, BOOT_SEED = (
     0,
 )
 # The gates every headline verdict rests on (what "the runs have learned" means here): (key, what, op, threshold)
+# fmt: off
 GATES = [
-    (
-        'base_recall',
-        "base: fact recall in the corpus's own wording ('p lives in' -> city)",
-        '>=',
-        0.7,
-    ),
+    ('base_recall', "base: fact recall in the corpus's own wording ('p lives in' -> city)", '>=', 0.7),
     ('full_ft', 'mixture: full fine-tuning, avg exact match', '>=', 0.55),
     ('best_adapter', 'mixture: best adapter, avg exact match', '>=', 0.45),
-    (
-        'skill_a_own',
-        "composition: skill A (LoRA read the manual) recalls the manual's facts",
-        '>=',
-        0.8,
-    ),
-    (
-        'skill_b_own',
-        'composition: skill B (Q/A LoRA on known people) on its own test (known_qa)',
-        '>=',
-        0.8,
-    ),
+    ('skill_a_own', "composition: skill A (LoRA read the manual) recalls the manual's facts", '>=', 0.8),
+    ('skill_b_own', 'composition: skill B (Q/A LoRA on known people) on its own test (known_qa)', '>=', 0.8),
     ('skill_a_composite', 'composition: skill A alone on the composite (manual_qa)', '<=', 0.05),
     ('skill_b_composite', 'composition: skill B alone on the composite (manual_qa)', '<=', 0.05),
-    (
-        'upper_bound',
-        'composition: upper-bound LoRA (manual + ample composite Q/A) on the composite',
-        '>=',
-        0.8,
-    ),
+    ('upper_bound', 'composition: upper-bound LoRA (manual + ample composite Q/A) on the composite', '>=', 0.8),
 ]
+# fmt: on
 UPPER_BOUND = 'upper bound'  # the key of the upper-bound run in composition['runs']
 
 # what each seed paper claims, with its published numbers (docs/methods.md); the verdicts are computed

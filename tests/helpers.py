@@ -33,3 +33,10 @@ def hf_state_dict(n_layer=2, n_embd=16, vocab=61, n_pos=32, seed=0):
             }
         )
     return sd
+
+
+# a 2-layer, 32-wide GPT on 4 x 32-token batches, in fp32: train.py's options for a run of seconds
+TINY_MODEL = (
+    '--n_layer=2 --n_head=2 --n_embd=32 --block_size=32 --batch_size=4 --eval_iters=2'.split()
+)
+TINY_MODEL.append('--dtype=float32')

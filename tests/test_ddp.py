@@ -11,6 +11,7 @@ import tempfile
 import pytest
 import torch
 import torch.distributed as dist
+from helpers import TINY_MODEL
 
 import adapters
 import data
@@ -18,18 +19,7 @@ import train
 from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = [
-    '--n_layer=2',
-    '--n_head=2',
-    '--n_embd=32',
-    '--block_size=32',
-    '--batch_size=4',
-    '--eval_iters=2',
-    '--log_interval=3',
-    '--warmup_iters=2',
-    '--dtype=float32',
-    '--final_eval=False',
-]
+TINY = [*TINY_MODEL, '--log_interval=3', '--warmup_iters=2', '--final_eval=False']
 
 # train.main in each process, logging which rank wrote which checkpoint and how many forwards each
 # rank ran with gradient sync on (each is followed by one all-reduce of the gradients in its

@@ -6,23 +6,14 @@ from contextlib import nullcontext
 
 import pytest
 import torch
+from helpers import TINY_MODEL
 
 import adapters
 import train
 from model import GPT, GPTConfig
 from training import device
 
-TINY = [
-    '--n_layer=2',
-    '--n_head=2',
-    '--n_embd=32',
-    '--block_size=32',
-    '--batch_size=4',
-    '--eval_iters=2',
-    '--warmup_iters=2',
-    '--dtype=float32',
-    '--final_eval=False',
-]
+TINY = [*TINY_MODEL, '--warmup_iters=2', '--final_eval=False']
 
 
 @pytest.mark.parametrize(

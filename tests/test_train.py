@@ -6,23 +6,13 @@ import sys
 
 import pytest
 import torch
+from helpers import TINY_MODEL
 
 import train
 from formats.checkpoint import load_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = [
-    '--n_layer=2',
-    '--n_head=2',
-    '--n_embd=32',
-    '--block_size=32',
-    '--batch_size=4',
-    '--eval_iters=2',
-    '--log_interval=5',
-    '--dropout=0.1',
-    '--warmup_iters=5',
-    '--dtype=float32',
-]
+TINY = [*TINY_MODEL, '--log_interval=5', '--dropout=0.1', '--warmup_iters=5']
 
 
 def run(tmp_path, *args, name='run'):
