@@ -553,7 +553,7 @@ def main(argv=()):
     pending = []  # step losses on the device, read at the next log line or evaluation
     # tokens since the last log line: instruction batches are only as long as their longest item
     tokens = 0
-    val_loss, losses = None, []
+    val_loss, losses, val_curve = None, [], []  # val_curve: (iteration, validation loss) per evaluation
     t_start = t_log = time.time()
     RUN.progress(iter_num, saved_iter)  # for the line a Ctrl-C prints (save_checkpoint updates it)
     while True:
@@ -568,6 +568,7 @@ def main(argv=()):
             if rank == 0:
                 ev = estimate_loss(fmodel, ds, c, dev, autocast)
                 val_loss = ev['val']
+                val_curve.append((iter_num, val_loss))
                 print(f"step {iter_num}: train loss {ev['train']:.4f}, val loss {ev['val']:.4f}")
                 if not math.isfinite(val_loss):
                     what = f"validation loss is {val_loss}"
@@ -631,6 +632,7 @@ def main(argv=()):
         'val_loss': val_loss,
         'best_val_loss': best_val_loss,
         'losses': losses,
+        'val_curve': val_curve,
         'trainable_params': n_train,
         'total_params': n_total,
     }
