@@ -553,7 +553,8 @@ def main(argv=()):
     pending = []  # step losses on the device, read at the next log line or evaluation
     # tokens since the last log line: instruction batches are only as long as their longest item
     tokens = 0
-    val_loss, losses, val_curve = None, [], []  # val_curve: (iteration, validation loss) per evaluation
+    # val_curve: (iteration, validation loss) at every evaluation
+    val_loss, losses, val_curve = None, [], []
     t_start = t_log = time.time()
     RUN.progress(iter_num, saved_iter)  # for the line a Ctrl-C prints (save_checkpoint updates it)
     while True:

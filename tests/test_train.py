@@ -109,7 +109,10 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
     assert resumed['val_loss'] == full['val_loss']
     # the validation curve: one point per evaluation, the last one the run's val loss
     assert [i for i, _ in full['val_curve']] == [0, 10, 20, 30]
-    assert full['val_curve'][-1][1] == full['val_loss'] and resumed['val_curve'][-1] == full['val_curve'][-1]
+    assert (
+        full['val_curve'][-1][1] == full['val_loss']
+        and resumed['val_curve'][-1] == full['val_curve'][-1]
+    )
 
 
 def test_interrupted_checkpoint_write_keeps_last_good(tmp_path, monkeypatch):
