@@ -486,7 +486,7 @@ MANUAL_JOBS = 'clerk nurse guard hunter weaver potter smith barber butler fisher
 MANUAL_FACTS = ('city', 'job')
 
 
-def make_manual(world, n_people=120, n_cities=12):
+def make_manual(world, n_people=140, n_cities=12):
     """{person: {'city': c, 'job': j}} for the manual's people: new names, new cities, new jobs."""
     rng = random.Random(f"{world['seed']}/manual")
     taken = (
@@ -514,21 +514,49 @@ def recall_probes(people, facts=None):
     ]
 
 
-def make_manual_tasks(world, n_known, repeats=16, val_docs=50):
+# The manual as Allen-Zhu & Li's bioS "multi + permute" (Physics of Language Models 3.1, arXiv 2309.14316):
+# a model that reads one wording of a person's facts memorises the sentence but cannot answer questions
+# about that person; several descriptions per person, each fact in a wording drawn from several and the
+# sentences in shuffled order, make the facts extractable by Q/A learned on other people. The corpus's own
+# three wordings come first (recall_probes reads the first), five more follow; none is a question's wording.
+MANUAL_TEMPLATES = {
+    'city': FACT_TEMPLATES['city']
+    + [
+        '{p} resides in {v}.',
+        'you can find {p} in {v}.',
+        '{p} settled in {v} long ago.',
+        'the town of {v} is where {p} stays.',
+        'the house of {p} stands in {v}.',
+    ],
+    'job': FACT_TEMPLATES['job']
+    + [
+        '{p} earns a living as a {v}.',
+        'by profession {p} is a {v}.',
+        '{p} has worked as a {v} for years.',
+        'people know {p} as a {v}.',
+        'each morning {p} goes to work as a {v}.',
+    ],
+}
+MANUAL_DESCRIPTIONS = (
+    16  # descriptions per person (the probes that chose 16: study/results/STUDY.md)
+)
+
+
+def make_manual_tasks(world, n_known, val_docs=50):
     """The manual (plain-text items: an empty question), skill B's Q/A about the corpus's people (split
     by person), the composite's Q/A about the manual's people: a train split of 5% of the skills' data
-    about half of them (CAT's weights, λ tuning), the other half only in test; manual_qa_ample asks about
-    the train half in every wording (the upper bound's data)."""
+    about 60 of them (CAT's weights), a val and a test split about 20 and 60 others whose facts are in the
+    manual only; manual_qa_ample asks about the 60 in every wording (the upper bound's data)."""
     rng = random.Random(f"{world['seed']}/manual_tasks")
     manual = make_manual(world)
     forms = {k: f for t, k, f, _ in KNOWLEDGE if k in MANUAL_FACTS}
     docs = []
-    for _ in range(repeats):
+    for _ in range(MANUAL_DESCRIPTIONS):
         for p, facts in manual.items():
             keys = list(MANUAL_FACTS)
             rng.shuffle(keys)
             docs.append(
-                ' '.join(rng.choice(FACT_TEMPLATES[k]).format(p=p, v=facts[k]) for k in keys)
+                ' '.join(rng.choice(MANUAL_TEMPLATES[k]).format(p=p, v=facts[k]) for k in keys)
             )
 
     def qa(people, facts, n_forms):
@@ -550,8 +578,10 @@ def make_manual_tasks(world, n_known, repeats=16, val_docs=50):
     }
     people = sorted(manual)
     rng.shuffle(people)
-    half = people[: len(people) // 2]
-    ample = qa(half, manual, None)
+    # taught: Q/A about them trains (the composite's train split, the upper bound); the others' facts
+    # are in the manual only: 20 of them validate (CAT's rate, the merges' λ), the rest test
+    taught, unseen_val, unseen_test = people[:60], people[60:80], people[80:]
+    ample = qa(taught, manual, None)
     n_composite = int(0.05 * (len(docs) + len(known_qa['train'])))
     return {
         'manual': {
@@ -562,13 +592,13 @@ def make_manual_tasks(world, n_known, repeats=16, val_docs=50):
         'known_qa': known_qa,
         'manual_qa': {
             'train': rng.sample(ample, n_composite),
-            'val': qa(half, manual, 1),
-            'test': qa(people[len(people) // 2 :], manual, 2),
+            'val': qa(unseen_val, manual, 2),
+            'test': qa(unseen_test, manual, 2),
         },
         'manual_qa_ample': {
             'train': ample,
-            'val': qa(half, manual, 1),
-            'test': qa(half, manual, 1),
+            'val': qa(taught, manual, 1),
+            'test': qa(taught, manual, 1),
         },
     }
 
@@ -576,7 +606,7 @@ def make_manual_tasks(world, n_known, repeats=16, val_docs=50):
 # -----------------------------------------------------------------------------------------------
 # the world on disk
 
-VERSION = 4  # bump when make_world / make_corpus / make_tasks change: built worlds are then rebuilt
+VERSION = 5  # bump when make_world / make_corpus / make_tasks change: built worlds are then rebuilt
 WORLD_DEFAULTS = dict(
     n_people=200,
     n_cities=24,

@@ -74,6 +74,8 @@ FULL = dict(
     eval_iters=10,
     eval_items=0,
     lr_grid={'full': [1e-4, 3e-4, 1e-3], 'lora': [1e-3, 3e-3, 1e-2]},  # adapters: 'lora'
+    cat_lr_grid=[3e-3, 1e-2, 3e-2],  # CAT's weights: one number per adapted matrix and skill
+    comp_lr_grid=[1e-3, 3e-3, 1e-2],  # data mixing's LoRA
     lr_widen=2,  # a grid grows by up to this many rates past an edge its best rate sits on
     out='out/study',
     results='study/results',
@@ -103,6 +105,8 @@ QUICK = dict(
     eval_iters=2,
     eval_items=4,
     lr_grid={'full': [1e-3], 'lora': [3e-3, 1e-2]},
+    cat_lr_grid=[1e-2, 3e-2],
+    comp_lr_grid=[3e-3],
     lr_widen=0,
     out='out/study-quick',
     results='out/study-quick/results',
@@ -236,7 +240,7 @@ class Study:
     def __init__(self, S, fresh=False, log=print):
         self.S, self.fresh, self.log = argparse.Namespace(**S), fresh, log
         # runs this invocation trained: --fresh retrains a run once, then reuses it
-        self.trained = set()
+        self.trained, self.datasets = set(), {}
         self.base_path = os.path.join(self.S.base_dir, 'ckpt.pt')
         self.runs_dir = os.path.join(self.S.results, 'runs')
         os.makedirs(self.runs_dir, exist_ok=True)
@@ -248,7 +252,12 @@ class Study:
         this invocation, e.g. the sweep's run at the chosen rate, which is also seed 0's)."""
         out_dir = os.path.join(self.S.out, name)
         argv = list(argv) + [f'--out_dir={out_dir}', f'--data_seed={WORLD_SEED}']
-        key = {'argv': argv, 'base': self.base_fp}
+        # the data's fingerprint too: a world whose tasks changed (world.VERSION) trains its runs again
+        key = {
+            'argv': argv,
+            'base': self.base_fp,
+            'data': self.dataset(train.parse_args(argv)['dataset']).fingerprint,
+        }
         rec = None if self.fresh and name not in self.trained else self.record(name)
         if rec and rec['key'] == key and (not need_ckpt or os.path.exists(self.ckpt(name))):
             return rec
@@ -576,19 +585,51 @@ class Study:
         }
 
     # ---- composition: LoRA Soups' Q/A bot on a manual ------------------------------------------
+    def comp_run(self, what, seed, iters, extra, config='config/lora_skill1.py'):
+        """A composition run (LoRA r=8 on every Linear unless config says CAT), final eval on val."""
+        return self.run(
+            f'comp_{what}_s{seed}', config, seed, iters, extra + ['--eval_split=val'], True
+        )
+
     def stage_composition(self):
         S, ds = self.S, self.dataset('manual_upper')  # evaluates known_qa and manual_qa
-        n = S.eval_items or None
+        n, s0 = S.eval_items or None, S.seeds[0]
         manual = world.recall_probes(world.make_manual(self.world()))[:n]
-        lora = [
-            f'--adapter_targets={ALL}',
-            '--lora_r=8',
-            '--lora_alpha=16.0',
-            f'--learning_rate={COMPOSITION_LR}',
-            f'--min_lr={COMPOSITION_LR / 10}',
-            '--weight_decay=0.0',
+        rate = lambda lr: [f'--learning_rate={lr}', f'--min_lr={lr / 10}']
+        lora = lambda lr: [
+            f'--adapter_targets={ALL}', '--lora_r=8', '--lora_alpha=16.0', '--weight_decay=0.0',
+            *rate(lr),
+        ]  # fmt: skip
+        skills = lambda s: [
+            f'--cat_adapters={self.ckpt(f"comp_manual_s{s}")},{self.ckpt(f"comp_known_qa_s{s}")}'
         ]
-        cfg = 'config/lora_skill1.py'
+        # what each trained method is: (run name, dataset, iterations, config, options but the rate)
+        trained = {
+            'skill A alone': ('manual', 'manual', S.skill_iters, None, None),
+            'skill B alone': ('known_qa', 'known_qa', S.skill_iters, None, None),
+            UPPER_BOUND: ('upper', 'manual_upper', S.upper_iters, None, None),
+            'data mixing': ('mix', 'manual_mix', S.datamix_iters, None, None),
+            'data mixing + composite split': ('mix_qa', 'manual_mix_qa', S.datamix_iters, None, None),
+            'CAT': ('cat_plain', 'manual_qa', S.cat_iters, 'config/cat_composite.py', 'plain'),
+            'CAT (softmax)': ('cat_softmax', 'manual_qa', S.cat_iters, 'config/cat_composite.py', 'softmax'),
+        }  # fmt: skip
+        swept = ('data mixing', 'data mixing + composite split', 'CAT', 'CAT (softmax)')
+
+        def train_method(label, seed, lr):
+            """-> (run name, its record)"""
+            what, dataset, iters, config, weights = trained[label]
+            name = f'{what}_lr{lr:g}' if label in swept else what
+            if config is None:  # a LoRA
+                extra = lora(lr) + [f'--dataset={dataset}']
+            else:  # CAT over this seed's two skills
+                extra = [
+                    f'--dataset={dataset}',
+                    f'--cat_weights={weights}',
+                    *skills(seed),
+                    *rate(lr),
+                ]
+            rec = self.comp_run(name, seed, iters, extra, config or 'config/lora_skill1.py')
+            return f'comp_{name}_s{seed}', rec
 
         def score(model, lam=None):
             with adapters.merged(model):
@@ -607,99 +648,62 @@ class Study:
                 }
 
         def tune(how, deltas, grid):
-            """λ with the best exact match on the composite's train split (what CAT learns its weights on)."""
+            """λ with the best exact match on the composite's validation split (people the test never asks
+            about, whose facts are in the manual only), as CAT's and data mixing's rates are chosen."""
             best = None
             for lam in grid:
                 model = baselines.apply_deltas(
                     self.base_model(), baselines.merge_deltas(deltas, how, lam=lam)
                 )
                 em = mean(
-                    answer_rates(model.eval(), ds, 'manual_qa', split='train', max_items=n)['em']
+                    answer_rates(model.eval(), ds, 'manual_qa', split='val', max_items=n)['em']
                 )
                 if best is None or em > best[1]:
                     best = (lam, em, model)
             return score(best[2], best[0])
 
-        runs = {
-            k: []
-            for k in (
-                'base',
-                'skill A alone',
-                'skill B alone',
-                UPPER_BOUND,
-                'CAT',
-                'CAT (softmax)',
-                'task arithmetic',
-                'ΔW averaging',
-                'TIES',
-                'data mixing',
-                'data mixing + composite split',
+        # the skills of seed s0 first (CAT's sweep composes them); then each swept method's rate, seed s0, by
+        # exact match on the composite's validation split (ties: val loss); the skills and the upper bound
+        # keep the rate that taught them (COMPOSITION_LR)
+        for label in ('skill A alone', 'skill B alone'):
+            train_method(label, s0, COMPOSITION_LR)
+        lrs, sweeps = {}, {}
+        for label in swept:
+            runs = {}
+
+            def val_score(lr, runs=runs, label=label):
+                runs[lr] = train_method(label, s0, lr)['summary']
+                return runs[lr]['eval']['manual_qa']['acc'], -runs[lr]['val_loss']
+
+            grid = S.cat_lr_grid if label.startswith('CAT') else S.comp_lr_grid
+            grid, lrs[label], _ = tune_lr(grid, val_score, S.lr_widen)
+            sweeps[label] = {
+                'grid': grid,
+                'chosen': lrs[label],
+                'val_acc': [runs[lr]['eval']['manual_qa']['acc'] for lr in grid],
+                'val_loss': [runs[lr]['val_loss'] for lr in grid],
+            }
+            self.log(
+                f'  {label}: lr {lrs[label]:g} (composite val exact match '
+                + ', '.join(f'{lr:g}: {a:.3f}' for lr, a in zip(grid, sweeps[label]['val_acc']))
+                + ')'
             )
-        }
-        trainable = {}
+        runs = {k: [] for k in ('base', *trained, 'task arithmetic', 'ΔW averaging', 'TIES')}
+        trainable = {'base': 0, 'task arithmetic': 0, 'ΔW averaging': 0, 'TIES': 0}
         for s in S.seeds:
-            name = lambda what: f'comp_{what}_s{s}'  # noqa: B023 (used in this iteration only)
-            trained = {
-                'skill A alone': self.run(
-                    name('manual'), cfg, s, S.skill_iters, lora + ['--dataset=manual'], True
-                ),
-                'skill B alone': self.run(
-                    name('known_qa'), cfg, s, S.skill_iters, lora + ['--dataset=known_qa'], True
-                ),
-                UPPER_BOUND: self.run(
-                    name('upper'), cfg, s, S.upper_iters, lora + ['--dataset=manual_upper'], True
-                ),
-                'data mixing': self.run(
-                    name('mix'), cfg, s, S.datamix_iters, lora + ['--dataset=manual_mix'], True
-                ),
-                'data mixing + composite split': self.run(
-                    name('mix_qa'),
-                    cfg,
-                    s,
-                    S.datamix_iters,
-                    lora + ['--dataset=manual_mix_qa'],
-                    True,
-                ),
-            }
-            skills = f'--cat_adapters={self.ckpt(name("manual"))},{self.ckpt(name("known_qa"))}'
-            for label, w in (('CAT', 'plain'), ('CAT (softmax)', 'softmax')):
-                trained[label] = self.run(
-                    name(f'cat_{w}'),
-                    'config/cat_composite.py',
-                    s,
-                    S.cat_iters,
-                    [
-                        '--dataset=manual_qa',
-                        skills,
-                        f'--cat_weights={w}',
-                        f'--learning_rate={CAT_LR}',
-                        f'--min_lr={CAT_LR / 10}',
-                    ],
-                    True,
+            for label in trained:
+                name, rec = train_method(label, s, lrs.get(label, COMPOSITION_LR))
+                runs[label].append(
+                    {'seed': s, 'lr': lrs.get(label, COMPOSITION_LR), **score(self.adapted(name))}
                 )
-            ckpts = {
-                'skill A alone': 'manual',
-                'skill B alone': 'known_qa',
-                UPPER_BOUND: 'upper',
-                'data mixing': 'mix',
-                'data mixing + composite split': 'mix_qa',
-                'CAT': 'cat_plain',
-                'CAT (softmax)': 'cat_softmax',
-            }
-            for label, run_name in ckpts.items():
-                runs[label].append({'seed': s, **score(self.adapted(name(run_name)))})
-                trainable[label] = trained[label]['summary']['trainable_params']
-            deltas = [baselines.lora_deltas(self.ckpt(name(k))) for k in ('manual', 'known_qa')]
-            runs['ΔW averaging'].append(
-                {
-                    'seed': s,
-                    **score(
-                        baselines.apply_deltas(
-                            self.base_model(), baselines.merge_deltas(deltas, 'mean')
-                        )
-                    ),
-                }
+                trainable[label] = rec['summary']['trainable_params']
+            deltas = [
+                baselines.lora_deltas(self.ckpt(f'comp_{k}_s{s}')) for k in ('manual', 'known_qa')
+            ]
+            mean_merge = baselines.apply_deltas(
+                self.base_model(), baselines.merge_deltas(deltas, 'mean')
             )
+            runs['ΔW averaging'].append({'seed': s, **score(mean_merge)})
             # task arithmetic: W0 + λ (ΔA + ΔB), which merge_deltas' mean gives as 2λ · mean
             ta = tune('mean', deltas, [2 * lam for lam in LAMBDAS['task arithmetic']])
             ta['lambda'] /= 2
@@ -712,26 +716,33 @@ class Study:
                     f'  s{s} {label:<30} composite {r["manual_qa"]:.3f} (format {r["format"]:.2f}, content '
                     f'{r["content"]:.2f})  known_qa {r["known_qa"]:.3f}  manual recall {r["recall"]:.3f}'
                 )
-        trainable.update({'base': 0, 'task arithmetic': 0, 'ΔW averaging': 0, 'TIES': 0})
         return {
             'runs': runs,
             'trainable': trainable,
+            'sweeps': sweeps,
+            'manual': {
+                'descriptions': world.MANUAL_DESCRIPTIONS,
+                'wordings': len(world.MANUAL_TEMPLATES['city']),
+            },
             'baseline': most_common_answer_baseline(ds.text, S.eval_items or None)['manual_qa'],
             'sizes': {t: {k: len(v) for k, v in ds.text[t].items()} for t in ds.text},
         }
 
     # ---- control: shift-then-reverse, two hops ---------------------------------------------------
     def stage_control(self):
+        """Each skill trained until it passes its own gate, so that CAT's score on the two-hop composite
+        says what CAT composes, not what a half-learned skill lacks."""
         S, comp, s = self.S, self.dataset('composite'), self.S.seeds[0]
         it = S.control_iters
-        self.run(f'ctl_skill1_s{s}', 'config/lora_skill1.py', s, it, need_ckpt=True)
-        self.run(f'ctl_skill2_s{s}', 'config/lora_skill2.py', s, it, need_ckpt=True)
+        self.run(f'ctl_skill1_it{it}_s{s}', 'config/lora_skill1.py', s, it, need_ckpt=True)
+        self.run(f'ctl_skill2_it{it}_s{s}', 'config/lora_skill2.py', s, it, need_ckpt=True)
+        skill = lambda i: self.ckpt(f'ctl_skill{i}_it{it}_s{s}')
         cat = self.run(
-            f'ctl_cat_s{s}',
+            f'ctl_cat_it{it}_s{s}',
             'config/cat_composite.py',
             s,
             S.control_cat_iters,
-            [f'--cat_adapters={self.ckpt(f"ctl_skill1_s{s}")},{self.ckpt(f"ctl_skill2_s{s}")}'],
+            [f'--cat_adapters={skill(1)},{skill(2)}'],
         )
         tasks = [data.SKILL1, data.SKILL2, data.COMPOSITE]
 
@@ -740,14 +751,18 @@ class Study:
                 r = comp.evaluate(model.eval(), split='test', max_items=S.eval_items or None)
             return {t: r[t]['acc'] for t in tasks}
 
-        deltas = [baselines.lora_deltas(self.ckpt(f'ctl_skill{i}_s{s}')) for i in (1, 2)]
+        skilled = lambda i: (m := self.base_model(), adapters.load_adapter_checkpoint(skill(i), m))[
+            0
+        ]
+        deltas = [baselines.lora_deltas(skill(i)) for i in (1, 2)]
         return {
             'tasks': tasks,
             'seed': s,
+            'iters': it,
             'acc': {
                 'base': ev(self.base_model()),
-                'skill1 alone': ev(self.adapted(f'ctl_skill1_s{s}')),
-                'skill2 alone': ev(self.adapted(f'ctl_skill2_s{s}')),
+                'skill1 alone': ev(skilled(1)),
+                'skill2 alone': ev(skilled(2)),
                 'CAT': {t: cat['summary']['eval'][t]['acc'] for t in tasks},
                 'ΔW averaging': ev(
                     baselines.apply_deltas(
@@ -758,7 +773,9 @@ class Study:
         }
 
     def dataset(self, name):
-        return world_dataset(name)
+        if name not in self.datasets:
+            self.datasets[name] = world_dataset(name)
+        return self.datasets[name]
 
 
 STAGES = ('base', 'mixture', 'spectra', 'compression', 'composition', 'control')

@@ -42,6 +42,8 @@ GATES = [
     ('skill_a_composite', 'composition: skill A alone on the composite (manual_qa)', '<=', 0.05),
     ('skill_b_composite', 'composition: skill B alone on the composite (manual_qa)', '<=', 0.05),
     ('upper_bound', 'composition: upper-bound LoRA (manual + ample composite Q/A) on the composite', '>=', 0.8),
+    ('control_skill1', 'control: the shift skill alone on its own test', '>=', 0.8),
+    ('control_skill2', 'control: the reverse skill alone on its own test', '>=', 0.8),
 ]
 # fmt: on
 UPPER_BOUND = 'upper bound'  # the key of the upper-bound run in composition['runs']
@@ -209,6 +211,7 @@ def gates(res):
     avg = {m: mean([r['acc']['avg'] for r in rows]) for m, rows in mix.items()}
     best = max((m for m in avg if m != 'full'), key=avg.get, default=None)
     c = lambda label, k: mean([r[k] for r in comp[label]]) if comp.get(label) else None
+    ctl = res.get('control', {}).get('acc', {})
     measured = {
         'base_recall': (res.get('base', {}).get('recall', {}).get('all'), None),
         'full_ft': (avg.get('full'), None),
@@ -218,6 +221,8 @@ def gates(res):
         'skill_a_composite': (c('skill A alone', 'manual_qa'), None),
         'skill_b_composite': (c('skill B alone', 'manual_qa'), None),
         'upper_bound': (c(UPPER_BOUND, 'manual_qa'), None),
+        'control_skill1': (ctl.get('skill1 alone', {}).get('skill1'), None),
+        'control_skill2': (ctl.get('skill2 alone', {}).get('skill2'), None),
     }
     out = []
     for key, what, op, thr in GATES:
@@ -625,14 +630,25 @@ def write_report(res, path):
         '',
         "## 5. Composition: a Q/A bot on a manual (LoRA Soups' practical case)",
         '',
-        f"Skill A: a LoRA trained by next-token prediction on the manual ({sz['manual']['train']} short documents about "
-        f"new people, their cities and jobs). Skill B: a LoRA trained on Q/A about the corpus's people "
-        f"({sz['known_qa']['train']} items). The composite asks about the manual's people ({sz['manual_qa']['test']} test "
-        f"items about people whose facts are in the manual only); its train split ({sz['manual_qa']['train']} items, 5% "
-        f"of the skills' data) is what CAT learns its weights on and what λ is tuned on. The upper bound reads the manual "
-        f"and {sz['manual_qa_ample']['train']} composite Q/A items. Format-correct: the answer is one city or job, "
-        f"whichever; content-correct: the right value appears in what the model wrote. Most-common-answer baseline on "
-        f"the composite: {comp['baseline']:.3f}.",
+        f"Skill A: a LoRA trained by next-token prediction on the manual ({sz['manual']['train']} short documents: "
+        f"{comp['manual']['descriptions']} descriptions of each of its people, each fact in one of "
+        f"{comp['manual']['wordings']} wordings, the sentences in shuffled order, as Allen-Zhu & Li's bioS multi + "
+        "permute, which makes facts read once per wording extractable by Q/A learned on other people). Skill B: a LoRA "
+        f"trained on Q/A about the corpus's people ({sz['known_qa']['train']} items). The composite asks about the "
+        f"manual's people: its train split ({sz['manual_qa']['train']} items about 60 of them, 5% of the skills' data) "
+        f"is what CAT learns its weights on; its val split ({sz['manual_qa']['val']} items) and test split "
+        f"({sz['manual_qa']['test']} items) ask about 20 and 60 others whose facts are in the manual only. CAT's rate, "
+        "data mixing's rate and the merges' λ are chosen on the val split (seed "
+        f"{S['seeds'][0]}). The upper bound reads the manual and {sz['manual_qa_ample']['train']} composite Q/A items "
+        "about the 60. Format-correct: the answer is one city or job, whichever; content-correct: the right value "
+        f"appears in what the model wrote. Most-common-answer baseline on the composite: {comp['baseline']:.3f}.",
+        '',
+        '| method | rates swept (val exact match) | chosen |',
+        '|---|---|---:|',
+        *[
+            f"| {m} | {', '.join(f'{lr:g}: {a:.3f}' for lr, a in zip(w['grid'], w['val_acc']))} | {w['chosen']:g} |"
+            for m, w in comp.get('sweeps', {}).items()
+        ],
         '',
         '| method | trainable | composite exact match | format-correct | content-correct | known_qa (skill B) | '
         'manual recall (skill A) | λ |',
@@ -649,6 +665,14 @@ def write_report(res, path):
     L += [
         '',
         f"## 6. Control: shift-then-reverse (two hops; seed {ctl['seed']})",
+        '',
+        f"Each skill trains {ctl.get('iters', '?')} iterations, enough to pass its own gate (≥ 0.8), so that a score "
+        'near 0 on the two-hop composite is what composing them gives, not a half-learned skill. '
+        + '; '.join(
+            f"{g['gate']}: {g['measured']:.3f} ({'pass' if g['pass'] else 'FAIL'})"
+            for g in G
+            if g['key'].startswith('control') and g['measured'] is not None
+        ),
         '',
         '| method | ' + ' | '.join(ctl['tasks']) + ' |',
         '|---|' + '---:|' * len(ctl['tasks']),

@@ -9,6 +9,7 @@ import glob
 import json
 import math
 import os
+import types
 
 import numpy as np
 import pytest
@@ -528,17 +529,31 @@ def planted(
             },
             'trainable': {k: 1000 for k in comp},
             'baseline': 0.05,
+            'manual': {'descriptions': 16, 'wordings': 8},
+            'sweeps': {
+                'CAT': {
+                    'grid': [3e-3, 1e-2],
+                    'chosen': 1e-2,
+                    'val_acc': [0.5, 0.7],
+                    'val_loss': [1, 0.9],
+                }
+            },
             'sizes': {
                 'manual': {'train': 200},
                 'known_qa': {'train': 400},
-                'manual_qa': {'train': 30, 'test': N_ITEMS},
+                'manual_qa': {'train': 30, 'val': 80, 'test': N_ITEMS},
                 'manual_qa_ample': {'train': 300},
             },
         },
         'control': {
             'tasks': ['skill1', 'skill2', 'composite'],
             'seed': 0,
-            'acc': {'CAT': {'skill1': 0.9, 'skill2': 0.8, 'composite': 0.0}},
+            'iters': 900,
+            'acc': {
+                'skill1 alone': {'skill1': 0.95, 'skill2': 0.0, 'composite': 0.0},
+                'skill2 alone': {'skill1': 0.0, 'skill2': 0.85, 'composite': 0.0},
+                'CAT': {'skill1': 0.9, 'skill2': 0.8, 'composite': 0.0},
+            },
         },
     }
 
@@ -717,6 +732,8 @@ def test_gates_report_measured_values_and_pass_flags():
         'skill_a_composite': 0.0,
         'skill_b_composite': 0.0,
         'upper_bound': 0.9,
+        'control_skill1': 0.95,
+        'control_skill2': 0.85,
     }
     assert {k: v for k, (v, _) in got.items()} == pytest.approx(want)
     assert all(ok is True for _, ok in got.values())
@@ -729,6 +746,8 @@ def test_gates_report_measured_values_and_pass_flags():
         '≤ 0.05',
         '≤ 0.05',
         '≥ 0.8',
+        '≥ 0.8',
+        '≥ 0.8',
     ]
     # which adapter was best
     assert next(g for g in G if g['key'] == 'best_adapter')['gate'].endswith(f'({MULTI})')
@@ -740,6 +759,9 @@ def test_gates_report_measured_values_and_pass_flags():
         skill_a_recall=0.7,
         skill_b_known=0.85,
     )
+    res['control']['acc']['skill2 alone']['skill2'] = (
+        0.5  # a half-learned skill: the control says nothing
+    )
     G2 = {g['key']: g for g in study_verdicts.gates(res)}
     assert {k: g['pass'] for k, g in G2.items()} == {
         'base_recall': False,
@@ -750,6 +772,8 @@ def test_gates_report_measured_values_and_pass_flags():
         'skill_a_composite': False,
         'skill_b_composite': True,
         'upper_bound': None,
+        'control_skill1': True,
+        'control_skill2': False,
     }
     assert (
         G2['skill_b_composite']['measured'] == pytest.approx(0.025)
@@ -757,7 +781,11 @@ def test_gates_report_measured_values_and_pass_flags():
     )
     lines = study_verdicts.format_gates(list(G2.values()))
     assert 'gate FAIL: base: fact recall' in lines[0] and lines[0].endswith('≥ 0.7, measured 0.600')
-    assert lines[-1] == (
+    assert (
+        lines[-1]
+        == 'gate FAIL: control: the reverse skill alone on its own test ≥ 0.8, measured 0.500'
+    )
+    assert lines[-3] == (
         'gate not measured: composition: upper-bound LoRA (manual + ample composite Q/A) on the '
         'composite ≥ 0.8, measured -'
     )
@@ -870,15 +898,16 @@ def test_fresh_retrains_each_run_once_per_invocation(tmp_path, monkeypatch):
         out=str(tmp_path / 'out'),
     )
 
+    world_version = ['v1']
+
     def invocation(fresh):
         st = study.Study(S, fresh=fresh, log=lambda s: None)
         st.base_fp = 'planted'
+        st.dataset = lambda name: types.SimpleNamespace(fingerprint=f'{name}-{world_version[0]}')
         # the sweep's run, then seed 0's: the same
-        (
-            st.train('run_a', ['--lr=1']),
-            st.train('run_a', ['--lr=1']),
-        )
-        st.train('run_b', ['--lr=2'])
+        st.train('run_a', ['--learning_rate=1.0'])
+        st.train('run_a', ['--learning_rate=1.0'])
+        st.train('run_b', ['--learning_rate=2.0'])
 
     invocation(fresh=False)
     assert len(calls) == 2
@@ -886,3 +915,6 @@ def test_fresh_retrains_each_run_once_per_invocation(tmp_path, monkeypatch):
     assert len(calls) == 2
     invocation(fresh=True)  # retrained, each once
     assert len(calls) == 4
+    world_version[0] = 'v2'  # the tasks changed (a new world.VERSION): every run trains again, once
+    invocation(fresh=False)
+    assert len(calls) == 6

@@ -1,3 +1,4 @@
+import collections
 import hashlib
 import json
 import os
@@ -13,7 +14,7 @@ from sources import world
 # bytes. A change here is a new world: bump world.VERSION (and say so), never edit these silently.
 DEFAULT_WORLD_SHA256 = {
     'corpus.txt': '17f0d39e9bbd2bf663f17fe3f85813ca05dabb17d95264fa15ce7aa0aa487c88',
-    'tasks.json': 'a6b9a86fe71be7d20ce28b3d48dc6bd97c4e37bb861f4030b1909d629f0e7b9f',
+    'tasks.json': '88dd862a36ae42c068f0708a557e453d4061f0e13da9846b1e70a04ca0fc3b1b',
     'world.json': '063a34bde876d233d0d316f2c14aefb7feef3c98e4b68e18d7364b89a7840f0b',
 }
 
@@ -187,22 +188,52 @@ def asked_about(items, people):
 
 def test_manual_test_facts_are_in_the_manual_only(tasks, manual):
     test = asked_about(tasks['manual_qa']['test'], manual)
-    assert len(test) == len(manual) // 2 == 60
+    val = asked_about(tasks['manual_qa']['val'], manual)
+    assert len(test) == 60 and len(val) == 20 and not test & val
+    taught = asked_about(tasks['manual_qa_ample']['train'], manual)
+    assert taught == set(manual) - test - val and len(taught) == 60
     for t in ('manual_qa', 'manual_qa_ample', 'known_qa'):
-        assert not test & asked_about(tasks[t]['train'] + tasks[t]['val'], manual), t
-    assert asked_about(tasks['manual_qa_ample']['train'], manual) == set(manual) - test
+        assert not (test | val) & asked_about(tasks[t]['train'], manual), t
+    assert not test & asked_about(
+        tasks['manual_qa']['val'] + tasks['manual_qa_ample']['val'], manual
+    )
     docs = [d for q, d in tasks['manual']['train']]
     assert all(q == '' for q, _ in tasks['manual']['train'])
     for q, a in tasks['manual_qa']['test']:
         (p,) = asked_about([(q, a)], manual)
         assert a in manual[p].values()
+        kind = next(k for k in world.MANUAL_FACTS if manual[p][k] == a)
         stated = [
-            d
-            for d in docs
-            if re.search(rf'\b{p} (lives in|has a home in|works as a|is a) {a}\b', d)
-            or re.search(rf'the (home|job) of {p} is (in )?{a}\b', d)
+            d for d in docs if any(t.format(p=p, v=a) in d for t in world.MANUAL_TEMPLATES[kind])
         ]
-        assert len(stated) >= 4, (q, a)  # the manual states it, in its repeated documents
+        # the manual states it in every description of p, in more than one wording
+        assert len(stated) == world.MANUAL_DESCRIPTIONS, (q, a)
+        assert (
+            len(
+                {t for t in world.MANUAL_TEMPLATES[kind] for d in stated if t.format(p=p, v=a) in d}
+            )
+            >= 3
+        )
+
+
+def test_manual_descriptions_vary_wording_and_order(tasks, manual):
+    docs = [d for _, d in tasks['manual']['train']]
+    assert len(docs) == world.MANUAL_DESCRIPTIONS * len(manual)
+    templates = [t for k in world.MANUAL_FACTS for t in world.MANUAL_TEMPLATES[k]]
+    wordings = collections.Counter(
+        t
+        for d in docs
+        for p, f in manual.items()
+        if p in d.split()
+        for k in f
+        for t in templates
+        if t.format(p=p, v=f[k]) in d
+    )
+    assert len(wordings) == len(templates)  # every wording is used
+    assert max(wordings.values()) < 2 * min(wordings.values())  # about evenly
+    cities = {f['city'] for f in manual.values()}
+    city_first = [bool(cities & set(d.split('. ')[0].split())) for d in docs]
+    assert 0.4 < sum(city_first) / len(docs) < 0.6  # the order of the sentences is shuffled
 
 
 def test_manual_composite_train_split_is_5_percent_of_the_skills(tasks):
