@@ -39,7 +39,7 @@ import data
 import train
 from formats.checkpoint import load_model, read_checkpoint
 from sources import world
-from study import baselines
+from study import baselines, regret
 from study.verdicts import (
     UPPER_BOUND,
     format_gates,
@@ -75,6 +75,7 @@ FULL = dict(
     eval_items=0,
     lr_grid={'full': [1e-4, 3e-4, 1e-3], 'lora': [1e-3, 3e-3, 1e-2]},  # adapters: 'lora'
     lr_widen=2,  # a grid grows by up to this many rates past an edge its best rate sits on
+    regret=regret.FULL,  # study 3.1's budgets (study/regret.py)
     out='out/study',
     results='study/results',
 )
@@ -104,6 +105,7 @@ QUICK = dict(
     eval_items=4,
     lr_grid={'full': [1e-3], 'lora': [3e-3, 1e-2]},
     lr_widen=0,
+    regret=regret.QUICK,  # study 3.1 (study/regret.py)
     out='out/study-quick',
     results='out/study-quick/results',
 )
@@ -761,7 +763,7 @@ class Study:
         return world_dataset(name)
 
 
-STAGES = ('base', 'mixture', 'spectra', 'compression', 'composition', 'control')
+STAGES = ('base', 'mixture', 'spectra', 'compression', 'composition', 'control', 'regret')
 
 
 def run_stages(study, res, stages):
@@ -777,10 +779,14 @@ def run_stages(study, res, stages):
             res['baseline'] = most_common_answer_baseline(
                 study.dataset('mixture'), study.S.eval_items or None
             )
-        elif stage in ('spectra', 'compression'):
+        elif stage in ('spectra', 'compression', 'regret'):  # regret: study 3.1, study/regret.py
             if 'mixture' not in res:
                 res['mixture'], res['lr'] = study.stage_mixture()
-            res[stage] = getattr(study, f'stage_{stage}')(res['mixture'])
+            res[stage] = (
+                regret.stage(study, res, ALL)
+                if stage == 'regret'
+                else getattr(study, f'stage_{stage}')(res['mixture'])
+            )
         else:
             res[stage] = getattr(study, f'stage_{stage}')()
         res['seconds'][stage] = time.time() - t0
@@ -862,12 +868,12 @@ def main(argv=None):
         os.makedirs(S['results'], exist_ok=True)
     complete = all(s in res for s in STAGES)
     if complete:
-        res['verdicts'] = verdicts(res)  # and res['gates']
+        res['verdicts'] = verdicts(res) + regret.verdicts(res)  # and res['gates']
     with open(path + '.tmp', 'w') as f:
         json.dump(res, f, indent=1)
     os.replace(path + '.tmp', path)
     if complete:
-        write_report(res, os.path.join(S['results'], 'STUDY.md'))
+        write_report(res, os.path.join(S['results'], 'STUDY.md'), regret.report_lines(res))
         print(f"wrote {S['results']}/STUDY.md and study.json")
         print_outcome(res)
     else:
