@@ -16,6 +16,7 @@ Stages (methods: docs/methods.md; data: sources/world.py's docstring):
  composition  LoRA Soups' Q/A bot on a manual: skill A reads the manual, skill B answers questions about
               known people; CAT, task arithmetic, ΔW averaging, TIES and data mixing on the composite
  control      shift-then-reverse, a two-hop composition: the skills, CAT and ΔW averaging (one seed)
+ regret       study 3.1 (study/regret.py): LoRA Without Regret; LoRA Learns Less and Forgets Less
 Every training run goes through train.main. Each finished run's numbers go to study/results/runs/<run>.json
 (small, committed), keyed by its arguments and the base's fingerprint: an interrupted study continues
 where it stopped, and a run whose checkpoint is gone is retrained only where a later step needs the
@@ -763,6 +764,7 @@ class Study:
         return world_dataset(name)
 
 
+# regret: study 3.1 (study/regret.py: its runs, analysis, verdicts and STUDY.md section)
 STAGES = ('base', 'mixture', 'spectra', 'compression', 'composition', 'control', 'regret')
 
 
@@ -868,11 +870,13 @@ def main(argv=None):
         os.makedirs(S['results'], exist_ok=True)
     complete = all(s in res for s in STAGES)
     if complete:
-        res['verdicts'] = verdicts(res) + regret.verdicts(res)  # and res['gates']
+        # and res['gates']; regret.verdicts: study 3.1's claims rows
+        res['verdicts'] = verdicts(res) + regret.verdicts(res)
     with open(path + '.tmp', 'w') as f:
         json.dump(res, f, indent=1)
     os.replace(path + '.tmp', path)
     if complete:
+        # regret.report_lines: study 3.1's section
         write_report(res, os.path.join(S['results'], 'STUDY.md'), regret.report_lines(res))
         print(f"wrote {S['results']}/STUDY.md and study.json")
         print_outcome(res)
