@@ -361,3 +361,17 @@ def test_attention_rank_matches_all_linears_trainable_count():
         )
         == 54
     )
+
+
+def test_window_losses_cover_the_held_out_text_once_in_order(tmp_path):
+    tokens = np.random.default_rng(0).integers(0, 32, size=203).astype(np.uint16)
+    tokens.tofile(tmp_path / 'val.bin')
+    stream = type('Stream', (), {'folder': str(tmp_path), 'meta': {'dtype': 'uint16'}})
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=8, vocab_size=32, n_layer=1, n_head=2, n_embd=16))
+    got = regret.window_losses(model, stream, 8)
+    assert len(got) == 25  # windows 0..8, 8..16, ..., 192..200 (+1 target each): every token once
+    for j in (0, 24):
+        x = torch.from_numpy(tokens[8 * j : 8 * j + 9].astype(np.int64))[None]
+        assert got[j] == pytest.approx(model(x[:, :-1], x[:, 1:])[1].item(), abs=1e-5)
+    assert regret.window_losses(model, stream, 8, n=3) == got[:3]
