@@ -16,6 +16,7 @@ Stages (methods: docs/methods.md; data: sources/world.py's docstring):
  composition  LoRA Soups' Q/A bot on a manual: skill A reads the manual, skill B answers questions about
               known people; CAT, task arithmetic, ΔW averaging, TIES and data mixing on the composite
  control      shift-then-reverse, a two-hop composition: the skills, CAT and ΔW averaging (one seed)
+ regret       study 3.1 (study/regret.py): LoRA Without Regret; LoRA Learns Less and Forgets Less
 Every training run goes through train.main. Each finished run's numbers go to study/results/runs/<run>.json
 (small, committed), keyed by its arguments and the base's fingerprint: an interrupted study continues
 where it stopped, and a run whose checkpoint is gone is retrained only where a later step needs the
@@ -39,7 +40,7 @@ import data
 import train
 from formats.checkpoint import load_model, read_checkpoint
 from sources import world
-from study import baselines
+from study import baselines, regret
 from study.verdicts import (
     UPPER_BOUND,
     format_gates,
@@ -77,6 +78,7 @@ FULL = dict(
     cat_lr_grid=[3e-3, 1e-2, 3e-2],  # CAT's weights: one number per adapted matrix and skill
     comp_lr_grid=[1e-3, 3e-3, 1e-2],  # data mixing's LoRA
     lr_widen=2,  # a grid grows by up to this many rates past an edge its best rate sits on
+    regret=regret.FULL,  # study 3.1's budgets (study/regret.py)
     out='out/study',
     results='study/results',
 )
@@ -108,6 +110,7 @@ QUICK = dict(
     cat_lr_grid=[1e-2, 3e-2],
     comp_lr_grid=[3e-3],
     lr_widen=0,
+    regret=regret.QUICK,  # study 3.1 (study/regret.py)
     out='out/study-quick',
     results='out/study-quick/results',
 )
@@ -778,7 +781,8 @@ class Study:
         return self.datasets[name]
 
 
-STAGES = ('base', 'mixture', 'spectra', 'compression', 'composition', 'control')
+# regret: study 3.1 (study/regret.py: its runs, analysis, verdicts and STUDY.md section)
+STAGES = ('base', 'mixture', 'spectra', 'compression', 'composition', 'control', 'regret')
 
 
 def run_stages(study, res, stages):
@@ -794,10 +798,14 @@ def run_stages(study, res, stages):
             res['baseline'] = most_common_answer_baseline(
                 study.dataset('mixture'), study.S.eval_items or None
             )
-        elif stage in ('spectra', 'compression'):
+        elif stage in ('spectra', 'compression', 'regret'):  # regret: study 3.1, study/regret.py
             if 'mixture' not in res:
                 res['mixture'], res['lr'] = study.stage_mixture()
-            res[stage] = getattr(study, f'stage_{stage}')(res['mixture'])
+            res[stage] = (
+                regret.stage(study, res, ALL)
+                if stage == 'regret'
+                else getattr(study, f'stage_{stage}')(res['mixture'])
+            )
         else:
             res[stage] = getattr(study, f'stage_{stage}')()
         res['seconds'][stage] = time.time() - t0
@@ -879,12 +887,14 @@ def main(argv=None):
         os.makedirs(S['results'], exist_ok=True)
     complete = all(s in res for s in STAGES)
     if complete:
-        res['verdicts'] = verdicts(res)  # and res['gates']
+        # and res['gates']; regret.verdicts: study 3.1's claims rows
+        res['verdicts'] = verdicts(res) + regret.verdicts(res)
     with open(path + '.tmp', 'w') as f:
         json.dump(res, f, indent=1)
     os.replace(path + '.tmp', path)
     if complete:
-        write_report(res, os.path.join(S['results'], 'STUDY.md'))
+        # regret.report_lines: study 3.1's section
+        write_report(res, os.path.join(S['results'], 'STUDY.md'), regret.report_lines(res))
         print(f"wrote {S['results']}/STUDY.md and study.json")
         print_outcome(res)
     else:

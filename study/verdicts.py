@@ -451,8 +451,9 @@ def verdicts(res):
     return out
 
 
-def write_report(res, path):
-    """results/STUDY.md from the numbers alone (nothing typed by hand)."""
+def write_report(res, path, sections=()):
+    """results/STUDY.md from the numbers alone (nothing typed by hand); sections: lines of the stages written
+    outside this file (study/regret.py), after the claims table."""
     path = os.fspath(path)
     mix, spec, cp, comp, ctl = (
         res['mixture'],
@@ -696,6 +697,7 @@ def write_report(res, path):
         'this scale, not whether the paper is right.',
         '',
     ]
+    L += list(sections)
     with open(path + '.tmp', 'w') as f:
         f.write('\n'.join(L))
     os.replace(path + '.tmp', path)

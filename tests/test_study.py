@@ -836,7 +836,15 @@ def test_write_report_renders_every_gate_table_and_published_number(tmp_path):
 
 
 def test_check_refuses_a_stage_without_finite_numbers():
-    assert study.STAGES == ('base', 'mixture', 'spectra', 'compression', 'composition', 'control')
+    assert study.STAGES == (
+        'base',
+        'mixture',
+        'spectra',
+        'compression',
+        'composition',
+        'control',
+        'regret',  # study 3.1 (study/regret.py, tests/test_study_regret.py)
+    )
     res = {s: {'x': 1.0} for s in study.STAGES + ('baseline', 'gates', 'verdicts')}
     study.check(res)
     with pytest.raises(
@@ -849,6 +857,7 @@ def test_check_refuses_a_stage_without_finite_numbers():
     with pytest.raises(RuntimeError, match='stage gates produced no numbers'):
         study.check({k: v for k, v in res.items() if k != 'gates'})
     res = planted()  # a whole planted study, with its verdicts: finite everywhere
+    res['regret'] = {'x': 1.0}  # study 3.1's numbers: tests/test_study_regret.py plants them
     res['verdicts'] = study.verdicts(res)
     study.check(res)
 
