@@ -60,7 +60,7 @@ FULL = dict(
     # the mixture's sweep put full fine-tuning's lowest validation loss at or below 1e-4..3e-4 (1e-4: 0.546,
     # 3e-4: 0.555, 1e-3: 0.683): 6.3e-5 .. 4e-4
     full_rungs=[-21, -20, -19, -18, -17],
-    lora_points=5,  # LoRA's grid: this many rungs centred on 10x full fine-tuning's optimum
+    lora_points=3,  # LoRA's grid: this many rungs centred on 10x full fine-tuning's optimum
     widen=2,  # a grid grows by up to this many rungs past an edge its best rate sits on
     curve_every=50,  # iterations between the points of a validation curve
     curve_eval_iters=5,  # batches per point (the same fixed batches for every run of a seed)
