@@ -65,6 +65,23 @@ def test_prefill_logits_at_the_last_position_only_equal_the_full_ones():
     assert torch.allclose(last[:, 0], full[:, -1], atol=1e-6)
 
 
+def test_generate_stores_the_weights_in_out_contiguous_and_changes_no_value():
+    model = tiny(scale=0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.tensor([[5, 9, 2, 8]])
+    first = model.generate(x, 6, temperature=0)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    for m in linears:  # (out, in) shape, (in, out) in memory: x @ W.T reads it row by row
+        assert m.weight.t().is_contiguous() and not m.weight.is_contiguous()
+    assert model.transformer.wte.weight is model.lm_head.weight
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert torch.equal(model.generate(x, 6, temperature=0), first)
+    loss = model(x, x)[1]  # and it still trains
+    loss.backward()
+    assert all(m.weight.grad.shape == m.weight.shape for m in linears)
+
+
 def test_padded_logits_equal_unpadded():
     """Each row's logits at its real tokens, in a left-padded batch and in the KV-cached steps that
     follow, equal that row run alone (positions count from its first real token)."""
