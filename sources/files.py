@@ -174,6 +174,7 @@ def relexicalise(text, mr):
 
 # How a text says a value (lower-case regular expressions), where the value's own words are not the
 # only way: a loose check (a miss is surely a miss; a match may be a word of another slot)
+NOT_FOR_FAMILIES = r"(\bnot?|n't|non)\W+(\w+\W+)?(famil|child|kid)"
 E2E_VALUE_PATTERNS = {
     'area': {'riverside': r'river', 'city centre': r'cent(re|er)|city'},
     'priceRange': {
@@ -192,9 +193,9 @@ E2E_VALUE_PATTERNS = {
         '3 out of 5': r'\b3\b|three',
         '5 out of 5': r'\b5 out|five',
     },
-    'familyFriendly': {
-        'yes': r'famil|child|kid',
-        'no': r"(\bnot?|n't|non)\W+(\w+\W+)?(famil|child|kid)|adult",
+    'familyFriendly': {  # yes: family, child or kid, and no negation of them
+        'yes': rf'^(?!.*{NOT_FOR_FAMILIES}).*(famil|child|kid)',
+        'no': rf'{NOT_FOR_FAMILIES}|adult',
     },
 }
 

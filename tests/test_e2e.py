@@ -71,6 +71,9 @@ def test_slot_errors_by_hand():
     # no food, no price, no rating; a near[] the MR lacks; kids welcome is not 'no'
     bad = 'X-name is by the river near X-near. Kids are welcome.'
     assert files.e2e_slot_errors(bad, mr) == 3 + 1 + 1
+    yes = mr.replace('familyFriendly[no]', 'familyFriendly[yes]')
+    assert files.e2e_slot_errors(good, yes) == 1  # not family-friendly is not 'yes'
+    assert files.e2e_slot_errors(good.replace('not family', 'kid'), yes) == 0
     adults = 'X-name is an adults only place.'
     assert files.e2e_slot_errors(adults, 'name[X-name], near[X-near], familyFriendly[no]') == 1
 
