@@ -33,6 +33,7 @@ from sources import world
 from sources.files import (  # noqa: F401 (the readers stay data.read_*)
     DEFAULT_PATHS,
     delexicalise,
+    e2e_slot_errors,
     read_alpaca,
     read_e2e,
     read_source,
@@ -467,8 +468,9 @@ class InstructDataset:
                 x[r, T - len(p) :], mask[r, T - len(p) :] = torch.tensor(p), 1
             dev = model_device(model)
             y = model.generate(x.to(dev), max_new, attention_mask=mask.to(dev), **decoding)
-            for i, row in zip(rows, y[:, T:].tolist()):
-                preds[i] = row
+            n, out = decoding.get('n_best', 1), y[:, T:].tolist()
+            for r, i in enumerate(rows):  # n_best > 1: each prompt's n hypotheses, best first
+                preds[i] = out[r] if n == 1 else out[r * n : (r + 1) * n]
         return preds
 
     def decode(self, ids):
@@ -526,6 +528,19 @@ class E2EDataset(InstructDataset):
 
     def answer_text(self, ids, question):
         return e2e_answer(self.decode(ids), question, self.delex)
+
+    def generate(self, model, prompts, max_new, batch_size=64, **decoding):
+        """InstructDataset.generate; delexicalised, with beams, it reranks as TGen did: of each
+        prompt's num_beams best hypotheses, the first with the fewest slot errors (e2e_slot_errors:
+        an MR value it does not mention, a placeholder its MR lacks)."""
+        n = decoding.get('num_beams', 1) if self.delex else 1
+        if n == 1:
+            return super().generate(model, prompts, max_new, batch_size, **decoding)
+        hyps = super().generate(model, prompts, max_new, batch_size, n_best=n, **decoding)
+        mrs = [self.tokenizer.decode(p) for p in prompts]  # the template around the (delex) MR
+        return [
+            min(h, key=lambda y: e2e_slot_errors(self.decode(y), mr)) for h, mr in zip(hyps, mrs)
+        ]
 
     @torch.no_grad()
     def evaluate(self, model, split='test', max_items=None, batch_size=64, tasks=None, **decoding):

@@ -175,11 +175,12 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(
         self, idx, max_new_tokens, temperature=1.0, top_k=None, stop_token=None, num_beams=1,
-        length_penalty=1.0, no_repeat_ngram_size=0, top_p=None, attention_mask=None,
+        length_penalty=1.0, no_repeat_ngram_size=0, top_p=None, attention_mask=None, n_best=1,
     ):  # fmt: skip
         """Continue idx (B, T) by at most max_new_tokens tokens -> (B, T + n). temperature=0: greedy;
         else sampling, cut to the top_k tokens and/or the fewest holding probability top_p. num_beams
-        > 1: each row's best beam (_beam_search; no sampling). A row that emits stop_token keeps
+        > 1: each row's best beam (_beam_search; no sampling), or with n_best=n its n best finished
+        hypotheses, best first: rows b*n .. b*n+n-1 of (B*n, T + n). A row that emits stop_token keeps
         emitting it; all done, decoding stops. no_repeat_ngram_size=n: no generated n-gram twice.
         Prompts of different lengths are left-padded: attention_mask (B, T) 0 on padding, else 1."""
         if idx.size(1) + max_new_tokens > self.config.block_size:
@@ -191,7 +192,10 @@ class GPT(nn.Module):
         logits = self(idx, caches=caches, valid=valid, last=True)[0][:, -1]  # prefill: (B, vocab)
         args = (logits, caches, valid, max_new_tokens, stop_token, no_repeat_ngram_size)
         if num_beams > 1:
-            return torch.cat((idx, self._beam_search(*args, num_beams, length_penalty)), dim=1)
+            out = self._beam_search(*args, num_beams, length_penalty, n_best)
+            return torch.cat((idx.repeat_interleave(n_best, dim=0), out), dim=1)
+        if n_best != 1:
+            raise ValueError(f"n_best={n_best} needs beam search (num_beams > 1)")
         out, done = idx[:, :0], torch.zeros_like(idx[:, 0], dtype=torch.bool)  # (B, steps), (B,)
         for _ in range(max_new_tokens):
             ban_repeated_ngrams(logits, out, no_repeat_ngram_size)
@@ -231,13 +235,17 @@ class GPT(nn.Module):
             if isinstance(m, nn.Linear) and m.weight.is_contiguous():
                 m.weight.data = m.weight.data.t().contiguous().t()
 
-    def _beam_search(self, logits, caches, valid, max_new, stop, ngram, K, length_penalty):
+    def _beam_search(
+        self, logits, caches, valid, max_new, stop, ngram, K, length_penalty, n_best=1
+    ):
         """K beams per row after the prefill (logits (B, vocab)), as microsoft/LoRA's gpt2_beam.py
         decodes E2E; all rows' beams share one forward per step. A beam that emits stop is a finished
         hypothesis, scored sum(log p) / len**length_penalty (len counts its tokens, stop included),
         and leaves (score -inf; the next top-K refills); after max_new steps the live beams are
         hypotheses too. As log p <= 0, a live beam can end at best at score / max(len**lp) over the
-        lengths to come: once none beats its row's best, the rest cannot change the result."""
+        lengths to come: once none beats its row's best, the rest cannot change the result.
+        n_best=n keeps each row's n best hypotheses (B*n rows, best first; a row that found fewer
+        is padded with stop-only rows) and searches until no live beam beats the n-th."""
         (B, V), dev = logits.shape, logits.device
         first = torch.arange(B, device=dev)[:, None] * K  # (B, 1): each row's beam 0 in (B*K)
         # all beams start equal: step 0 takes its K candidates from beam 0 alone
@@ -245,8 +253,10 @@ class GPT(nn.Module):
         logits = logits.repeat_interleave(K, dim=0)  # (B*K, vocab)
         valid = None if valid is None else valid.repeat_interleave(K, dim=0)
         hist = torch.zeros(B * K, 0, dtype=torch.long, device=dev)  # (B*K, step) generated tokens
-        best, best_len = torch.full((B,), -math.inf, device=dev), hist.new_zeros(B)  # per row
-        best_seq = torch.full((B, max_new), 0 if stop is None else stop, device=dev)
+        pad = 0 if stop is None else stop
+        best = torch.full((B, n_best), -math.inf, device=dev)  # each row's n best, best first
+        best_len = hist.new_zeros(B, n_best)
+        best_seq = torch.full((B, n_best, max_new), pad, device=dev)
         for step in range(max_new):
             ban_repeated_ngrams(logits, hist, ngram)
             logp = F.log_softmax(logits.float(), dim=-1).nan_to_num(-math.inf)  # all banned: NaN
@@ -257,17 +267,21 @@ class GPT(nn.Module):
                 c["k"], c["v"] = (c[n].index_select(0, src if step else src // K) for n in "kv")
             ended = tok.view(B, K) == (-1 if stop is None else stop)  # (B, K); no token is -1
             final = scores if step == max_new - 1 else scores.masked_fill(~ended, -math.inf)
-            top, j = (final / (step + 1) ** length_penalty).max(dim=1)  # ties: the first stays
-            better = top > best
-            best, best_len = torch.where(better, top, best), best_len.masked_fill(better, step + 1)
-            best_seq[better, : step + 1] = hist.view(B, K, -1)[better, j[better]]
+            # this step's hypotheses join the n best; a stable sort: ties, the earlier one first
+            merged = torch.cat((best, final / (step + 1) ** length_penalty), dim=1)  # (B, n + K)
+            best, keep = merged.sort(dim=1, descending=True, stable=True)
+            best, keep = best[:, :n_best], keep[:, :n_best]
+            new_seq = F.pad(hist.view(B, K, -1), (0, max_new - step - 1), value=pad)
+            every = torch.cat((best_seq, new_seq), 1)  # (B, n + K, max_new)
+            best_seq = every.gather(1, keep[..., None].expand(-1, -1, max_new))
+            best_len = torch.cat((best_len, best_len.new_full((B, K), step + 1)), 1).gather(1, keep)
             scores = scores.masked_fill(ended, -math.inf)
             lengths = max((step + 2) ** length_penalty, max_new**length_penalty)
-            if step == max_new - 1 or bool((scores.max(1).values / lengths <= best).all()):
-                break  # no live beam can win
+            if step == max_new - 1 or bool((scores.max(1).values / lengths <= best[:, -1]).all()):
+                break  # no live beam can enter the n best
             valid = None if valid is None else F.pad(valid, (0, 1), value=True)
             logits = self(tok, caches=caches, valid=valid)[0][:, -1]
-        return best_seq[:, : int(best_len.max())]
+        return best_seq.view(B * n_best, max_new)[:, : int(best_len.max())]
 
     def flops_per_token(self, frozen_weights=False):
         """Training FLOPs per token (PaLM paper, appendix B): 6N for the weights (forward 2N, backward 2N

@@ -69,7 +69,7 @@ data_dir = 'data'        # where datasets are built and cached
 data_path = ''           # file or folder of a real-data dataset (text, shakespeare, alpaca, e2e); '' = data_dir/<name>
 data_seed = 1337         # the synthetic world and its splits; `seed` below varies only init and batch order
 e2e_train = 'trainset'   # E2E training rows: 'trainset' (42k, downloaded) | 'devset' (shipped; 10% of MRs validate)
-e2e_delex = False        # E2E: name[] and near[] values as placeholders in MR and text, put back after decoding
+e2e_delex = False        # E2E: name[]/near[] placeholders in MR and text, put back after decoding, beams reranked
 batch_size = 32          # sequences per micro-batch
 block_size = 128         # tokens per sequence (context length)
 gradient_accumulation_steps = 1  # micro-batches per optimizer step

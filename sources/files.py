@@ -172,6 +172,48 @@ def relexicalise(text, mr):
     return text
 
 
+# How a text says a value (lower-case regular expressions), where the value's own words are not the
+# only way: a loose check (a miss is surely a miss; a match may be a word of another slot)
+NOT_FOR_FAMILIES = r"(\bnot?|n't|non)\W+(\w+\W+)?(famil|child|kid)"
+E2E_VALUE_PATTERNS = {
+    'area': {'riverside': r'river', 'city centre': r'cent(re|er)|city'},
+    'priceRange': {
+        'cheap': r'cheap|inexpensive|low|afford|budget',
+        'moderate': r'moderate|average|mid|reasonabl',
+        'high': r'high|expensive|pricey',
+        'less than £20': r'20',
+        '£20-25': r'20',
+        'more than £30': r'30',
+    },
+    'rating': {  # parse_mr names 'customer rating' by its last word
+        'low': r'low|poor|bad',
+        'average': r'average|moderate|decent|ok',
+        'high': r'high|great|excellent|good',
+        '1 out of 5': r'\b1\b|one',
+        '3 out of 5': r'\b3\b|three',
+        '5 out of 5': r'\b5 out|five',
+    },
+    'familyFriendly': {  # yes: family, child or kid, and no negation of them
+        'yes': rf'^(?!.*{NOT_FOR_FAMILIES}).*(famil|child|kid)',
+        'no': rf'{NOT_FOR_FAMILIES}|adult',
+    },
+}
+
+
+def e2e_slot_errors(text, mr):
+    """How many of the MR's values text does not mention (E2E_VALUE_PATTERNS, else the value's own
+    words: a placeholder, 'coffee shop', 'chinese'), plus the placeholders it writes that the MR has
+    no value for (a hallucinated X-near): the slot check TGen reranks its beams by."""
+    slots, text = parse_mr(mr), text.lower()
+    errors = 0
+    for slot, value in slots.items():
+        pattern = E2E_VALUE_PATTERNS.get(slot, {}).get(value, re.escape(value.lower()))
+        errors += not re.search(pattern, text)
+    for slot, ph in E2E_PLACEHOLDERS.items():
+        errors += ph.lower() in text and slots.get(slot) != ph
+    return errors
+
+
 def split_e2e_devset(pairs, seed, val_frac=0.1):
     """The devset as training data: 90% of its MRs train, the other 10% validate (no MR in both)."""
     mrs = sorted({q for q, _ in pairs})

@@ -63,6 +63,57 @@ def test_delexicalisation_round_trip():
     )
 
 
+def test_slot_errors_by_hand():
+    mr = 'name[X-name], food[Fast food], priceRange[cheap], customer rating[5 out of 5]'
+    mr += ', area[riverside], familyFriendly[no]'
+    good = 'X-name serves cheap fast food by the river. Rated 5 out of 5, not family-friendly.'
+    assert files.e2e_slot_errors(good, mr) == 0
+    # no food, no price, no rating; a near[] the MR lacks; kids welcome is not 'no'
+    bad = 'X-name is by the river near X-near. Kids are welcome.'
+    assert files.e2e_slot_errors(bad, mr) == 3 + 1 + 1
+    yes = mr.replace('familyFriendly[no]', 'familyFriendly[yes]')
+    assert files.e2e_slot_errors(good, yes) == 1  # not family-friendly is not 'yes'
+    assert files.e2e_slot_errors(good.replace('not family', 'kid'), yes) == 0
+    adults = 'X-name is an adults only place.'
+    assert files.e2e_slot_errors(adults, 'name[X-name], near[X-near], familyFriendly[no]') == 1
+
+
+class Beams(torch.nn.Module):
+    """A stand-in model whose beam search returns fixed n-best answers for every prompt."""
+
+    def __init__(self, answers, enc):
+        super().__init__()
+        self.answers, self.enc = answers, enc
+        self.config = SimpleNamespace(block_size=512)
+
+    def generate(self, idx, max_new_tokens, stop_token=None, num_beams=1, n_best=1, **rest):
+        assert num_beams == len(self.answers)  # n_best=1: the top beam alone
+        rows = [self.enc.encode_ordinary(a) + [stop_token] for a in self.answers[:n_best]]
+        new = torch.full((len(rows), max_new_tokens), stop_token)
+        for r, ids in enumerate(rows):
+            new[r, : len(ids)] = torch.tensor(ids)
+        return torch.cat((idx.repeat_interleave(n_best, 0), new.repeat(idx.size(0), 1)), dim=1)
+
+
+def test_delexicalised_beams_are_reranked_by_slot_errors(e2e):
+    """Of the n best, the first with the fewest slot errors: not the top beam, which invents a
+    near[], nor the third, as good as the second but after it."""
+    answers = [
+        ' X-name is a coffee shop near X-near.',
+        ' X-name is a coffee shop.',
+        ' X-name, a pub.',
+    ]
+    model = Beams(answers, e2e.tokenizer)
+    mrs = ['name[Aromi], eatType[coffee shop]', 'name[Aromi], eatType[coffee shop], near[Zizzi]']
+    got = e2e.predict(model, mrs, num_beams=3, length_penalty=1.0)
+    assert got == ['Aromi is a coffee shop.', 'Aromi is a coffee shop near Zizzi.']
+    e2e.delex = False  # without delexicalisation: the top beam, as the papers decode
+    try:
+        assert e2e.predict(model, mrs[:1], num_beams=3) == ['X-name is a coffee shop near X-near.']
+    finally:
+        e2e.delex = True
+
+
 def test_delexicalised_training_items(e2e):
     enc = e2e.tokenizer
     texts = [enc.decode(p + a) for p, a in e2e.data['e2e']['train'][:50]]

@@ -169,6 +169,37 @@ def test_beam_search_with_enough_beams_finds_the_exhaustive_best(length_penalty)
         assert generated(out[0], len(p), stop) == best
 
 
+@pytest.mark.parametrize("length_penalty", [0.8, -0.5])
+def test_n_best_with_enough_beams_are_the_exhaustive_n_best_in_order(length_penalty):
+    """As above (vocab 5, at most 4 new tokens, 5**4 beams), with n_best=5: the five best of all
+    341 sequences, best first (the search stops only once no live beam can enter them); n_best=1
+    is the plain result, and a row with fewer hypotheses than n_best is padded with stop rows."""
+    V, n, stop, lp = 5, 4, 0, length_penalty
+    model = tiny(vocab=V, scale=0.5, seed=1)
+    prompts = [[1, 2, 3], [4, 2, 1]]
+    seqs = [
+        list(s)
+        for L in range(1, n + 1)
+        for s in itertools.product(range(V), repeat=L)
+        if stop not in s[:-1] and (L == n or s[-1] == stop)
+    ]
+    assert len(seqs) == 1 + 4 + 16 + 64 * 5
+    x = torch.tensor(prompts)
+    out = model.generate(x, n, num_beams=V**n, stop_token=stop, length_penalty=lp, n_best=5)
+    assert out.shape[0] == 2 * 5
+    for i, p in enumerate(prompts):
+        ranked = sorted(seqs, key=lambda s: -score(model, p, s, lp))
+        assert [generated(out[5 * i + r], len(p), stop) for r in range(5)] == ranked[:5]
+    one = model.generate(x, n, num_beams=V**n, stop_token=stop, length_penalty=lp)
+    assert torch.equal(one, out[::5, : one.size(1)])
+    # 2 beams, 2 new tokens: at most 2 + 2 hypotheses per row, so the fifth is stop tokens only
+    few = model.generate(x, 2, num_beams=2, stop_token=stop, n_best=5)[:, 3:]
+    assert few[4].tolist() == [stop, stop] and few[9].tolist() == [stop, stop]
+    assert all(len(set(map(tuple, few[5 * i : 5 * i + 2].tolist()))) == 2 for i in range(2))
+    with pytest.raises(ValueError, match="n_best"):
+        model.generate(x, 2, temperature=0, n_best=2)
+
+
 def test_ban_repeated_ngrams_by_hand():
     logits = torch.zeros(3, 6)
     hist = torch.tensor([[1, 2, 3, 1, 2], [1, 2, 3, 1, 4], [5, 5, 5, 5, 5]])
