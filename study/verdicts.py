@@ -640,8 +640,8 @@ def write_report(res, path, sections=()):
         f"is what CAT learns its weights on; its val split ({sz['manual_qa']['val']} items) and test split "
         f"({sz['manual_qa']['test']} items) ask about 20 and 60 others whose facts are in the manual only. CAT's rate, "
         "data mixing's rate and the merges' λ are chosen on the val split (seed "
-        f"{S['seeds'][0]}). The upper bound reads the manual and {sz['manual_qa_ample']['train']} composite Q/A items "
-        "about the 60. Format-correct: the answer is one city or job, whichever; content-correct: the right value "
+        f"{S['seeds'][0]}). The upper bound, a LoRA of rank {comp['upper']['rank']} trained {comp['upper']['iters']:,} "
+        f"iterations, reads the manual and {sz['manual_qa_ample']['train']} composite Q/A items about the 60. Format-correct: the answer is one city or job, whichever; content-correct: the right value "
         f"appears in what the model wrote. Most-common-answer baseline on the composite: {comp['baseline']:.3f}.",
         '',
         '| method | rates swept (val exact match) | chosen |',
