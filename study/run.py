@@ -58,7 +58,8 @@ ALL = 'attn.q,attn.k,attn.v,attn.c_proj,mlp.c_fc,mlp.c_proj'  # every Linear of 
 # budgets, chosen by measurement: an 800-iteration base recalls 0.97 of its facts (a 500-iteration one 0.89);
 # a skill LoRA learns its skill in 600 iterations (manual recall 1.0, known_qa 0.92); the upper bound, on the
 # augmented manual, needs rank and iterations to extract what it read (docs/study.md, "the probes": rank 8
-# reaches 0.29 / 0.73 composite val exact match after 1,000 / 3,000 iterations, rank 16 0.88 after 3,000)
+# reaches 0.29 / 0.73 composite val exact match after 1,000 / 3,000 iterations, rank 16 0.88 and rank 32
+# 0.89 after 3,000, rank 32 0.84 after 2,000)
 FULL = dict(
     seeds=[0, 1, 2],
     base_dir='out/study/base',
@@ -69,7 +70,7 @@ FULL = dict(
     skill_iters=600,
     datamix_iters=1200,
     upper_iters=3000,
-    upper_rank=16,  # the skills' LoRAs are rank 8; the ceiling may hold more
+    upper_rank=32,  # the skills' LoRAs are rank 8; the ceiling may hold more
     cat_iters=300,
     control_iters=900,  # each skill then passes its own gate: shift 0.980, reverse 0.995 (probe, seed 0)
     control_cat_iters=60,

@@ -530,7 +530,7 @@ def planted(
             'trainable': {k: 1000 for k in comp},
             'baseline': 0.05,
             'manual': {'descriptions': 16, 'wordings': 8},
-            'upper': {'rank': 16, 'iters': 3000},
+            'upper': {'rank': 32, 'iters': 3000},
             'sweeps': {
                 'CAT': {
                     'grid': [3e-3, 1e-2],
@@ -829,7 +829,7 @@ def test_write_report_renders_every_gate_table_and_published_number(tmp_path):
     )
     # the composition's design and its tuning, as the stage recorded them
     assert '16 descriptions of each of its people, each fact in one of 8 wordings' in text
-    assert 'a LoRA of rank 16 trained 3,000 iterations' in text
+    assert 'a LoRA of rank 32 trained 3,000 iterations' in text
     assert '| CAT | 0.003: 0.500, 0.01: 0.700 | 0.01 |' in text
     assert 'control: the reverse skill alone on its own test: 0.850 (pass)' in text
     for published in ('70.4', '68.2', '70.1', '69.9', '36,864', '184,320', '+43%', '+12%'):
