@@ -680,7 +680,7 @@ class Study:
             runs = {}
 
             def val_score(lr, runs=runs, label=label):
-                runs[lr] = train_method(label, s0, lr)['summary']
+                runs[lr] = train_method(label, s0, lr)[1]['summary']
                 return runs[lr]['eval']['manual_qa']['acc'], -runs[lr]['val_loss']
 
             grid = S.cat_lr_grid if label.startswith('CAT') else S.comp_lr_grid

@@ -212,6 +212,7 @@ def gates(res):
     best = max((m for m in avg if m != 'full'), key=avg.get, default=None)
     c = lambda label, k: mean([r[k] for r in comp[label]]) if comp.get(label) else None
     ctl = res.get('control', {}).get('acc', {})
+    skill1, skill2 = (res.get('control', {}).get('tasks') or [None, None])[:2]
     measured = {
         'base_recall': (res.get('base', {}).get('recall', {}).get('all'), None),
         'full_ft': (avg.get('full'), None),
@@ -221,8 +222,8 @@ def gates(res):
         'skill_a_composite': (c('skill A alone', 'manual_qa'), None),
         'skill_b_composite': (c('skill B alone', 'manual_qa'), None),
         'upper_bound': (c(UPPER_BOUND, 'manual_qa'), None),
-        'control_skill1': (ctl.get('skill1 alone', {}).get('skill1'), None),
-        'control_skill2': (ctl.get('skill2 alone', {}).get('skill2'), None),
+        'control_skill1': (ctl.get('skill1 alone', {}).get(skill1), None),
+        'control_skill2': (ctl.get('skill2 alone', {}).get(skill2), None),
     }
     out = []
     for key, what, op, thr in GATES:

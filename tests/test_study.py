@@ -547,13 +547,13 @@ def planted(
             },
         },
         'control': {
-            'tasks': ['skill1', 'skill2', 'composite'],
+            'tasks': ['shift', 'reverse', 'shift_reverse'],  # data.SKILL1, SKILL2, COMPOSITE
             'seed': 0,
             'iters': 900,
             'acc': {
-                'skill1 alone': {'skill1': 0.95, 'skill2': 0.0, 'composite': 0.0},
-                'skill2 alone': {'skill1': 0.0, 'skill2': 0.85, 'composite': 0.0},
-                'CAT': {'skill1': 0.9, 'skill2': 0.8, 'composite': 0.0},
+                'skill1 alone': {'shift': 0.95, 'reverse': 0.0, 'shift_reverse': 0.0},
+                'skill2 alone': {'shift': 0.0, 'reverse': 0.85, 'shift_reverse': 0.0},
+                'CAT': {'shift': 0.9, 'reverse': 0.8, 'shift_reverse': 0.0},
             },
         },
     }
@@ -760,7 +760,7 @@ def test_gates_report_measured_values_and_pass_flags():
         skill_a_recall=0.7,
         skill_b_known=0.85,
     )
-    res['control']['acc']['skill2 alone']['skill2'] = (
+    res['control']['acc']['skill2 alone']['reverse'] = (
         0.5  # a half-learned skill: the control says nothing
     )
     G2 = {g['key']: g for g in study_verdicts.gates(res)}
