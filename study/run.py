@@ -609,7 +609,7 @@ class Study:
         skills = lambda s: [
             f'--cat_adapters={self.ckpt(f"comp_manual_s{s}")},{self.ckpt(f"comp_known_qa_s{s}")}'
         ]
-        # what each trained method is: (run name, dataset, iterations, config, options but the rate)
+        # what each trained method is: (run name, dataset, iterations, config (None: a LoRA), CAT weighting)
         trained = {
             'skill A alone': ('manual', 'manual', S.skill_iters, None, None),
             'skill B alone': ('known_qa', 'known_qa', S.skill_iters, None, None),
