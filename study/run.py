@@ -25,6 +25,7 @@ checkpoint. Verdicts, gates and the write-up: study/verdicts.py.
 
 import argparse
 import contextlib
+import hashlib
 import io
 import json
 import math
@@ -266,6 +267,11 @@ class Study:
             'base': self.base_fp,
             'data': self.dataset(train.parse_args(argv)['dataset']).fingerprint,
         }
+        # a run built on other runs' checkpoints (CAT composes the skills) keys on theirs: a retrained
+        # skill retrains what composes it
+        inputs = [a.split('=', 1)[1].split(',') for a in argv if a.startswith('--cat_adapters=')]
+        if inputs:
+            key['inputs'] = {p: self.record_key_hash(p) for ps in inputs for p in ps}
         rec = None if self.fresh and name not in self.trained else self.record(name)
         if rec and rec['key'] == key and (not need_ckpt or os.path.exists(self.ckpt(name))):
             return rec
@@ -283,6 +289,13 @@ class Study:
             f'{"val" if "--eval_split=val" in argv else "test"} acc {acc:.3f}'
         )
         return rec
+
+    def record_key_hash(self, ckpt):
+        """A short hash of the key of the study run that wrote ckpt (out/<name>/ckpt.pt)."""
+        rec = self.record(os.path.basename(os.path.dirname(ckpt)))
+        if rec is None:
+            raise FileNotFoundError(f'{ckpt}: no finished study run wrote it')
+        return hashlib.sha256(json.dumps(rec['key'], sort_keys=True).encode()).hexdigest()[:16]
 
     def record(self, name):
         path = os.path.join(self.runs_dir, name + '.json')

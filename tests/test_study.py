@@ -933,3 +933,24 @@ def test_fresh_retrains_each_run_once_per_invocation(tmp_path, monkeypatch):
     world_version[0] = 'v2'  # the tasks changed (a new world.VERSION): every run trains again, once
     invocation(fresh=False)
     assert len(calls) == 6
+
+
+def test_a_run_built_on_another_runs_checkpoint_retrains_when_that_run_does(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        study.train,
+        'main',
+        lambda argv: calls.append(argv) or {'train_time_s': 1.0, 'val_loss': 2.0},
+    )
+    S = dict(base_dir=str(tmp_path / 'b'), results=str(tmp_path / 'r'), out=str(tmp_path / 'o'))
+    st = study.Study(S, log=lambda s: None)
+    st.base_fp = 'planted'
+    st.dataset = lambda name: types.SimpleNamespace(fingerprint=name)
+    cat = lambda: st.train('cat', [f'--cat_adapters={st.ckpt("skill")}', '--adapter=cat'])
+    st.train('skill', ['--max_iters=600'])
+    cat()
+    cat()  # the skill unchanged: reused
+    assert len(calls) == 2
+    st.train('skill', ['--max_iters=1500'])  # the skill retrained with another budget
+    cat()
+    assert len(calls) == 4 and calls[-1][0].startswith('--cat_adapters=')
