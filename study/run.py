@@ -41,7 +41,7 @@ import data
 import train
 from formats.checkpoint import load_model, read_checkpoint
 from sources import world
-from study import baselines, regret
+from study import baselines, regret, regret_report
 from study.verdicts import (
     UPPER_BOUND,
     format_gates,
@@ -450,6 +450,22 @@ class Study:
         return self._world
 
     # ---- mixture: a learning rate per method on the validation split, then every seed -----------
+    def sweep_record(self, what, grid, best, runs, task, **extra):
+        """A rate sweep's record (runs: {lr: run summary}; task: the eval entry whose exact match chose), logged."""
+        acc = [runs[lr]['eval'][task]['acc'] for lr in grid]
+        self.log(
+            f'  {what}: lr {best:g} ({"" if task == "avg" else task + " "}val exact match '
+            + ', '.join(f'{lr:g}: {a:.3f}' for lr, a in zip(grid, acc))
+            + ')'
+        )
+        return {
+            'grid': grid,
+            **extra,
+            'chosen': best,
+            'val_acc': acc,
+            'val_loss': [runs[lr]['val_loss'] for lr in grid],
+        }
+
     def mixture_run(self, method, lr, seed, iters, need_ckpt=False):
         config, extra = mixture_methods(self.S.R, self.base_shape['n_embd'])[method]
         extra = extra + [f'--learning_rate={lr}', f'--min_lr={lr / 10}', '--eval_split=val']
@@ -483,18 +499,8 @@ class Study:
             grid, best, _ = tune_lr(
                 S.lr_grid['full' if method == 'full' else 'lora'], score, S.lr_widen
             )
-            sweep[method] = {
-                'grid': grid,
-                'iters': S.sweep_iters,
-                'seed': S.seeds[0],
-                'chosen': best,
-                'val_acc': [runs[lr]['eval']['avg']['acc'] for lr in grid],
-                'val_loss': [runs[lr]['val_loss'] for lr in grid],
-            }
-            self.log(
-                f'  {method}: lr {best:g} (val exact match '
-                + ', '.join(f'{lr:g}: {a:.3f}' for lr, a in zip(grid, sweep[method]['val_acc']))
-                + ')'
+            sweep[method] = self.sweep_record(
+                method, grid, best, runs, 'avg', iters=S.sweep_iters, seed=S.seeds[0]
             )
             rows = []
             for s in S.seeds:
@@ -700,17 +706,7 @@ class Study:
 
             grid = S.cat_lr_grid if label.startswith('CAT') else S.comp_lr_grid
             grid, lrs[label], _ = tune_lr(grid, val_score, S.lr_widen)
-            sweeps[label] = {
-                'grid': grid,
-                'chosen': lrs[label],
-                'val_acc': [runs[lr]['eval']['manual_qa']['acc'] for lr in grid],
-                'val_loss': [runs[lr]['val_loss'] for lr in grid],
-            }
-            self.log(
-                f'  {label}: lr {lrs[label]:g} (composite val exact match '
-                + ', '.join(f'{lr:g}: {a:.3f}' for lr, a in zip(grid, sweeps[label]['val_acc']))
-                + ')'
-            )
+            sweeps[label] = self.sweep_record(label, grid, lrs[label], runs, 'manual_qa')
         runs = {k: [] for k in ('base', *trained, 'task arithmetic', 'ΔW averaging', 'TIES')}
         trainable = {'base': 0, 'task arithmetic': 0, 'ΔW averaging': 0, 'TIES': 0}
         for s in S.seeds:
@@ -822,11 +818,13 @@ def run_stages(study, res, stages):
         elif stage in ('spectra', 'compression', 'regret'):  # regret: study 3.1, study/regret.py
             if 'mixture' not in res:
                 res['mixture'], res['lr'] = study.stage_mixture()
-            res[stage] = (
-                regret.stage(study, res, ALL)
-                if stage == 'regret'
-                else getattr(study, f'stage_{stage}')(res['mixture'])
-            )
+            if stage == 'regret':
+                res[stage] = regret.stage(study, res, ALL)
+                res[stage]['figures'] = regret_report.figures(
+                    res[stage], res['mixture'], study.S.results
+                )
+            else:
+                res[stage] = getattr(study, f'stage_{stage}')(res['mixture'])
         else:
             res[stage] = getattr(study, f'stage_{stage}')()
         res['seconds'][stage] = time.time() - t0
@@ -908,14 +906,14 @@ def main(argv=None):
         os.makedirs(S['results'], exist_ok=True)
     complete = all(s in res for s in STAGES)
     if complete:
-        # and res['gates']; regret.verdicts: study 3.1's claims rows
-        res['verdicts'] = verdicts(res) + regret.verdicts(res)
+        # and res['gates']; regret_report.verdicts: study 3.1's claims rows
+        res['verdicts'] = verdicts(res) + regret_report.verdicts(res)
     with open(path + '.tmp', 'w') as f:
         json.dump(res, f, indent=1)
     os.replace(path + '.tmp', path)
     if complete:
-        # regret.report_lines: study 3.1's section
-        write_report(res, os.path.join(S['results'], 'STUDY.md'), regret.report_lines(res))
+        # regret_report.report_lines: study 3.1's section
+        write_report(res, os.path.join(S['results'], 'STUDY.md'), regret_report.report_lines(res))
         print(f"wrote {S['results']}/STUDY.md and study.json")
         print_outcome(res)
     else:

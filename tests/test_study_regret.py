@@ -12,6 +12,7 @@ from test_study import SEEDS, items, planted  # the study's planted result (3 se
 
 import data
 import study.regret as regret
+import study.regret_report as regret_report
 import study.verdicts as study_verdicts
 from model import GPT, GPTConfig
 
@@ -248,14 +249,14 @@ def planted_regret(res, recall_after=None, lm_after=None, qv_p=0.4):
 
 
 def rows(res):
-    return {r['paper']: r for r in regret.verdicts(res)}
+    return {r['paper']: r for r in regret_report.verdicts(res)}
 
 
 @pytest.fixture
 def fast_ci(monkeypatch):
     """The paired CIs with 300 resamples (the planted differences are far from 0 or exactly 0): a fast suite."""
     fast = functools.partial(study_verdicts.paired_diff_ci, n_boot=300)
-    monkeypatch.setattr(regret, 'paired_diff_ci', fast)
+    monkeypatch.setattr(regret_report, 'paired_diff_ci', fast)
     monkeypatch.setattr(study_verdicts, 'paired_diff_ci', fast)
 
 
@@ -311,9 +312,9 @@ def test_each_claim_fails_or_is_inconclusive_as_its_numbers_say(fast_ci):
 
 def test_report_section_renders_the_tables_and_claims(tmp_path, fast_ci):
     res = planted_regret(planted())
-    res['verdicts'] = study_verdicts.verdicts(res) + regret.verdicts(res)
+    res['verdicts'] = study_verdicts.verdicts(res) + regret_report.verdicts(res)
     path = str(tmp_path / 'STUDY.md')
-    study_verdicts.write_report(res, path, regret.report_lines(res))
+    study_verdicts.write_report(res, path, regret_report.report_lines(res))
     text = open(path).read()
     assert '## 8. LoRA Without Regret; LoRA Learns Less and Forgets Less (study 3.1)' in text
     assert (
