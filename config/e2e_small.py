@@ -6,7 +6,7 @@
 out_dir = 'out/e2e_small'
 dataset = 'e2e'
 e2e_train = 'devset'  # the 42k trainset is a download; the devset ships in data/e2e/
-e2e_delex = True  # a model trained from scratch cannot copy names it never saw; beams reranked
+e2e_delex = 'name,near'  # placeholders: a model cannot copy names it never saw; beams reranked
 tokenizer = 'world'
 block_size = 384  # the longest devset item is 343 world tokens: nothing is cropped
 n_layer = 4
