@@ -299,6 +299,35 @@ def test_train_py_final_eval_prints_e2e_scores(tmp_path, capsys):
     assert os.path.exists(tmp_path / 'out' / 'eval.json')
 
 
+def test_a_run_with_the_old_bool_e2e_delex_resumes(tmp_path, capsys):
+    """A checkpoint from before e2e_delex named its slots (True) resumes under 'name,near', and
+    refuses other slots in one line."""
+    from formats.checkpoint import read_checkpoint, write_checkpoint
+
+    d = tmp_path / 'e2e'
+    d.mkdir()
+    for f in ('devset.csv', 'testset_w_refs.csv'):
+        lines = open(os.path.join(E2E_DIR, f), encoding='utf-8').read().splitlines()[:121]
+        (d / f).write_text('\n'.join(lines) + '\n', encoding='utf-8')
+    out = tmp_path / 'out'
+    tiny = ['config/e2e_small.py', f'--data_dir={tmp_path}', f'--out_dir={out}', '--n_layer=1']
+    tiny += ['--n_head=2', '--n_embd=16', '--batch_size=4', '--eval_iters=1', '--dtype=float32']
+    tiny += ['--final_eval=False', '--e2e_delex=name,near']
+    train.main([*tiny, '--max_iters=2'])
+    ck = read_checkpoint(str(out / 'ckpt.pt'))
+    ck['config']['e2e_delex'] = True
+    write_checkpoint(ck, str(out / 'ckpt.pt'))
+    with pytest.raises(
+        ValueError, match="trained with e2e_delex='name,near'; a resumed run cannot"
+    ):
+        train.main(
+            [*tiny[:-1], '--e2e_delex=name,near,food', '--init_from=resume', '--max_iters=3']
+        )
+    train.main([*tiny, '--init_from=resume', '--max_iters=3'])
+    assert 'resuming' in capsys.readouterr().out
+    assert read_checkpoint(str(out / 'ckpt.pt'))['iter_num'] == 3
+
+
 def test_tiny_gpt_decodes_through_the_dataset(e2e):
     torch.manual_seed(0)
     model = GPT(
