@@ -270,7 +270,7 @@ def test_linear_decay_and_epochs():
 def test_e2e_configs_parse():
     small = train.parse_args(['config/e2e_small.py'])
     assert small['e2e_train'] == 'devset' and small['block_size'] == 384
-    assert small['e2e_delex'] == 'name,near'
+    assert small['e2e_delex'] == 'name,near,eatType,food'  # issue 19's value-shift split chose it
     lora = train.parse_args(['config/gpt2_e2e_lora.py'])
     assert (lora['lr_schedule'], lora['epochs'], lora['grad_clip'], lora['e2e_delex']) == (
         'linear',

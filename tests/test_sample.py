@@ -19,6 +19,7 @@ from formats.checkpoint import load_model, read_checkpoint, write_checkpoint
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--n_layer=1', '--n_head=2', '--n_embd=16', '--batch_size=4', '--eval_iters=1']
 TINY += ['--dtype=float32', '--final_eval=False', '--device=cpu']
+SMALL_DELEX = train.parse_args(['config/e2e_small.py'])['e2e_delex']  # what the runs train on
 
 
 @pytest.fixture(scope='module')
@@ -65,7 +66,7 @@ def test_decode_a_split_writes_the_official_formats(runs, capsys):
     scores = last_json(capsys)
     preds = metrics.read_predictions(runs / 'full' / 'e2e_test_predictions.txt')
     refs = metrics.read_references(runs / 'full' / 'e2e_test_references.txt')
-    ds = data.get_dataset('e2e', 384, data_dir=str(runs), e2e_train='devset', e2e_delex='name,near')
+    ds = data.get_dataset('e2e', 384, data_dir=str(runs), e2e_train='devset', e2e_delex=SMALL_DELEX)
     assert len(preds) == 5 and refs == [r for _, r in ds.groups['test'][:5]]
     assert scores == pytest.approx(metrics.score_all(preds, refs))
     # the same predictions as the dataset's own decoding of the checkpoint's model
@@ -89,7 +90,7 @@ def test_adapter_checkpoint_is_merged_into_its_base(runs, capsys):
     sample.main([f'--ckpt={path}', '--dataset=e2e', '--max_items=4', '--num_beams=1'])
     preds = metrics.read_predictions(runs / 'lora_big' / 'e2e_test_predictions.txt')
     base, _ = load_model(str(runs / 'full' / 'ckpt.pt'))
-    ds = data.get_dataset('e2e', 384, data_dir=str(runs), e2e_train='devset', e2e_delex='name,near')
+    ds = data.get_dataset('e2e', 384, data_dir=str(runs), e2e_train='devset', e2e_delex=SMALL_DELEX)
     qs = [q for q, _ in ds.groups['test'][:4]]
     plain = ds.predict(base.eval(), qs, num_beams=1)
     adapters.load_adapter_checkpoint(path, base)
@@ -110,19 +111,19 @@ def test_free_prompts_use_the_dataset_template(runs, capsys, tmp_path):
     sample.main([f'--ckpt={ck}', '--start=name[Zizzi]', '--temperature=0', '--max_new_tokens=6'])
     greedy = capsys.readouterr().out.split('\n---------------')[0]
     enc = data.get_tokenizer('world')
-    ids = enc.encode_ordinary(data.e2e_prompt('name[Zizzi]', delex='name,near'))
+    ids = enc.encode_ordinary(data.e2e_prompt('name[Zizzi]', delex=SMALL_DELEX))
     y = model.eval().generate(torch.tensor([ids]), 6, temperature=0.0, stop_token=enc.eot_token)
     assert greedy == data.e2e_answer(
         enc.decode(data.cut_at(y[0, len(ids) :].tolist(), enc.eot_token)),
         'name[Zizzi]',
-        'name,near',
+        SMALL_DELEX,
     )
 
 
 def test_a_checkpoint_with_the_old_bool_e2e_delex_decodes_as_name_near(runs, capsys):
     """Checkpoints written before e2e_delex named its slots hold True (name, near) or False."""
     ck = read_checkpoint(str(runs / 'full' / 'ckpt.pt'))
-    assert ck['config']['e2e_delex'] == 'name,near'
+    assert ck['config']['e2e_delex'] == SMALL_DELEX
     got = {}
     for old in (True, False):
         ck['config']['e2e_delex'] = old
