@@ -33,6 +33,7 @@ from sources import world
 from sources.files import (  # noqa: F401 (the readers stay data.read_*)
     DEFAULT_PATHS,
     delexicalise,
+    e2e_delex_slots,
     e2e_slot_errors,
     read_alpaca,
     read_e2e,
@@ -487,26 +488,26 @@ E2E_MAX_NEW_GPT2 = (
 )
 
 
-def e2e_prompt(mr, delex=False):
-    """The training template around an MR ('describe: ' added when it comes without), delexicalised
-    when the model was trained so."""
+def e2e_prompt(mr, delex=''):
+    """The training template around an MR ('describe: ' added when it comes without), the slots delex
+    names (the option e2e_delex, sources.files.e2e_delex_slots) delexicalised as the model was trained."""
     question = mr if mr.startswith('describe: ') else 'describe: ' + mr
-    return PROMPT.format(q=delexicalise(question)[0] if delex else question)
+    return PROMPT.format(q=delexicalise(question, None, delex)[0])
 
 
-def e2e_answer(text, mr, delex=False):
-    """Decoded text -> the answer: stripped, the MR's names put back when delexicalised."""
-    text = text.strip()
-    return relexicalise(text, mr) if delex else text
+def e2e_answer(text, mr, delex=''):
+    """Decoded text -> the answer: stripped, the MR's values of the slots delex names put back."""
+    return relexicalise(text.strip(), mr, delex)
 
 
 class E2EDataset(InstructDataset):
     """E2E rows as prompt/answer items for training (one row = one reference), and an evaluation that
     decodes each unique MR once and scores it against all of its references, as the E2E papers do.
-    delex=True trains on name[]/near[] placeholders and puts the values back after decoding."""
+    delex (the option e2e_delex: 'name,near', ...) trains on those slots' placeholders and puts the
+    values back after decoding; self.delex holds the slots (a tuple, empty when off)."""
 
-    def __init__(self, splits, block_size, enc, tok_name, delex=False, mix='uniform'):
-        self.delex = delex
+    def __init__(self, splits, block_size, enc, tok_name, delex='', mix='uniform'):
+        self.delex = e2e_delex_slots(delex)
         self.row_questions = {s: [q for q, _ in pairs] for s, pairs in splits.items()}
         self.groups = {}  # split -> [(question, [references])], one per unique MR, first-seen order
         for split, pairs in splits.items():
@@ -514,8 +515,10 @@ class E2EDataset(InstructDataset):
             for q, a in pairs:
                 by_q.setdefault(q, []).append(a)
             self.groups[split] = list(by_q.items())
-        if delex:
-            splits = {s: [delexicalise(q, a) for q, a in pairs] for s, pairs in splits.items()}
+        if self.delex:
+            splits = {
+                s: [delexicalise(q, a, self.delex) for q, a in pairs] for s, pairs in splits.items()
+            }
         super().__init__({'e2e': splits}, block_size, enc, tok_name, ['e2e'], None, mix)
         longest = max(len(a) for _, a in self.data['e2e']['train'])
         self.decoding = {
@@ -663,11 +666,11 @@ def get_dataset(name, block_size, tokenizer=None, data_dir='data', seed=1337, **
     """A dataset object (names: DATASETS). opts: world sizes (world.WORLD_DEFAULTS),
     mix ('uniform'|'proportional'), path (the file or folder of text, shakespeare, alpaca, e2e),
     e2e_train ('trainset' | 'devset': what E2E trains on, sources.files.read_e2e_folder) and
-    e2e_delex (name[]/near[] placeholders, E2EDataset)."""
+    e2e_delex (the slots given placeholders: 'name,near', ...; E2EDataset)."""
     tok_name = tokenizer or ('gpt2' if name in ('shakespeare',) else 'world')
     enc = get_tokenizer(tok_name)
     mix = opts.pop('mix', 'uniform')
-    e2e_train, e2e_delex = opts.pop('e2e_train', 'trainset'), opts.pop('e2e_delex', False)
+    e2e_train, e2e_delex = opts.pop('e2e_train', 'trainset'), opts.pop('e2e_delex', '')
     if name == 'e2e':
         src = read_source(name, data_dir, seed, e2e_train=e2e_train, **opts)
         return E2EDataset(src, block_size, enc, tok_name, e2e_delex, mix)

@@ -9,7 +9,8 @@ Sample from a trained model, decode a dataset split and score it, or score two f
 
 --ckpt takes any train.py checkpoint: a full model, or an adapter, which is merged into the base it
 names. A checkpoint trained on an instruction dataset formats each prompt with that dataset's
-template (an E2E one also delexicalises it when it was trained so), and prints the answers only.
+template (an E2E one also delexicalises the slots of its e2e_delex; True, in checkpoints older
+than that option's slot list, means name,near), and prints the answers only.
 --dataset=NAME --split=SPLIT decodes each unique prompt of the split once and writes
 <folder>/<NAME>_<SPLIT>_predictions.txt (one line per prompt) and <NAME>_<SPLIT>_references.txt
 (its references, a blank line between prompts: the plain-text formats of the official e2e-metrics
@@ -176,7 +177,7 @@ def sample_prompts(model, info, args, device):
     max_new = dec.pop('max_new_tokens')
     for prompt in read_prompts(args.start):
         if name == 'e2e':
-            text = data.e2e_prompt(prompt, cfg.get('e2e_delex', False))
+            text = data.e2e_prompt(prompt, cfg.get('e2e_delex', ''))
         else:
             text = data.PROMPT.format(q=prompt) if instruct else prompt
         ids = enc.encode_ordinary(text) if text != '\n' or instruct else [enc.eot_token]
@@ -196,7 +197,7 @@ def sample_prompts(model, info, args, device):
         for row in y[:, len(ids) :].tolist():
             out = enc.decode(data.cut_at(row, enc.eot_token))
             if name == 'e2e':
-                out = data.e2e_answer(out, prompt, cfg.get('e2e_delex', False))
+                out = data.e2e_answer(out, prompt, cfg.get('e2e_delex', ''))
             print(out if instruct else text + out)
             print('---------------')
 
@@ -215,7 +216,7 @@ def decode_split(model, info, args, device):
     if name == 'e2e':
         opts = {
             'e2e_train': cfg.get('e2e_train', 'trainset'),
-            'e2e_delex': cfg.get('e2e_delex', False),
+            'e2e_delex': cfg.get('e2e_delex', ''),
         }
         # GPT-2 without a checkpoint: needs no trainset
         if opts['e2e_train'] == 'trainset' and not cfg:

@@ -69,7 +69,7 @@ data_dir = 'data'        # where datasets are built and cached
 data_path = ''           # file or folder of a real-data dataset (text, shakespeare, alpaca, e2e); '' = data_dir/<name>
 data_seed = 1337         # the synthetic world and its splits; `seed` below varies only init and batch order
 e2e_train = 'trainset'   # E2E training rows: 'trainset' (42k, downloaded) | 'devset' (shipped; 10% of MRs validate)
-e2e_delex = False        # E2E: name[]/near[] placeholders in MR and text, put back after decoding, beams reranked
+e2e_delex = ''           # E2E: slots with placeholders, put back after decoding, beams reranked: 'name,near',... ''=off
 batch_size = 32          # sequences per micro-batch
 block_size = 128         # tokens per sequence (context length)
 gradient_accumulation_steps = 1  # micro-batches per optimizer step
@@ -299,6 +299,8 @@ def resume_config(ckpt, path, given):
     """The checkpoint's config with the RESUMABLE keys given again applied; any other given key must
     equal the checkpoint's value (keys newer than the checkpoint count as their defaults)."""
     saved = {**DEFAULTS, **ckpt['config']}
+    if isinstance(saved['e2e_delex'], bool):  # a checkpoint from before e2e_delex named its slots
+        saved['e2e_delex'] = ','.join(data.e2e_delex_slots(saved['e2e_delex']))
     for k, v in given.items():
         if k not in RESUMABLE and v != saved[k]:
             raise ValueError(

@@ -139,9 +139,28 @@ def split_by_question(pairs, seed, frac=0.05, cap=500):
 # E2E NLG: meaning representations, delexicalisation, the splits
 
 E2E_FILES = {'train': 'trainset.csv', 'val': 'devset.csv', 'test': 'testset_w_refs.csv'}
-# Placeholders for the venue names (TGen's, the E2E challenge baseline): half of the test set's name[]
-# values never occur in the devset, and a small model trained from scratch cannot copy an unseen name
-E2E_PLACEHOLDERS = {'name': 'X-name', 'near': 'X-near'}
+# Placeholders (TGen's, the E2E challenge baseline) for the slots that e2e_delex names: half of the test
+# set's name[] values never occur in the devset, and a small model trained from scratch cannot copy an
+# unseen name. eatType[] and food[] likewise: the devset's MRs hold one of the three eatType values of
+# the E2E ontology (coffee shop) and two of its seven food values (Chinese, English)
+E2E_PLACEHOLDERS = {'name': 'X-name', 'near': 'X-near', 'eatType': 'X-eatType', 'food': 'X-food'}
+
+
+def e2e_delex_slots(spec):
+    """The option e2e_delex -> the slots it delexicalises, in E2E_PLACEHOLDERS order: a string of
+    comma-separated slots ('' = none, 'name,near', 'name,near,eatType,food'), a sequence of them, or
+    the bool of checkpoints written before the option named its slots (True: name and near)."""
+    if isinstance(spec, bool):
+        return ('name', 'near') if spec else ()
+    given = spec.split(',') if isinstance(spec, str) else list(spec)
+    given = [s.strip() for s in given if s.strip()]
+    unknown = [s for s in given if s not in E2E_PLACEHOLDERS]
+    if unknown:
+        raise ValueError(
+            f"e2e_delex={spec!r}: unknown slot {', '.join(map(repr, unknown))}; use comma-separated "
+            f"slots of {', '.join(E2E_PLACEHOLDERS)} ('' = none)"
+        )
+    return tuple(s for s in E2E_PLACEHOLDERS if s in given)
 
 
 def parse_mr(mr):
@@ -149,26 +168,33 @@ def parse_mr(mr):
     return dict(re.findall(r'(\w+)\s*\[([^\]]*)\]', mr))
 
 
-def delexicalise(mr, ref=None):
-    """(mr, ref) with the name[] and near[] values replaced by their placeholders, in the MR and,
-    case-insensitively, wherever the ref spells them out."""
-    slots = parse_mr(mr)
-    for slot, ph in E2E_PLACEHOLDERS.items():
-        value = slots.get(slot)
+def delexicalise(mr, ref, slots):
+    """(mr, ref) with the values of slots (e2e_delex_slots) replaced by their placeholders, in the MR
+    and, case-insensitively, wherever the ref (None: none) spells them out as whole words."""
+    values = parse_mr(mr)
+    for slot in e2e_delex_slots(slots):
+        value, ph = values.get(slot), E2E_PLACEHOLDERS[slot]
         if value:
             mr = mr.replace(f'{slot}[{value}]', f'{slot}[{ph}]')
-            if ref is not None:
-                ref = re.sub(re.escape(value), ph, ref, flags=re.IGNORECASE)
+            if ref is not None:  # whole words: the pub in 'public' stays
+                ref = re.sub(rf'(?<!\w){re.escape(value)}(?!\w)', ph, ref, flags=re.IGNORECASE)
     return mr, ref
 
 
-def relexicalise(text, mr):
-    """Put the MR's name[] and near[] values back in place of their placeholders. A placeholder of
-    a slot that the MR lacks (a hallucinated near[]) stays, so that it is seen and counted."""
-    slots = parse_mr(mr)
-    for slot, ph in E2E_PLACEHOLDERS.items():
-        if slots.get(slot):
-            text = text.replace(ph, slots[slot])
+def relexicalise(text, mr, slots):
+    """Put the MR's values of slots back in place of their placeholders, with 'a' or 'an' before them
+    as their first letter asks, and 'X-food food' as the value alone ('Fast food', not 'Fast food
+    food'). A placeholder of a slot that the MR lacks (a hallucinated near[]) stays, so that it is
+    seen and counted."""
+    values = parse_mr(mr)
+    for slot in e2e_delex_slots(slots):
+        value, ph = values.get(slot), E2E_PLACEHOLDERS[slot]
+        if value:
+            if value.lower().endswith(' food'):
+                text = re.sub(rf'{ph} food\b', ph, text)
+            article = 'an' if value[0].lower() in 'aeiou' else 'a'
+            text = re.sub(rf'\b([Aa])n? {ph}', rf'\g<1>{article[1:]} {ph}', text)
+            text = text.replace(ph, value)
     return text
 
 

@@ -21,7 +21,7 @@ E2E_DIR = os.path.join(ROOT, 'data', 'e2e')
 @pytest.fixture(scope='module')
 def e2e():
     return data.get_dataset(
-        'e2e', 384, data_dir=os.path.join(ROOT, 'data'), e2e_train='devset', e2e_delex=True
+        'e2e', 384, data_dir=os.path.join(ROOT, 'data'), e2e_train='devset', e2e_delex='name,near'
     )
 
 
@@ -43,24 +43,83 @@ def test_shipped_files_and_splits(e2e):
 def test_delexicalisation_round_trip():
     mr = 'name[The Eagle], eatType[pub], near[Burger King]'
     ref = 'the eagle is a pub near Burger King. The Eagle is cheap.'
-    dmr, dref = files.delexicalise(mr, ref)
+    dmr, dref = files.delexicalise(mr, ref, 'name,near')
     assert dmr == 'name[X-name], eatType[pub], near[X-near]'
     assert dref == 'X-name is a pub near X-near. X-name is cheap.'
-    assert (
-        files.relexicalise(dref, mr) == 'The Eagle is a pub near Burger King. The Eagle is cheap.'
+    assert files.relexicalise(dref, mr, 'name,near') == (
+        'The Eagle is a pub near Burger King. The Eagle is cheap.'
     )
     # a placeholder the MR has no value for stays visible (a hallucinated near[])
-    assert files.relexicalise('X-name, near X-near', 'name[Zizzi]') == 'Zizzi, near X-near'
+    assert (
+        files.relexicalise('X-name, near X-near', 'name[Zizzi]', 'name,near')
+        == 'Zizzi, near X-near'
+    )
     assert files.parse_mr('describe: name[Zizzi], food[Fast food]') == {
         'name': 'Zizzi',
         'food': 'Fast food',
     }
-    assert data.e2e_prompt('name[Zizzi], food[Thai]', delex=True) == (
+    assert data.e2e_prompt('name[Zizzi], food[Thai]', delex='name,near') == (
         'Q: describe: name[X-name], food[Thai]\nA:'
     )
+    assert data.e2e_prompt('name[Zizzi], food[Thai]') == 'Q: describe: name[Zizzi], food[Thai]\nA:'
     assert (
-        data.e2e_answer(' X-name serves Thai. ', 'name[Zizzi]', delex=True) == 'Zizzi serves Thai.'
+        data.e2e_answer(' X-name serves Thai. ', 'name[Zizzi]', delex='name,near')
+        == 'Zizzi serves Thai.'
     )
+    assert data.e2e_answer(' X-name serves Thai. ', 'name[Zizzi]') == 'X-name serves Thai.'
+
+
+def test_eattype_and_food_delexicalised_with_their_articles():
+    mr = 'name[The Eagle], eatType[pub], food[English], near[Burger King]'
+    ref = 'the eagle is an English pub near Burger King, not a public house. The Eagle is cheap.'
+    slots = 'name,near,eatType,food'
+    dmr, dref = files.delexicalise(mr, ref, slots)
+    assert dmr == 'name[X-name], eatType[X-eatType], food[X-food], near[X-near]'
+    # whole words: the pub of 'public' stays
+    assert dref == 'X-name is an X-food X-eatType near X-near, not a public house. X-name is cheap.'
+    assert files.relexicalise(dref, mr, slots) == (
+        'The Eagle is an English pub near Burger King, not a public house. The Eagle is cheap.'
+    )
+    # the article follows the value put back, and 'X-food food' says Fast food once
+    assert files.relexicalise(
+        'An X-food X-eatType, a X-food place serving X-food food', mr, slots
+    ) == ('An English pub, an English place serving English food')
+    mr2 = 'name[Zizzi], eatType[restaurant], food[Fast food]'
+    assert files.relexicalise('X-name is an X-food X-eatType serving X-food food.', mr2, slots) == (
+        'Zizzi is a Fast food restaurant serving Fast food.'
+    )
+    # only the slots asked for: food alone leaves the name and the eatType
+    assert files.delexicalise(mr, ref, 'food') == (
+        'name[The Eagle], eatType[pub], food[X-food], near[Burger King]',
+        'the eagle is an X-food pub near Burger King, not a public house. The Eagle is cheap.',
+    )
+    assert data.e2e_prompt('name[Zizzi], area[riverside], food[Thai]', delex=slots) == (
+        'Q: describe: name[X-name], area[riverside], food[X-food]\nA:'
+    )
+    # a placeholder from a slot the run did not delexicalise is left, to be seen
+    assert files.relexicalise('X-name serves X-food.', mr2, 'name,near') == 'Zizzi serves X-food.'
+
+
+def test_delex_option_slots_and_old_bools():
+    assert files.e2e_delex_slots('') == ()
+    assert files.e2e_delex_slots('food, name') == ('name', 'food')  # E2E_PLACEHOLDERS order
+    assert files.e2e_delex_slots('name,near,eatType,food') == tuple(files.E2E_PLACEHOLDERS)
+    # checkpoints from before the option named its slots hold a bool
+    assert files.e2e_delex_slots(True) == ('name', 'near')
+    assert files.e2e_delex_slots(False) == ()
+    with pytest.raises(ValueError) as e:
+        files.e2e_delex_slots('name,price')
+    msg = str(e.value)
+    assert '\n' not in msg and "unknown slot 'price'" in msg
+    assert 'name, near, eatType, food' in msg
+    with pytest.raises(ValueError, match="e2e_delex='name,foods': unknown slot 'foods'"):
+        train.parse_args(['config/e2e_small.py', '--e2e_delex=name,foods'])
+    with pytest.raises(ValueError, match="unknown slot 'Food'"):
+        data.get_dataset(
+            'e2e', 384, data_dir=os.path.join(ROOT, 'data'), e2e_train='devset', e2e_delex='Food'
+        )
+    ext = train.parse_args(['config/e2e_small.py', '--e2e_delex=name,near,eatType,food'])
+    assert ext['e2e_delex'] == 'name,near,eatType,food'
 
 
 def test_slot_errors_by_hand():
@@ -107,11 +166,11 @@ def test_delexicalised_beams_are_reranked_by_slot_errors(e2e):
     mrs = ['name[Aromi], eatType[coffee shop]', 'name[Aromi], eatType[coffee shop], near[Zizzi]']
     got = e2e.predict(model, mrs, num_beams=3, length_penalty=1.0)
     assert got == ['Aromi is a coffee shop.', 'Aromi is a coffee shop near Zizzi.']
-    e2e.delex = False  # without delexicalisation: the top beam, as the papers decode
+    e2e.delex = ()  # without delexicalisation: the top beam, as the papers decode
     try:
         assert e2e.predict(model, mrs[:1], num_beams=3) == ['X-name is a coffee shop near X-near.']
     finally:
-        e2e.delex = True
+        e2e.delex = ('name', 'near')
 
 
 def test_delexicalised_training_items(e2e):
@@ -152,7 +211,7 @@ def test_evaluate_scores_each_mr_once_against_all_its_references(e2e):
     assert r['n'] == 40 and r['refs'] == sum(len(g) for _, g in groups)
     # names put back from each MR; scored per MR against all of its references
     want = [answer.strip().replace('X-name', files.parse_mr(q)['name']) for q, _ in groups]
-    want = [files.relexicalise(w, q) for w, (q, _) in zip(want, groups)]
+    want = [files.relexicalise(w, q, 'name,near') for w, (q, _) in zip(want, groups)]
     assert r['predictions'] == want
     assert r['BLEU'] == pytest.approx(metrics.bleu(want, [g for _, g in groups]), abs=1e-12)
     assert r['loss'] == pytest.approx(math.log(e2e.vocab_size), rel=1e-5)  # uniform logits
@@ -210,13 +269,14 @@ def test_linear_decay_and_epochs():
 
 def test_e2e_configs_parse():
     small = train.parse_args(['config/e2e_small.py'])
-    assert small['e2e_train'] == 'devset' and small['e2e_delex'] and small['block_size'] == 384
+    assert small['e2e_train'] == 'devset' and small['block_size'] == 384
+    assert small['e2e_delex'] == 'name,near,eatType,food'  # issue 19's value-shift split chose it
     lora = train.parse_args(['config/gpt2_e2e_lora.py'])
     assert (lora['lr_schedule'], lora['epochs'], lora['grad_clip'], lora['e2e_delex']) == (
         'linear',
         5.0,
         0.0,
-        False,
+        '',
     )
     assert (lora['beta2'], lora['warmup_iters'], lora['min_lr']) == (0.999, 500, 0.0)
 
@@ -237,6 +297,35 @@ def test_train_py_final_eval_prints_e2e_scores(tmp_path, capsys):
     out = capsys.readouterr().out
     assert 'BLEU' in out and 'NIST' in out and 'ROUGE_L' in out and 'CIDEr' in out
     assert os.path.exists(tmp_path / 'out' / 'eval.json')
+
+
+def test_a_run_with_the_old_bool_e2e_delex_resumes(tmp_path, capsys):
+    """A checkpoint from before e2e_delex named its slots (True) resumes under 'name,near', and
+    refuses other slots in one line."""
+    from formats.checkpoint import read_checkpoint, write_checkpoint
+
+    d = tmp_path / 'e2e'
+    d.mkdir()
+    for f in ('devset.csv', 'testset_w_refs.csv'):
+        lines = open(os.path.join(E2E_DIR, f), encoding='utf-8').read().splitlines()[:121]
+        (d / f).write_text('\n'.join(lines) + '\n', encoding='utf-8')
+    out = tmp_path / 'out'
+    tiny = ['config/e2e_small.py', f'--data_dir={tmp_path}', f'--out_dir={out}', '--n_layer=1']
+    tiny += ['--n_head=2', '--n_embd=16', '--batch_size=4', '--eval_iters=1', '--dtype=float32']
+    tiny += ['--final_eval=False', '--e2e_delex=name,near']
+    train.main([*tiny, '--max_iters=2'])
+    ck = read_checkpoint(str(out / 'ckpt.pt'))
+    ck['config']['e2e_delex'] = True
+    write_checkpoint(ck, str(out / 'ckpt.pt'))
+    with pytest.raises(
+        ValueError, match="trained with e2e_delex='name,near'; a resumed run cannot"
+    ):
+        train.main(
+            [*tiny[:-1], '--e2e_delex=name,near,food', '--init_from=resume', '--max_iters=3']
+        )
+    train.main([*tiny, '--init_from=resume', '--max_iters=3'])
+    assert 'resuming' in capsys.readouterr().out
+    assert read_checkpoint(str(out / 'ckpt.pt'))['iter_num'] == 3
 
 
 def test_tiny_gpt_decodes_through_the_dataset(e2e):

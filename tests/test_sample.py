@@ -19,6 +19,7 @@ from formats.checkpoint import load_model, read_checkpoint, write_checkpoint
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--n_layer=1', '--n_head=2', '--n_embd=16', '--batch_size=4', '--eval_iters=1']
 TINY += ['--dtype=float32', '--final_eval=False', '--device=cpu']
+SMALL_DELEX = train.parse_args(['config/e2e_small.py'])['e2e_delex']  # what the runs train on
 
 
 @pytest.fixture(scope='module')
@@ -65,7 +66,7 @@ def test_decode_a_split_writes_the_official_formats(runs, capsys):
     scores = last_json(capsys)
     preds = metrics.read_predictions(runs / 'full' / 'e2e_test_predictions.txt')
     refs = metrics.read_references(runs / 'full' / 'e2e_test_references.txt')
-    ds = data.get_dataset('e2e', 384, data_dir=str(runs), e2e_train='devset', e2e_delex=True)
+    ds = data.get_dataset('e2e', 384, data_dir=str(runs), e2e_train='devset', e2e_delex=SMALL_DELEX)
     assert len(preds) == 5 and refs == [r for _, r in ds.groups['test'][:5]]
     assert scores == pytest.approx(metrics.score_all(preds, refs))
     # the same predictions as the dataset's own decoding of the checkpoint's model
@@ -89,7 +90,7 @@ def test_adapter_checkpoint_is_merged_into_its_base(runs, capsys):
     sample.main([f'--ckpt={path}', '--dataset=e2e', '--max_items=4', '--num_beams=1'])
     preds = metrics.read_predictions(runs / 'lora_big' / 'e2e_test_predictions.txt')
     base, _ = load_model(str(runs / 'full' / 'ckpt.pt'))
-    ds = data.get_dataset('e2e', 384, data_dir=str(runs), e2e_train='devset', e2e_delex=True)
+    ds = data.get_dataset('e2e', 384, data_dir=str(runs), e2e_train='devset', e2e_delex=SMALL_DELEX)
     qs = [q for q, _ in ds.groups['test'][:4]]
     plain = ds.predict(base.eval(), qs, num_beams=1)
     adapters.load_adapter_checkpoint(path, base)
@@ -110,11 +111,64 @@ def test_free_prompts_use_the_dataset_template(runs, capsys, tmp_path):
     sample.main([f'--ckpt={ck}', '--start=name[Zizzi]', '--temperature=0', '--max_new_tokens=6'])
     greedy = capsys.readouterr().out.split('\n---------------')[0]
     enc = data.get_tokenizer('world')
-    ids = enc.encode_ordinary(data.e2e_prompt('name[Zizzi]', delex=True))
+    ids = enc.encode_ordinary(data.e2e_prompt('name[Zizzi]', delex=SMALL_DELEX))
     y = model.eval().generate(torch.tensor([ids]), 6, temperature=0.0, stop_token=enc.eot_token)
     assert greedy == data.e2e_answer(
-        enc.decode(data.cut_at(y[0, len(ids) :].tolist(), enc.eot_token)), 'name[Zizzi]', True
+        enc.decode(data.cut_at(y[0, len(ids) :].tolist(), enc.eot_token)),
+        'name[Zizzi]',
+        SMALL_DELEX,
     )
+
+
+def test_a_checkpoint_with_the_old_bool_e2e_delex_decodes_as_name_near(runs, capsys):
+    """Checkpoints written before e2e_delex named its slots hold True (name, near) or False."""
+    ck = read_checkpoint(str(runs / 'full' / 'ckpt.pt'))
+    assert ck['config']['e2e_delex'] == SMALL_DELEX
+    got = {}
+    for old in (True, False):
+        ck['config']['e2e_delex'] = old
+        os.makedirs(runs / f'old_{old}', exist_ok=True)
+        write_checkpoint(ck, str(runs / f'old_{old}' / 'ckpt.pt'))
+        sample.main(
+            [f'--ckpt={runs / f"old_{old}" / "ckpt.pt"}', '--dataset=e2e', '--max_items=3']
+            + ['--num_beams=1']
+        )
+        got[old] = metrics.read_predictions(runs / f'old_{old}' / 'e2e_test_predictions.txt')
+    model, _ = load_model(str(runs / 'full' / 'ckpt.pt'))
+    for old, delex in ((True, 'name,near'), (False, '')):
+        ds = data.get_dataset('e2e', 384, data_dir=str(runs), e2e_train='devset', e2e_delex=delex)
+        want = ds.predict(model.eval(), [q for q, _ in ds.groups['test'][:3]], num_beams=1)
+        assert got[old] == [p.replace('\n', ' ').strip() for p in want]
+    assert got[True] != got[False]  # the names put back, or the placeholders left
+
+
+def test_val_split_of_a_data_path_folder_with_eattype_and_food_delexicalised(tmp_path, capsys):
+    """A run on a folder in the official layout (--data_path, e2e_train='trainset': its trainset.csv
+    trains, its devset.csv validates) is decoded on that folder's val split, as it was trained."""
+    shipped = os.path.join(ROOT, 'data', 'e2e')
+    lines = open(os.path.join(shipped, 'devset.csv'), encoding='utf-8').read().splitlines()
+    (tmp_path / 'trainset.csv').write_text('\n'.join(lines[:61]) + '\n', encoding='utf-8')
+    (tmp_path / 'devset.csv').write_text('\n'.join(lines[:1] + lines[61:141]) + '\n', 'utf-8')
+    test = open(os.path.join(shipped, 'testset_w_refs.csv'), encoding='utf-8').read()
+    (tmp_path / 'testset_w_refs.csv').write_text(test, encoding='utf-8')
+    out = tmp_path / 'run'
+    train.main(
+        [
+            'config/e2e_small.py',
+            f'--data_path={tmp_path}',
+            "--e2e_train=trainset",
+            f'--out_dir={out}',
+        ]
+        + ['--e2e_delex=name,near,eatType,food', '--max_iters=2']
+        + TINY
+    )
+    sample.main([f'--ckpt={out / "ckpt.pt"}', '--dataset=e2e', '--split=val', '--num_beams=2'])
+    last_json(capsys)
+    refs = metrics.read_references(out / 'e2e_val_references.txt')
+    rows = data.read_e2e(str(tmp_path / 'devset.csv'))
+    assert sum(len(r) for r in refs) == len(rows) == 80
+    assert refs[0] == [a for q, a in rows if q == rows[0][0]]
+    assert len(metrics.read_predictions(out / 'e2e_val_predictions.txt')) == len(refs)
 
 
 @pytest.mark.parametrize(

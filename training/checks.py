@@ -48,6 +48,7 @@ def check_values(cfg):
             f"unknown dataset {name!r}: use one of {', '.join(data.DATASETS)} "
             f"(task:<{'|'.join(TASK_FAMILY)}>)"
         )
+    data.e2e_delex_slots(cfg['e2e_delex'])  # an unknown slot: one line naming the valid ones
     if cfg['cat_adapters'] and cfg['adapter'] != 'cat':
         raise ValueError(
             f"cat_adapters is read by adapter='cat' only, not by adapter={cfg['adapter']!r}"
