@@ -1,4 +1,4 @@
-"""Issue 19: which slots should config/e2e_small.py delexicalise? A validation split whose food value
+"""Which slots should config/e2e_small.py delexicalise? A validation split whose food value
 the model never saw in training (as 394 of the 630 test MRs name a food the devset never shows) judges
 it; the devset's random 10% cannot, its MRs holding the training values only.
 
