@@ -264,14 +264,25 @@ def verdicts(res):
     return out
 
 
+HEADING = '## 8. LoRA Without Regret; LoRA Learns Less and Forgets Less (study 3.1)'
+
+
 def report_lines(res):
     """STUDY.md's section for this stage (the claims rows are in the claims table)."""
+    if 'regret' not in res:
+        return [
+            '',
+            HEADING,
+            '',
+            'Not run yet: `python -m study --stage=regret` (its finished runs are reused).',
+            '',
+        ]
     rg, mix, S = res['regret'], res['mixture'], res['settings']
     P, sweeps = S['regret'], rg['sweeps']
     ranks = [m for m in sweeps if m.startswith('lora_r')]
     L = [
         '',
-        "## 8. LoRA Without Regret; LoRA Learns Less and Forgets Less (study 3.1)",
+        HEADING,
         '',
         f"Full fine-tuning and LoRA on all Linears at ranks {', '.join(map(str, P['ranks']))} with alpha "
         f"fixed at {P['alpha']:g} (s = {P['alpha']:g}/r), {S['mix_iters']} iterations on the mixture as in "

@@ -376,3 +376,8 @@ def test_window_losses_cover_the_held_out_text_once_in_order(tmp_path):
         x = torch.from_numpy(tokens[8 * j : 8 * j + 9].astype(np.int64))[None]
         assert got[j] == pytest.approx(model(x[:, :-1], x[:, 1:])[1].item(), abs=1e-5)
     assert regret.window_losses(model, stream, 8, n=3) == got[:3]
+
+
+def test_report_section_says_not_run_until_the_stage_has_run():
+    lines = regret_report.report_lines({'settings': {}, 'mixture': {}})
+    assert lines[1] == regret_report.HEADING and 'Not run yet' in lines[3]
