@@ -378,11 +378,12 @@ class Study:
                 **train.DEFAULTS,
                 **ck.get('config', {}),
             }
-            # adapters: not the base
+            # adapters' and E2E's options: not the base's (e2e_delex was a bool in older checkpoints)
             same_cfg = all(
                 old[k] == v
                 for k, v in want.items()
-                if k not in ignore and not k.startswith(('lora_', 'multilora_', 'nola_', 'cat_'))
+                if k not in ignore
+                and not k.startswith(('lora_', 'multilora_', 'nola_', 'cat_', 'e2e_'))
             )
             same_data = ck.get('data', {}).get('fingerprint') == ds.fingerprint
             reuse = (
