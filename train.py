@@ -295,12 +295,19 @@ def save_checkpoint(path, model, optimizer, scaler, c, iter_num, best_val_loss, 
     write_checkpoint(ckpt, path)
 
 
-def resume_config(ckpt, path, given):
-    """The checkpoint's config with the RESUMABLE keys given again applied; any other given key must
-    equal the checkpoint's value (keys newer than the checkpoint count as their defaults)."""
-    saved = {**DEFAULTS, **ckpt['config']}
+def saved_config(config):
+    """A checkpoint's config as today's options read it: keys newer than the checkpoint count as their
+    defaults, and values an older version wrote otherwise are translated."""
+    saved = {**DEFAULTS, **config}
     if isinstance(saved['e2e_delex'], bool):  # a checkpoint from before e2e_delex named its slots
         saved['e2e_delex'] = ','.join(data.e2e_delex_slots(saved['e2e_delex']))
+    return saved
+
+
+def resume_config(ckpt, path, given):
+    """The checkpoint's config with the RESUMABLE keys given again applied; any other given key must
+    equal the checkpoint's value (saved_config)."""
+    saved = saved_config(ckpt['config'])
     for k, v in given.items():
         if k not in RESUMABLE and v != saved[k]:
             raise ValueError(

@@ -373,17 +373,12 @@ class Study:
         reuse = False
         if os.path.exists(self.base_path) and not self.fresh:
             ck = read_checkpoint(self.base_path)
-            # keys newer than the checkpoint: their defaults
-            old = {
-                **train.DEFAULTS,
-                **ck.get('config', {}),
-            }
-            # adapters' and E2E's options: not the base's (e2e_delex was a bool in older checkpoints)
+            old = train.saved_config(ck.get('config', {}))
+            # adapters: not the base
             same_cfg = all(
                 old[k] == v
                 for k, v in want.items()
-                if k not in ignore
-                and not k.startswith(('lora_', 'multilora_', 'nola_', 'cat_', 'e2e_'))
+                if k not in ignore and not k.startswith(('lora_', 'multilora_', 'nola_', 'cat_'))
             )
             same_data = ck.get('data', {}).get('fingerprint') == ds.fingerprint
             reuse = (

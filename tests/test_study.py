@@ -900,18 +900,21 @@ def test_tune_lr_widens_past_the_edge_its_best_rate_sits_on(peak, widen, grid_sw
     assert sorted(calls) == sorted(grid_swept) and set(scores) == set(grid_swept)
 
 
-def test_fresh_retrains_each_run_once_per_invocation(tmp_path, monkeypatch):
+@pytest.fixture
+def fake_train(tmp_path, monkeypatch):
+    """train.main recorded instead of run: (the argv of each call, the study's folders under tmp_path)."""
     calls = []
     monkeypatch.setattr(
         study.train,
         'main',
         lambda argv: calls.append(argv) or {'train_time_s': 1.0, 'val_loss': 2.0},
     )
-    S = dict(
-        base_dir=str(tmp_path / 'base'),
-        results=str(tmp_path / 'results'),
-        out=str(tmp_path / 'out'),
-    )
+    folders = {k: str(tmp_path / k) for k in ('base_dir', 'results', 'out')}
+    return calls, folders
+
+
+def test_fresh_retrains_each_run_once_per_invocation(fake_train):
+    calls, S = fake_train
 
     world_version = ['v1']
 
@@ -935,14 +938,8 @@ def test_fresh_retrains_each_run_once_per_invocation(tmp_path, monkeypatch):
     assert len(calls) == 6
 
 
-def test_a_run_built_on_another_runs_checkpoint_retrains_when_that_run_does(tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(
-        study.train,
-        'main',
-        lambda argv: calls.append(argv) or {'train_time_s': 1.0, 'val_loss': 2.0},
-    )
-    S = dict(base_dir=str(tmp_path / 'b'), results=str(tmp_path / 'r'), out=str(tmp_path / 'o'))
+def test_a_run_built_on_another_runs_checkpoint_retrains_when_that_run_does(fake_train):
+    calls, S = fake_train
     st = study.Study(S, log=lambda s: None)
     st.base_fp = 'planted'
     st.dataset = lambda name: types.SimpleNamespace(fingerprint=name)
