@@ -367,7 +367,7 @@ class Regret:
         lora = [f'--adapter_targets={targets}', f'--lora_r={r}', f'--lora_alpha={alpha}']
         return 'config/lora_mixture.py', lora + lr_args
 
-    def train(self, method, lr, seed, curve=True, need_ckpt=False):
+    def train(self, method, lr, seed, curve=True):
         """(name, record) of one run; record None when it diverged (train.py stops on a NaN: no record is kept,
         so a later invocation tries it again)."""
         name = f'regret_{method}_lr{lr:g}_it{self.iters}_s{seed}'
@@ -376,7 +376,7 @@ class Regret:
             every, n = self.P['curve_every'], self.P['curve_eval_iters']
             extra += [f'--eval_interval={every}', f'--eval_iters={n}']
         try:
-            return name, self.st.run(name, config, seed, self.iters, extra, need_ckpt)
+            return name, self.st.run(name, config, seed, self.iters, extra)
         except RuntimeError as e:
             if 'a smaller --learning_rate may help' not in str(e):
                 raise
@@ -388,13 +388,12 @@ class Regret:
         name, rec = self.train(method, lr, seed)
         if rec is None:
             return None
-        if 'val_items' not in rec:
-            if not os.path.exists(self.st.ckpt(name)):
-                name, rec = self.train(method, lr, seed, need_ckpt=True)
+
+        def losses():
             with adapters.merged(model := self.st.finetuned(name)):
-                rec['val_items'] = item_losses(model, self.ds)
-            self.st.save_record(name, rec)
-        return rec['val_items']
+                return item_losses(model, self.ds)
+
+        return self.st.cached(name, 'val_items', losses)
 
     def tune(self, method, rungs, curve=True):
         """The seed-0 sweep of one method: {'lrs', 'val_loss', 'val_acc', 'best', 'edge', 'curve', ...}."""
@@ -438,15 +437,13 @@ class Regret:
         items = [[self.val_items(method, lr, s) for s in seeds] for lr in lrs]
         return None if any(None in per_seed for per_seed in items) else (lrs, items)
 
-    def forgetting(self, name=None, need_ckpt=lambda: None):
+    def forgetting(self, name=None):
         """Recall per probe ({fact: [0/1]}) and the LM loss per held-out window of the base (name None) or a
-        mixture run, computed once into its record (the base's: runs/regret_base_forgetting.json); need_ckpt()
-        brings back a run's checkpoint when it must be measured."""
+        mixture run, computed once into its record (the base's: runs/regret_base_forgetting.json)."""
         key = {'base': self.st.base_fp, 'probes': self.P['probes'], 'windows': self.P['windows']}
         rec_name = name or 'regret_base_forgetting'
         rec = self.st.record(rec_name) or {}
         if rec.get('forgetting', {}).get('key') != key:
-            need_ckpt()
             model = self.st.finetuned(name) if name else self.st.base_model()
             people, qa = self.st.world()['people'], self.st.dataset('known_qa')
             with adapters.merged(model):
@@ -498,7 +495,7 @@ def stage(study, res, all_linears):
     sweeps[qv] = rg.tune(qv, P['qv_rungs'], curve=False)
     rows = []
     for s in study.S.seeds:
-        name, rec = rg.train(qv, sweeps[qv]['best'], s, curve=False, need_ckpt=True)
+        name, rec = rg.train(qv, sweeps[qv]['best'], s, curve=False)
         ev = study.test_eval(name, rg.ds)
         rows.append(
             {
@@ -515,7 +512,6 @@ def stage(study, res, all_linears):
     out['forgetting'] = {'base': rg.forgetting()}
     for m, mrows in mix.items():
         out['forgetting'][m] = []
-        for i, row in enumerate(mrows):
-            ckpt = lambda m=m, i=i: study.mixture_ckpt(mix, m, i)
-            out['forgetting'][m].append({'seed': row['seed'], **rg.forgetting(row['name'], ckpt)})
+        for row in mrows:
+            out['forgetting'][m].append({'seed': row['seed'], **rg.forgetting(row['name'])})
     return out

@@ -18,9 +18,10 @@ Stages (methods: docs/methods.md; data: sources/world.py's docstring):
  control      shift-then-reverse, a two-hop composition: the skills, CAT and ΔW averaging (one seed)
  regret       study 3.1 (study/regret.py): LoRA Without Regret; LoRA Learns Less and Forgets Less
 Every training run goes through train.main. Each finished run's numbers go to study/results/runs/<run>.json
-(small, committed), keyed by its arguments and the base's fingerprint: an interrupted study continues
-where it stopped, and a run whose checkpoint is gone is retrained only where a later step needs the
-checkpoint. Verdicts, gates and the write-up: study/verdicts.py.
+(small, committed), keyed by its arguments and the base's fingerprint, with every number later measured on
+its checkpoint: an interrupted study continues where it stopped, and a fresh clone (records, no
+checkpoints) retrains only its base and rebuilds STUDY.md from the records. Verdicts, gates and the
+write-up: study/verdicts.py.
 """
 
 import argparse
@@ -51,6 +52,12 @@ from study.verdicts import (
     verdicts,
     write_report,
 )
+
+
+def run_name(ckpt):
+    """The study run whose checkpoint this is: out/<name>/ckpt.pt -> name."""
+    return os.path.basename(os.path.dirname(ckpt))
+
 
 # the synthetic world every run trains and is evaluated on (data.get_dataset's seed)
 WORLD_SEED = 1337
@@ -269,12 +276,14 @@ class Study:
         }
         # a run built on other runs' checkpoints (CAT composes the skills) keys on theirs: a retrained
         # skill retrains what composes it
-        inputs = [a.split('=', 1)[1].split(',') for a in argv if a.startswith('--cat_adapters=')]
+        inputs = [p for a in argv if a.startswith('--cat_adapters=') for p in a[15:].split(',')]
         if inputs:
-            key['inputs'] = {p: self.record_key_hash(p) for ps in inputs for p in ps}
+            key['inputs'] = {p: self.record_key_hash(run_name(p)) for p in inputs}
         rec = None if self.fresh and name not in self.trained else self.record(name)
         if rec and rec['key'] == key and (not need_ckpt or os.path.exists(self.ckpt(name))):
             return rec
+        for p in inputs:  # training reads them
+            self.checkpoint(run_name(p))
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, 'train.log'), 'w') as f, contextlib.redirect_stdout(f):
             # a stale or --fresh run of the study's own
@@ -290,12 +299,47 @@ class Study:
         )
         return rec
 
-    def record_key_hash(self, ckpt):
-        """A short hash of the key of the study run that wrote ckpt (out/<name>/ckpt.pt)."""
-        rec = self.record(os.path.basename(os.path.dirname(ckpt)))
+    def record_key_hash(self, name):
+        """A short hash of a finished run's key: what a number computed from its checkpoint depends on."""
+        rec = self.record(name)
         if rec is None:
-            raise FileNotFoundError(f'{ckpt}: no finished study run wrote it')
+            raise FileNotFoundError(f'{self.ckpt(name)}: no finished study run wrote it')
         return hashlib.sha256(json.dumps(rec['key'], sort_keys=True).encode()).hexdigest()[:16]
+
+    # ---- numbers computed once from checkpoints, kept in the records -----------------------------
+    # A fresh clone has results/runs/ but no checkpoints (out/ is not committed): every number a stage
+    # reads from a checkpoint is stored beside the run's record, so that the study's command rebuilds
+    # STUDY.md from the records alone, and a checkpoint is retrained only for a number not yet there.
+    def checkpoint(self, name):
+        """out/<name>/ckpt.pt, retrained from its record's own arguments when it is gone."""
+        if not os.path.exists(self.ckpt(name)):
+            rec = self.record(name)
+            if rec is None:
+                raise FileNotFoundError(f'{self.ckpt(name)}: no finished study run wrote it')
+            own = [
+                a for a in rec['key']['argv'] if not a.startswith(('--out_dir=', '--data_seed='))
+            ]
+            self.train(name, own, need_ckpt=True)
+        return self.ckpt(name)
+
+    def cached(self, name, field, compute):
+        """Field of run name's record, compute() stored there the first time. A retrained run's record
+        starts without it, so the number always describes the checkpoint the record describes."""
+        if field not in self.record(name):
+            value = compute()
+            rec = self.record(name)  # as saved: compute() may have retrained the checkpoint
+            rec[field] = value
+            self.save_record(name, rec)
+        return self.record(name)[field]
+
+    def derived(self, name, runs, compute, **params):
+        """compute()'s value for several runs' checkpoints (a merge, their spectra), kept in runs/<name>.json
+        keyed on those runs' keys, the base and params: any of them changed, it is computed again."""
+        key = {'base': self.base_fp, 'runs': {r: self.record_key_hash(r) for r in runs}, **params}
+        rec = self.record(name)
+        if rec is None or rec.get('key') != key:
+            self.save_record(name, {'key': key, 'value': compute()})
+        return self.record(name)['value']
 
     def record(self, name):
         path = os.path.join(self.runs_dir, name + '.json')
@@ -310,7 +354,7 @@ class Study:
             json.dump(rec, f)
         os.replace(path + '.tmp', path)
 
-    def run(self, name, config, seed, iters, extra=(), need_ckpt=False):
+    def run(self, name, config, seed, iters, extra=()):
         S = self.S
         return self.train(
             name,
@@ -326,7 +370,6 @@ class Study:
                 f'--eval_max_items={S.eval_items}',
                 *extra,
             ],
-            need_ckpt,
         )
 
     def ckpt(self, name):
@@ -337,16 +380,13 @@ class Study:
 
     def adapted(self, name):
         model = self.base_model()
-        adapters.load_adapter_checkpoint(self.ckpt(name), model)
+        adapters.load_adapter_checkpoint(self.checkpoint(name), model)
         return model
 
     def finetuned(self, name):
-        """The model a mixture run trained: base + adapter, or the fully fine-tuned weights."""
-        return (
-            self.adapted(name)
-            if 'adapter' in read_checkpoint(self.ckpt(name))
-            else load_model(self.ckpt(name))[0]
-        )
+        """The model a run trained: base + adapter, or the fully fine-tuned weights."""
+        ckpt = self.checkpoint(name)
+        return self.adapted(name) if 'adapter' in read_checkpoint(ckpt) else load_model(ckpt)[0]
 
     # ---- base -------------------------------------------------------------------------------------
     def stage_base(self):
@@ -462,25 +502,33 @@ class Study:
             'val_loss': [runs[lr]['val_loss'] for lr in grid],
         }
 
-    def mixture_run(self, method, lr, seed, iters, need_ckpt=False):
+    def mixture_run(self, method, lr, seed, iters):
         config, extra = mixture_methods(self.S.R, self.base_shape['n_embd'])[method]
         extra = extra + [f'--learning_rate={lr}', f'--min_lr={lr / 10}', '--eval_split=val']
         if method == 'nola':
             extra.append(f'--nola_seed={seed}')
         return f'mix_{method}_lr{lr:g}_it{iters}_s{seed}', self.run(
-            f'mix_{method}_lr{lr:g}_it{iters}_s{seed}', config, seed, iters, extra, need_ckpt
+            f'mix_{method}_lr{lr:g}_it{iters}_s{seed}', config, seed, iters, extra
         )
 
     def test_eval(self, name, ds):
         """Exact match on every test item (per item kept), stored beside the run's numbers."""
-        rec = self.record(name)
-        if 'test' not in rec:
+
+        def evaluate():
             with adapters.merged(model := self.finetuned(name)):
-                rec['test'] = ds.evaluate(
-                    model.eval(), split='test', max_items=self.S.eval_items or None
-                )
-            self.save_record(name, rec)
-        return rec['test']
+                return ds.evaluate(model.eval(), split='test', max_items=self.S.eval_items or None)
+
+        return self.cached(name, 'test', evaluate)
+
+    def sizes(self, name):
+        """What the run's trained numbers take on disk: a file's bytes, and the tensors' payload alone."""
+
+        def measure():
+            state = read_checkpoint(self.checkpoint(name))
+            state = state['adapter']['state'] if 'adapter' in state else state['model']
+            return {'file_bytes': nbytes(state), 'payload_bytes': payload(state)}
+
+        return self.cached(name, 'sizes', measure)
 
     def stage_mixture(self):
         S, ds = self.S, self.dataset('mixture')
@@ -500,10 +548,8 @@ class Study:
             )
             rows = []
             for s in S.seeds:
-                name, rec = self.mixture_run(method, best, s, S.mix_iters, need_ckpt=True)
+                name, rec = self.mixture_run(method, best, s, S.mix_iters)
                 ev, summ = self.test_eval(name, ds), rec['summary']
-                state = read_checkpoint(self.ckpt(name))
-                state = state['adapter']['state'] if 'adapter' in state else state['model']
                 rows.append(
                     {
                         'seed': s,
@@ -514,8 +560,7 @@ class Study:
                         'val_loss': summ['val_loss'],
                         'train_time_s': summ['train_time_s'],
                         'trainable_params': summ['trainable_params'],
-                        'file_bytes': nbytes(state),
-                        'payload_bytes': payload(state),
+                        **self.sizes(name),
                     }
                 )
             self.log(f'  {method}: test exact match {pm([r["acc"]["avg"] for r in rows])}')
@@ -524,28 +569,38 @@ class Study:
 
     # ---- spectra and compression, on the mixture's runs ---------------------------------------
     def stage_spectra(self, mix):
-        per_seed, per_seed_qv, files, table = [], [], None, ''
-        for i, s in enumerate(self.S.seeds):
-            names = {m: rows[i]['name'] for m, rows in mix.items() if not m.startswith('lora_qv')}
-            paths = [self.mixture_ckpt(mix, m, i) for m in names]
+        qv = next(m for m in mix if m.startswith('lora_qv'))
+
+        def spectra(i, s, names):
+            """One seed's aggregates (every method; LoRA on W_q,W_v against full fine-tuning on those two);
+            the first seed also writes the figure and its numbers, labelled by this study's method names."""
+            ckpts = [self.checkpoint(mix[m][i]['name']) for m in names]
             result, _, _ = analyze.run(
-                self.base_path, paths, out=os.path.join(self.S.out, f'spectra_s{s}')
+                self.base_path, ckpts, out=os.path.join(self.S.out, f'spectra_s{s}')
             )
-            qv = next(m for m in mix if m.startswith('lora_qv'))
             result_qv, _, _ = analyze.run(
                 self.base_path,
-                [self.mixture_ckpt(mix, qv, i), self.mixture_ckpt(mix, 'full', i)],
+                [self.checkpoint(mix[m][i]['name']) for m in (qv, 'full')],
                 matrices='attn.q,attn.v',
                 out=os.path.join(self.S.out, f'spectra_qv_s{s}'),
             )
             for m, r in zip(names, result['runs']):
                 r['label'] = m
-            # the figure and its numbers: the first seed, labelled by this study's method names
+            out = {
+                'all': {m: r['aggregate'] for m, r in zip(names, result['runs'])},
+                'qv': {m: r['aggregate'] for m, r in zip((qv, 'full'), result_qv['runs'])},
+            }
             if i == 0:
                 files = analyze.write_outputs(result, os.path.join(self.S.results, 'spectra'))
-                table = analyze.format_table(result)
-            per_seed.append({m: r['aggregate'] for m, r in zip(names, result['runs'])})
-            per_seed_qv.append({m: r['aggregate'] for m, r in zip((qv, 'full'), result_qv['runs'])})
+                out.update(figure=files[1], table=analyze.format_table(result))
+            return out
+
+        per_seed = []
+        for i, s in enumerate(self.S.seeds):
+            names = [m for m in mix if m != qv]
+            runs = [rows[i]['name'] for rows in mix.values()]
+            compute = lambda i=i, s=s, names=names: spectra(i, s, names)
+            per_seed.append(self.derived(f'spectra_s{s}', runs, compute, first=i == 0))
         keys = ('effective_rank_mean', 'top_share_mean', 'energy_rank_mean', 'rel_norm_mean')
 
         def summary(ps):
@@ -555,39 +610,38 @@ class Study:
             return out
 
         return {
-            'per_method': summary(per_seed),
-            'qv': summary(per_seed_qv),
-            'figure': files[1],
-            'table_seed0': table,
+            'per_method': summary([p['all'] for p in per_seed]),
+            'qv': summary([p['qv'] for p in per_seed]),
+            'figure': per_seed[0]['figure'],
+            'table_seed0': per_seed[0]['table'],
         }
 
-    def mixture_ckpt(self, mix, method, i):
-        """The checkpoint of mixture row i, retrained when it is gone (its numbers are in results/runs/)."""
-        row = mix[method][i]
-        if not os.path.exists(self.ckpt(row['name'])):
-            self.mixture_run(method, row['lr'], row['seed'], self.S.mix_iters, need_ckpt=True)
-        return self.ckpt(row['name'])
-
     def stage_compression(self, mix):
-        ds, rows = self.dataset('mixture'), []
-        for i, s in enumerate(self.S.seeds):
-            self.mixture_ckpt(mix, 'nola', i)
-            model = self.adapted(mix['nola'][i]['name'])
+        ds = self.dataset('mixture')
+
+        def quantized(name):
+            """The NOLA run's coefficients at 4 bits, loaded into a fresh base and scored on the test split."""
+            model = self.adapted(name)
             sd_q = baselines.quantize_nola_state(adapters.adapter_state_dict(model))
             fresh = self.base_model()
             adapters.add_adapters(fresh, **adapters.adapter_config(model))
             adapters.load_adapter_state_dict(fresh, baselines.dequantize_nola_state(sd_q, fresh))
             with adapters.merged(fresh):
                 ev = ds.evaluate(fresh.eval(), split='test', max_items=self.S.eval_items or None)
-            rows.append(
-                {
-                    'seed': s,
-                    'acc': {t: r['acc'] for t, r in ev.items()},
-                    'correct': {t: r['correct'] for t, r in ev.items() if 'correct' in r},
-                    'file_bytes': nbytes(sd_q),
-                    'payload_bytes': payload(sd_q),
-                }
-            )
+            return {
+                'acc': {t: r['acc'] for t, r in ev.items()},
+                'correct': {t: r['correct'] for t, r in ev.items() if 'correct' in r},
+                'file_bytes': nbytes(sd_q),
+                'payload_bytes': payload(sd_q),
+            }
+
+        rows = [
+            {
+                'seed': row['seed'],
+                **self.cached(row['name'], 'nola_4bit', lambda n=row['name']: quantized(n)),
+            }
+            for row in mix['nola']
+        ]
         pick = lambda m, k: [r[k] for r in mix[m]]
         entry = lambda m: {
             'acc': [r['acc']['avg'] for r in mix[m]],
@@ -610,9 +664,7 @@ class Study:
     # ---- composition: LoRA Soups' Q/A bot on a manual ------------------------------------------
     def comp_run(self, what, seed, iters, extra, config='config/lora_skill1.py'):
         """A composition run (LoRA r=8 on every Linear unless config says CAT), final eval on val."""
-        return self.run(
-            f'comp_{what}_s{seed}', config, seed, iters, extra + ['--eval_split=val'], True
-        )
+        return self.run(f'comp_{what}_s{seed}', config, seed, iters, extra + ['--eval_split=val'])
 
     def stage_composition(self):
         S, ds = self.S, self.dataset('manual_upper')  # evaluates known_qa and manual_qa
@@ -623,7 +675,7 @@ class Study:
             f'--adapter_targets={ALL}', f'--lora_r={r}', f'--lora_alpha={2.0 * r}', '--weight_decay=0.0',
             *rate(lr),
         ]  # fmt: skip
-        skills = lambda s: [
+        skills = lambda s: [  # training a CAT run brings them back (Study.train)
             f'--cat_adapters={self.ckpt(f"comp_manual_s{s}")},{self.ckpt(f"comp_known_qa_s{s}")}'
         ]
         # what each trained method is: (run name, dataset, iterations, config (None: a LoRA), CAT weighting)
@@ -703,28 +755,36 @@ class Study:
             grid = S.cat_lr_grid if label.startswith('CAT') else S.comp_lr_grid
             grid, lrs[label], _ = tune_lr(grid, val_score, S.lr_widen)
             sweeps[label] = self.sweep_record(label, grid, lrs[label], runs, 'manual_qa')
-        runs = {k: [] for k in ('base', *trained, 'task arithmetic', 'ΔW averaging', 'TIES')}
-        trainable = {'base': 0, 'task arithmetic': 0, 'ΔW averaging': 0, 'TIES': 0}
-        for s in S.seeds:
-            for label in trained:
-                name, rec = train_method(label, s, lrs.get(label, COMPOSITION_LR))
-                runs[label].append(
-                    {'seed': s, 'lr': lrs.get(label, COMPOSITION_LR), **score(self.adapted(name))}
-                )
-                trainable[label] = rec['summary']['trainable_params']
-            deltas = [
-                baselines.lora_deltas(self.ckpt(f'comp_{k}_s{s}')) for k in ('manual', 'known_qa')
-            ]
-            mean_merge = baselines.apply_deltas(
-                self.base_model(), baselines.merge_deltas(deltas, 'mean')
-            )
-            runs['ΔW averaging'].append({'seed': s, **score(mean_merge)})
+
+        def merges(skills):
+            """The merge baselines of one seed's two skills."""
+            deltas = [baselines.lora_deltas(self.checkpoint(k)) for k in skills]
+            mean_merge = baselines.merge_deltas(deltas, 'mean')
             # task arithmetic: W0 + λ (ΔA + ΔB), which merge_deltas' mean gives as 2λ · mean
             ta = tune('mean', deltas, [2 * lam for lam in LAMBDAS['task arithmetic']])
             ta['lambda'] /= 2
-            runs['task arithmetic'].append({'seed': s, **ta})
-            runs['TIES'].append({'seed': s, **tune('ties', deltas, LAMBDAS['TIES'])})
-            runs['base'].append({'seed': s, **score(self.base_model())})
+            return {
+                'task arithmetic': ta,
+                'ΔW averaging': score(baselines.apply_deltas(self.base_model(), mean_merge)),
+                'TIES': tune('ties', deltas, LAMBDAS['TIES']),
+            }
+
+        runs = {k: [] for k in ('base', *trained, 'task arithmetic', 'ΔW averaging', 'TIES')}
+        trainable = {'base': 0, 'task arithmetic': 0, 'ΔW averaging': 0, 'TIES': 0}
+        base = self.derived('comp_base', [], lambda: score(self.base_model()))
+        for s in S.seeds:
+            for label in trained:
+                name, rec = train_method(label, s, lrs.get(label, COMPOSITION_LR))
+                measured = self.cached(name, 'composite', lambda n=name: score(self.adapted(n)))
+                runs[label].append({'seed': s, 'lr': lrs.get(label, COMPOSITION_LR), **measured})
+                trainable[label] = rec['summary']['trainable_params']
+            skills = [f'comp_{k}_s{s}' for k in ('manual', 'known_qa')]
+            merged = self.derived(
+                f'comp_merges_s{s}', skills, lambda sk=skills: merges(sk), lambdas=LAMBDAS
+            )
+            for label, r in merged.items():
+                runs[label].append({'seed': s, **r})
+            runs['base'].append({'seed': s, **base})
             for label in runs:
                 r = runs[label][-1]
                 self.log(
@@ -750,9 +810,10 @@ class Study:
         says what CAT composes, not what a half-learned skill lacks."""
         S, comp, s = self.S, self.dataset('composite'), self.S.seeds[0]
         it = S.control_iters
-        self.run(f'ctl_skill1_it{it}_s{s}', 'config/lora_skill1.py', s, it, need_ckpt=True)
-        self.run(f'ctl_skill2_it{it}_s{s}', 'config/lora_skill2.py', s, it, need_ckpt=True)
-        skill = lambda i: self.ckpt(f'ctl_skill{i}_it{it}_s{s}')
+        skills = [f'ctl_skill{i}_it{it}_s{s}' for i in (1, 2)]
+        for name, config in zip(skills, ('config/lora_skill1.py', 'config/lora_skill2.py')):
+            self.run(name, config, s, it)
+        skill = lambda i: self.ckpt(skills[i - 1])
         cat = self.run(
             f'ctl_cat_it{it}_s{s}',
             'config/cat_composite.py',
@@ -767,26 +828,20 @@ class Study:
                 r = comp.evaluate(model.eval(), split='test', max_items=S.eval_items or None)
             return {t: r[t]['acc'] for t in tasks}
 
-        skilled = lambda i: (m := self.base_model(), adapters.load_adapter_checkpoint(skill(i), m))[
-            0
-        ]
-        deltas = [baselines.lora_deltas(skill(i)) for i in (1, 2)]
-        return {
-            'tasks': tasks,
-            'seed': s,
-            'iters': it,
-            'acc': {
+        def measure():
+            deltas = [baselines.lora_deltas(self.checkpoint(k)) for k in skills]
+            mean_merge = baselines.merge_deltas(deltas, 'mean')
+            return {
                 'base': ev(self.base_model()),
-                'skill1 alone': ev(skilled(1)),
-                'skill2 alone': ev(skilled(2)),
-                'CAT': {t: cat['summary']['eval'][t]['acc'] for t in tasks},
-                'ΔW averaging': ev(
-                    baselines.apply_deltas(
-                        self.base_model(), baselines.merge_deltas(deltas, 'mean')
-                    )
-                ),
-            },
-        }
+                'skill1 alone': ev(self.adapted(skills[0])),
+                'skill2 alone': ev(self.adapted(skills[1])),
+                'ΔW averaging': ev(baselines.apply_deltas(self.base_model(), mean_merge)),
+            }
+
+        acc = self.derived('ctl_scores', skills, measure)
+        acc = {**acc, 'CAT': {t: cat['summary']['eval'][t]['acc'] for t in tasks}}
+        acc['ΔW averaging'] = acc.pop('ΔW averaging')  # the table's rows: CAT before the merge
+        return {'tasks': tasks, 'seed': s, 'iters': it, 'acc': acc}
 
     def dataset(self, name):
         if name not in self.datasets:
@@ -899,6 +954,7 @@ def main(argv=None):
         )
         res.update({'settings': S, 'torch_threads': torch.get_num_threads()})
         run_stages(study, res, [a.stage] if a.stage else STAGES)
+        study.log(f'trained {len(study.trained)} runs; reused the others from {study.runs_dir}')
         os.makedirs(S['results'], exist_ok=True)
     # STUDY.md needs every stage but study 3.1's (regret), whose section says so until it has run
     missing = [s for s in STAGES if s not in res]
@@ -909,6 +965,8 @@ def main(argv=None):
     with open(path + '.tmp', 'w') as f:
         json.dump(res, f, indent=1)
     os.replace(path + '.tmp', path)
+    if complete and a.quick:
+        check(res)  # the smoke test: every stage produced finite numbers
     if complete:
         # regret_report.report_lines: study 3.1's section
         write_report(res, os.path.join(S['results'], 'STUDY.md'), regret_report.report_lines(res))

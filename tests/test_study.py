@@ -2,7 +2,8 @@
 same code path as the real run, tiny sizes); study_verdicts' statistics, gates, verdicts and write-up on planted
 numbers in study.json's layout (per-item correctness, 3 seeds): the paired bootstrap CI, the equivalence margin,
 the floor rule against the most-common-answer baseline, the gates and the verdicts they make inconclusive.
-`python -m study --quick` (the smoke test of the real pipeline) runs in .ci/run, not here."""
+The smoke test of the real pipeline, `python -m study --quick` (every stage on tiny budgets, about a minute), runs
+in the last test, twice: the second time from its records alone, as a fresh clone does."""
 
 import csv
 import glob
@@ -951,3 +952,50 @@ def test_a_run_built_on_another_runs_checkpoint_retrains_when_that_run_does(fake
     st.train('skill', ['--max_iters=1500'])  # the skill retrained with another budget
     cat()
     assert len(calls) == 4 and calls[-1][0].startswith('--cat_adapters=')
+
+
+def test_numbers_from_a_checkpoint_are_kept_and_a_gone_checkpoint_retrains_as_recorded(fake_train):
+    calls, S = fake_train
+    st = study.Study(S, log=lambda s: None)
+    st.base_fp = 'planted'
+    st.dataset = lambda name: types.SimpleNamespace(fingerprint=name)
+    st.train('skill', ['--learning_rate=1.0'])
+    # its checkpoint is gone (nothing wrote it): retrained, with the same arguments
+    assert st.checkpoint('skill') == st.ckpt('skill')
+    assert len(calls) == 2 and calls[1] == calls[0]
+    computed = []
+    measure = lambda: computed.append(1) or {'acc': 0.5}
+    assert st.cached('skill', 'test', measure) == {'acc': 0.5}
+    assert st.cached('skill', 'test', measure) == {'acc': 0.5} and len(computed) == 1
+    assert st.derived('merge', ['skill'], measure, lam=1) == {'acc': 0.5}
+    st.derived('merge', ['skill'], measure, lam=1)
+    assert len(computed) == 2  # kept
+    st.derived('merge', ['skill'], measure, lam=2)
+    assert len(computed) == 3  # other parameters: computed again
+    st.train('skill', ['--learning_rate=2.0'])  # the skill retrained: what was measured on it goes
+    assert 'test' not in st.record('skill')
+    st.derived('merge', ['skill'], measure, lam=2)
+    assert len(computed) == 4
+
+
+def test_a_fresh_clone_rebuilds_the_study_from_its_records_without_training(tmp_path, monkeypatch):
+    """The quick study once; then its checkpoints deleted (what a clone has: the records in results/runs,
+    not out/) and train.main made to fail: every number comes back, the same, from the records."""
+    argv = ['--quick', f'--out={tmp_path / "out"}', f'--results={tmp_path / "results"}']
+    first = study.main(argv)
+    ckpts = glob.glob(str(tmp_path / 'out' / '*' / 'ckpt.pt'))
+    assert len(ckpts) > 20
+    for path in ckpts:
+        if os.path.basename(os.path.dirname(path)) != 'base':
+            os.remove(path)
+
+    def no_training(argv):
+        raise AssertionError(f'retrained {argv}')
+
+    monkeypatch.setattr(study.train, 'main', no_training)
+    again = study.main(argv)
+    # the same base, reused the second time (its training summary is not kept); the rest the same
+    assert again['base']['reused'] and again['base']['fingerprint'] == first['base']['fingerprint']
+    for res in (first, again):
+        del res['seconds'], res['base']
+    assert json.loads(json.dumps(first)) == json.loads(json.dumps(again))
