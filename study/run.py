@@ -778,9 +778,9 @@ class Study:
                 measured = self.cached(name, 'composite', lambda n=name: score(self.adapted(n)))
                 runs[label].append({'seed': s, 'lr': lrs.get(label, COMPOSITION_LR), **measured})
                 trainable[label] = rec['summary']['trainable_params']
-            skills = [f'comp_{k}_s{s}' for k in ('manual', 'known_qa')]
+            pair = [f'comp_{k}_s{s}' for k in ('manual', 'known_qa')]
             merged = self.derived(
-                f'comp_merges_s{s}', skills, lambda sk=skills: merges(sk), lambdas=LAMBDAS
+                f'comp_merges_s{s}', pair, lambda pair=pair: merges(pair), lambdas=LAMBDAS
             )
             for label, r in merged.items():
                 runs[label].append({'seed': s, **r})
