@@ -255,8 +255,8 @@ def answer_rates(model, ds, task, split='test', max_items=None):
 class Study:
     def __init__(self, S, fresh=False, log=print):
         self.S, self.fresh, self.log = argparse.Namespace(**S), fresh, log
-        # runs this invocation trained: --fresh retrains a run once, then reuses it
-        self.trained, self.datasets = set(), {}
+        # runs this invocation trained (--fresh retrains a run once, then reuses it); runs the stage read
+        self.trained, self.used, self.datasets = set(), set(), {}
         self.base_path = os.path.join(self.S.base_dir, 'ckpt.pt')
         self.runs_dir = os.path.join(self.S.results, 'runs')
         os.makedirs(self.runs_dir, exist_ok=True)
@@ -266,6 +266,7 @@ class Study:
         """train.main(argv) with its log in <out>/<name>/train.log and its numbers in results/runs/<name>.json;
         a finished run with the same arguments over the same base is reused (with --fresh: only one trained by
         this invocation, e.g. the sweep's run at the chosen rate, which is also seed 0's)."""
+        self.used.add(name)
         out_dir = os.path.join(self.S.out, name)
         argv = list(argv) + [f'--out_dir={out_dir}', f'--data_seed={WORLD_SEED}']
         # the data's fingerprint too: a world whose tasks changed (world.VERSION) trains its runs again
@@ -854,11 +855,13 @@ STAGES = ('base', 'mixture', 'spectra', 'compression', 'composition', 'control',
 
 
 def run_stages(study, res, stages):
-    """Run the named stages (base always: the others build on it), recording wall time per stage."""
-    res.setdefault('seconds', {})
+    """Run the named stages (base always: the others build on it), recording per stage the wall time and
+    the training time its runs' records hold (what a fresh run of the stage costs, at the loads they met)."""
+    for k in ('seconds', 'train_seconds', 'runs'):
+        res.setdefault(k, {})
     for stage in ['base'] + [s for s in stages if s != 'base']:
         study.log(f'stage {stage}')
-        t0 = time.time()
+        t0, study.used = time.time(), set()
         if stage == 'base':
             res['base'] = study.stage_base()
         elif stage == 'mixture':
@@ -879,6 +882,12 @@ def run_stages(study, res, stages):
         else:
             res[stage] = getattr(study, f'stage_{stage}')()
         res['seconds'][stage] = time.time() - t0
+        if stage == 'base':
+            recorded = [res['base'].get('train_time_s', 0.0)] if not res['base']['reused'] else []
+        else:
+            recorded = [study.record(n)['summary']['train_time_s'] for n in study.used]
+        res['train_seconds'][stage] = sum(recorded)
+        res['runs'][stage] = len(study.used)
         study.log(f'stage {stage}: {res["seconds"][stage]:.1f}s')
     return res
 
@@ -954,7 +963,8 @@ def main(argv=None):
         )
         res.update({'settings': S, 'torch_threads': torch.get_num_threads()})
         run_stages(study, res, [a.stage] if a.stage else STAGES)
-        study.log(f'trained {len(study.trained)} runs; reused the others from {study.runs_dir}')
+        res['trained'] = len(study.trained)
+        study.log(f'trained {res["trained"]} runs; reused the others from {study.runs_dir}')
         os.makedirs(S['results'], exist_ok=True)
     # STUDY.md needs every stage but study 3.1's (regret), whose section says so until it has run
     missing = [s for s in STAGES if s not in res]

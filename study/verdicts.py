@@ -492,9 +492,21 @@ def write_report(res, path, sections=()):
         f"inside ±{EQUIV_MARGIN} and both methods at least +{FLOOR_GATE:.2f} over the baseline, else it is "
         f"inconclusive. A verdict whose gate (below) fails or was not measured is inconclusive and names the gate.",
         '',
-        'Wall time per stage (s): '
+        f"Wall time per stage of the invocation that wrote this file (s; it trained {res.get('trained', '?')} "
+        'runs and reused the others): '
         + ', '.join(f'{k} {v:.0f}' for k, v in res['seconds'].items())
         + f" (total {sum(res['seconds'].values()):.0f}; {res['torch_threads']} torch threads).",
+        '',
+        "Training time of each stage's runs, as their records hold it (s; each measured when it was trained, "
+        'at the load of that time): '
+        + ', '.join(
+            f"{k} {v:.0f} ({res['runs'][k]} runs)"
+            for k, v in res['train_seconds'].items()
+            if k != 'base'
+        )
+        + f" (total {sum(res['train_seconds'].values()):.0f})."
+        if 'train_seconds' in res
+        else '',
         '',
         '## Gates',
         '',

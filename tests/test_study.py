@@ -808,6 +808,9 @@ def test_verdicts_refuse_unpaired_seeds():
 def test_write_report_renders_every_gate_table_and_published_number(tmp_path):
     res = planted(comp={study_verdicts.UPPER_BOUND: 0.3})
     res['verdicts'] = study.verdicts(res)
+    res.update(
+        trained=2, train_seconds={'base': 0, 'mixture': 700.4}, runs={'base': 0, 'mixture': 6}
+    )
     path = str(tmp_path / 'STUDY.md')
     study_verdicts.write_report(res, path)
     text = open(path).read()
@@ -839,7 +842,11 @@ def test_write_report_renders_every_gate_table_and_published_number(tmp_path):
         assert f"| {v['paper']} | {v['claim']} | {v['finding']} | **{v['verdict']}** |" in text
     assert 'inside ±0.03 and both methods at least +0.10 over the baseline' in text
     assert 'Fact recall in the corpus\'s own wording: 0.900 (lives_in 0.90, works_as 0.90)' in text
-    assert 'Wall time per stage (s): base 10, mixture 20 (total 30; 1 torch threads).' in text
+    assert (
+        'Wall time per stage of the invocation that wrote this file (s; it trained 2 runs and reused the '
+        'others): base 10, mixture 20 (total 30; 1 torch threads).' in text
+    )
+    assert 'at the load of that time): mixture 700 (6 runs) (total 700).' in text
 
 
 def test_check_refuses_a_stage_without_finite_numbers():
@@ -905,11 +912,14 @@ def test_tune_lr_widens_past_the_edge_its_best_rate_sits_on(peak, widen, grid_sw
 def fake_train(tmp_path, monkeypatch):
     """train.main recorded instead of run: (the argv of each call, the study's folders under tmp_path)."""
     calls = []
-    monkeypatch.setattr(
-        study.train,
-        'main',
-        lambda argv: calls.append(argv) or {'train_time_s': 1.0, 'val_loss': 2.0},
-    )
+
+    def fake(argv):  # and its checkpoint, empty
+        calls.append(argv)
+        out_dir = next(a for a in argv if a.startswith('--out_dir='))[len('--out_dir=') :]
+        open(os.path.join(out_dir, 'ckpt.pt'), 'w').close()
+        return {'train_time_s': 1.0, 'val_loss': 2.0}
+
+    monkeypatch.setattr(study.train, 'main', fake)
     folders = {k: str(tmp_path / k) for k in ('base_dir', 'results', 'out')}
     return calls, folders
 
@@ -960,7 +970,8 @@ def test_numbers_from_a_checkpoint_are_kept_and_a_gone_checkpoint_retrains_as_re
     st.base_fp = 'planted'
     st.dataset = lambda name: types.SimpleNamespace(fingerprint=name)
     st.train('skill', ['--learning_rate=1.0'])
-    # its checkpoint is gone (nothing wrote it): retrained, with the same arguments
+    assert st.checkpoint('skill') == st.ckpt('skill') and len(calls) == 1  # there: kept
+    os.remove(st.ckpt('skill'))  # gone (as in a fresh clone): retrained, with the same arguments
     assert st.checkpoint('skill') == st.ckpt('skill')
     assert len(calls) == 2 and calls[1] == calls[0]
     computed = []
