@@ -176,13 +176,16 @@ class GPT(nn.Module):
     def generate(
         self, idx, max_new_tokens, temperature=1.0, top_k=None, stop_token=None, num_beams=1,
         length_penalty=1.0, no_repeat_ngram_size=0, top_p=None, attention_mask=None, n_best=1,
+        compile=False,
     ):  # fmt: skip
         """Continue idx (B, T) by at most max_new_tokens tokens -> (B, T + n). temperature=0: greedy;
         else sampling, cut to the top_k tokens and/or the fewest holding probability top_p. num_beams
         > 1: each row's best beam (_beam_search; no sampling), or with n_best=n its n best finished
         hypotheses, best first: rows b*n .. b*n+n-1 of (B*n, T + n). A row that emits stop_token keeps
         emitting it; all done, decoding stops. no_repeat_ngram_size=n: no generated n-gram twice.
-        Prompts of different lengths are left-padded: attention_mask (B, T) 0 on padding, else 1."""
+        Prompts of different lengths are left-padded: attention_mask (B, T) 0 on padding, else 1.
+        compile=True: the one-token steps run through torch.compile (_decode_step; the first call
+        compiles for a minute or so); the prompt's forward stays eager."""
         if idx.size(1) + max_new_tokens > self.config.block_size:
             msg = f"prompt {idx.size(1)} + {max_new_tokens} new tokens exceeds block_size="
             raise ValueError(msg + str(self.config.block_size))
@@ -190,9 +193,10 @@ class GPT(nn.Module):
         valid = None if attention_mask is None or attention_mask.all() else attention_mask.bool()
         caches = [{"size": idx.size(1) + max_new_tokens, "n": 0} for _ in self.transformer.h]
         logits = self(idx, caches=caches, valid=valid, last=True)[0][:, -1]  # prefill: (B, vocab)
+        forward = self._decode_step() if compile else self  # one new token per row
         args = (logits, caches, valid, max_new_tokens, stop_token, no_repeat_ngram_size)
         if num_beams > 1:
-            out = self._beam_search(*args, num_beams, length_penalty, n_best)
+            out = self._beam_search(*args, num_beams, length_penalty, n_best, forward)
             return torch.cat((idx.repeat_interleave(n_best, dim=0), out), dim=1)
         if n_best != 1:
             raise ValueError(f"n_best={n_best} needs beam search (num_beams > 1)")
@@ -219,7 +223,7 @@ class GPT(nn.Module):
             if out.size(1) == max_new_tokens or stop_token is not None and bool(done.all()):
                 break
             valid = None if valid is None else F.pad(valid, (0, 1), value=True)
-            logits = self(nxt, caches=caches, valid=valid)[0][:, -1]  # only the new token goes in
+            logits = forward(nxt, caches=caches, valid=valid)[0][:, -1]  # the new token alone
         return torch.cat((idx, out), dim=1)
 
     def _decoding_layout(self):
@@ -235,8 +239,29 @@ class GPT(nn.Module):
             if isinstance(m, nn.Linear) and m.weight.is_contiguous():
                 m.weight.data = m.weight.data.t().contiguous().t()
 
+    def _decode_step(self):
+        """GPT.forward compiled for decoding's one-token steps. At one to a few rows a step is bound
+        by reading the weights; inductor's own GEMM kernels (max_autotune's CPP backend) read them
+        from a blocked copy ~1.5x faster than MKL's (docs/bench.md), but only from weights frozen
+        as constants (freezing, which dynamo reads when it traces: hence the patch around each
+        call). The copy is made when compiling, so in-place changes to the weights (an optimizer
+        step, load_state_dict) would go unseen: then the compiled graphs are dropped. dynamic=True:
+        one graph for every batch size and cache length, beams included."""
+        key = [(p.data_ptr(), p._version) for p in self.parameters()]
+        if getattr(self, "_compiled_for", key) != key:
+            torch.compiler.reset()  # compiled with other weights: compile again
+        self._compiled_for = key
+        opts = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+        compiled = torch.compile(self, dynamic=True, options=opts)
+
+        def step(*args, **kwargs):
+            with torch._inductor.config.patch(freezing=True):
+                return compiled(*args, **kwargs)
+
+        return step
+
     def _beam_search(
-        self, logits, caches, valid, max_new, stop, ngram, K, length_penalty, n_best=1
+        self, logits, caches, valid, max_new, stop, ngram, K, length_penalty, n_best=1, forward=None
     ):
         """K beams per row after the prefill (logits (B, vocab)), as microsoft/LoRA's gpt2_beam.py
         decodes E2E; all rows' beams share one forward per step. A beam that emits stop is a finished
@@ -280,7 +305,7 @@ class GPT(nn.Module):
             if step == max_new - 1 or bool((scores.max(1).values / lengths <= best[:, -1]).all()):
                 break  # no live beam can enter the n best
             valid = None if valid is None else F.pad(valid, (0, 1), value=True)
-            logits = self(tok, caches=caches, valid=valid)[0][:, -1]
+            logits = (forward or self)(tok, caches=caches, valid=valid)[0][:, -1]
         return best_seq.view(B * n_best, max_new)[:, : int(best_len.max())]
 
     def flops_per_token(self, frozen_weights=False):

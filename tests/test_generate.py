@@ -424,3 +424,20 @@ def test_dataset_generate_in_padded_batches_equals_one_prompt_at_a_time(num_beam
         assert res["t"]["correct"] == data.exact_matches(
             preds, [a for _, a in ds.data["t"]["test"]], ds.stop_token
         )
+
+
+def test_compiled_decoding_equals_eager_and_follows_weight_changes():
+    """compile=True (torch.compile of the one-token steps, weights frozen in the compiled graph)
+    gives eager's tokens, greedy and beam search over a left-padded batch, and sees weights
+    changed in place since it compiled."""
+    model = tiny(scale=0.3)
+    x, mask = left_pad([[5, 9, 2], [7, 1, 8, 3, 3, 4, 2], [40]])
+    for kw in (dict(temperature=0), dict(num_beams=3)):
+        eager = model.generate(x, 8, attention_mask=mask, **kw)
+        assert torch.equal(model.generate(x, 8, attention_mask=mask, compile=True, **kw), eager)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    kw = dict(attention_mask=mask, temperature=0)
+    assert torch.equal(model.generate(x, 8, compile=True, **kw), model.generate(x, 8, **kw))
+    torch.compiler.reset()  # the graphs hold a copy of the weights: free it for the other tests
