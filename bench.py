@@ -614,7 +614,7 @@ def bench_generate(args):
                 num_beams=K, pad_token_id=0, eos_token_id=None,
             ),
             "ours": lambda x=x, mask=mask, K=K: ours.generate(
-                x, n, temperature=0, num_beams=K, attention_mask=mask
+                x, n, temperature=0, num_beams=K, attention_mask=mask, compile=args.gen_compile
             ),
         }  # fmt: skip
         for layout in ("out,in", "in,out"):
@@ -622,7 +622,10 @@ def bench_generate(args):
         times, outs = {k: [] for k in runs}, {}
         with torch.no_grad():
             for name, run in runs.items():
+                t0 = time.perf_counter()
                 outs[name] = run()  # warm-up, and the tokens to compare
+                if name == "ours" and args.gen_compile:  # the compile, outside the timings
+                    print(f"({what} {B} x {K}: first call {time.perf_counter() - t0:.0f} s wall)")
             for i in range(args.steps):
                 for name in list(runs)[i % 4 :] + list(runs)[: i % 4]:  # rotate who goes first
                     t0 = clock()
@@ -760,6 +763,11 @@ def main(argv=None):
         help="time GPT.generate against HF transformers' generate instead (greedy, 10 beams)",
     )
     p.add_argument("--gen_tokens", type=int, default=32, help="--generate: new tokens per prompt")
+    p.add_argument(
+        "--gen_compile",
+        action="store_true",
+        help="--generate: ours with compile=True (torch.compile of the one-token steps)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.r % 3:
