@@ -251,7 +251,12 @@ class GPT(nn.Module):
         if getattr(self, "_compiled_for", key) != key:
             torch.compiler.reset()  # compiled with other weights: compile again
         self._compiled_for = key
-        opts = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+        opts = {
+            "max_autotune": True,
+            "max_autotune_gemm_backends": "CPP,ATEN",
+            "autotune_num_choices_displayed": 0,  # it prints its kernel timings otherwise
+            "max_autotune_report_choices_stats": False,
+        }
         compiled = torch.compile(self, dynamic=True, options=opts)
 
         def step(*args, **kwargs):
