@@ -128,6 +128,10 @@ QUICK = dict(
     results='out/study-quick/results',
 )
 COMPOSITION_LR, CAT_LR = 3e-3, 1e-2
+# Every run's key holds the base's fingerprint, and the base's weights depend on how many threads summed
+# its matmuls: the base trains on this many, whatever the machine or OMP_NUM_THREADS, so that a fresh clone
+# on a CPU like ours rebuilds the very base of the records and reuses them.
+BASE_THREADS = 2
 # tuned on the composite split
 LAMBDAS = {
     'task arithmetic': [0.5, 0.75, 1.0, 1.25, 1.5],
@@ -342,6 +346,9 @@ class Study:
             self.save_record(name, {'key': key, 'value': compute()})
         return self.record(name)['value']
 
+    def record_names(self):
+        return sorted(f[:-5] for f in os.listdir(self.runs_dir) if f.endswith('.json'))
+
     def record(self, name):
         path = os.path.join(self.runs_dir, name + '.json')
         if not os.path.exists(path):
@@ -436,18 +443,23 @@ class Study:
             )
         if not reuse:
             os.makedirs(self.S.base_dir, exist_ok=True)
-            with (
-                open(os.path.join(self.S.base_dir, 'train.log'), 'w') as f,
-                contextlib.redirect_stdout(f),
-            ):
-                summary = train.main(
-                    self.S.base_args
-                    + [
-                        f'--out_dir={self.S.base_dir}',
-                        f'--data_seed={WORLD_SEED}',
-                        '--overwrite=True',
-                    ]
-                )
+            threads = torch.get_num_threads()
+            torch.set_num_threads(BASE_THREADS)
+            try:
+                with (
+                    open(os.path.join(self.S.base_dir, 'train.log'), 'w') as f,
+                    contextlib.redirect_stdout(f),
+                ):
+                    summary = train.main(
+                        self.S.base_args
+                        + [
+                            f'--out_dir={self.S.base_dir}',
+                            f'--data_seed={WORLD_SEED}',
+                            '--overwrite=True',
+                        ]
+                    )
+            finally:
+                torch.set_num_threads(threads)
             summary.pop('losses', None)
             summary['reused'] = False
             self.log(
@@ -455,6 +467,12 @@ class Study:
             )
         base = self.base_model()
         self.base_fp = base.fingerprint()
+        recorded = {r.get('key', {}).get('base') for r in map(self.record, self.record_names())}
+        if self.base_fp not in recorded and recorded - {None}:
+            self.log(
+                f'  warning: the records in {self.runs_dir} were trained over another base '
+                f"({', '.join(sorted(recorded - {None}))}, this one {self.base_fp}): every run trains again"
+            )
         self.base_shape = {
             k: getattr(base.config, k)
             for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'vocab_size')
