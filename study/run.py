@@ -904,8 +904,7 @@ def run_stages(study, res, stages):
             recorded = [res['base'].get('train_time_s', 0.0)] if not res['base']['reused'] else []
         else:
             recorded = [study.record(n)['summary']['train_time_s'] for n in study.used]
-        res['train_seconds'][stage] = sum(recorded)
-        res['runs'][stage] = len(study.used)
+        res['train_seconds'][stage], res['runs'][stage] = sum(recorded), len(recorded)
         study.log(f'stage {stage}: {res["seconds"][stage]:.1f}s')
     return res
 

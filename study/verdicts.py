@@ -500,9 +500,9 @@ def write_report(res, path, sections=()):
         "Training time of each stage's runs, as their records hold it (s; each measured when it was trained, "
         'at the load of that time): '
         + ', '.join(
-            f"{k} {v:.0f} ({res['runs'][k]} runs)"
+            f"{k} {v:.0f} ({n} run{'s' * (n != 1)})"
             for k, v in res['train_seconds'].items()
-            if k != 'base'
+            if (n := res['runs'][k])
         )
         + f" (total {sum(res['train_seconds'].values()):.0f})."
         if 'train_seconds' in res
