@@ -1007,6 +1007,13 @@ def test_a_fresh_clone_rebuilds_the_study_from_its_records_without_training(tmp_
     again = study.main(argv)
     # the same base, reused the second time (its training summary is not kept); the rest the same
     assert again['base']['reused'] and again['base']['fingerprint'] == first['base']['fingerprint']
+    assert first['trained'] > 20 and again['trained'] == 0
     for res in (first, again):
-        del res['seconds'], res['base']
+        del (
+            res['seconds'],
+            res['base'],
+            res['trained'],
+            res['runs']['base'],
+            res['train_seconds']['base'],
+        )
     assert json.loads(json.dumps(first)) == json.loads(json.dumps(again))
