@@ -1,7 +1,7 @@
 """
 The small-scale study: do the seed papers' claims hold on the offline world, on a CPU?
 
-    python -m study                  # the whole study (96 min on 2 CPU cores) -> study/results/
+    python -m study                  # every stage -> study/results/ (a fresh clone reuses runs/: 5 min)
     python -m study --stage=mixture  # one stage (and the finished runs it builds on)
     python -m study --quick          # every stage on tiny budgets: the CI smoke test
     python -m study --report         # re-render study/results/STUDY.md from study.json, no training
