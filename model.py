@@ -245,9 +245,11 @@ class GPT(nn.Module):
         from a blocked copy ~1.5x faster than MKL's (docs/bench.md), but only from weights frozen
         as constants (freezing, which dynamo reads when it traces: hence the patch around each
         call). The copy is made when compiling, so in-place changes to the weights (an optimizer
-        step, load_state_dict) would go unseen: then the compiled graphs are dropped. dynamic=True:
+        step, load_state_dict, merging an adapter) would go unseen: when a parameter's or buffer's
+        storage or version counter moved, every compiled graph of the process is dropped and this
+        one compiles again (writes through .data bump no version: they stay unseen). dynamic=True:
         one graph for every batch size and cache length, beams included."""
-        key = [(p.data_ptr(), p._version) for p in self.parameters()]
+        key = [(t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers())]
         if getattr(self, "_compiled_for", key) != key:
             torch.compiler.reset()  # compiled with other weights: compile again
         self._compiled_for = key

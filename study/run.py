@@ -259,7 +259,8 @@ def answer_rates(model, ds, task, split='test', max_items=None):
 class Study:
     def __init__(self, S, fresh=False, log=print):
         self.S, self.fresh, self.log = argparse.Namespace(**S), fresh, log
-        # runs this invocation trained (--fresh retrains a run once, then reuses it); runs the stage read
+        # runs this invocation trained (--fresh retrains a run once, then reuses it); the runs the current
+        # stage trained or reused (for its training-time line)
         self.trained, self.used, self.datasets = set(), set(), {}
         self.base_path = os.path.join(self.S.base_dir, 'ckpt.pt')
         self.runs_dir = os.path.join(self.S.results, 'runs')
@@ -270,7 +271,6 @@ class Study:
         """train.main(argv) with its log in <out>/<name>/train.log and its numbers in results/runs/<name>.json;
         a finished run with the same arguments over the same base is reused (with --fresh: only one trained by
         this invocation, e.g. the sweep's run at the chosen rate, which is also seed 0's)."""
-        self.used.add(name)
         out_dir = os.path.join(self.S.out, name)
         argv = list(argv) + [f'--out_dir={out_dir}', f'--data_seed={WORLD_SEED}']
         # the data's fingerprint too: a world whose tasks changed (world.VERSION) trains its runs again
@@ -286,6 +286,7 @@ class Study:
             key['inputs'] = {p: self.record_key_hash(run_name(p)) for p in inputs}
         rec = None if self.fresh and name not in self.trained else self.record(name)
         if rec and rec['key'] == key and (not need_ckpt or os.path.exists(self.ckpt(name))):
+            self.used.add(name)
             return rec
         for p in inputs:  # training reads them
             self.checkpoint(run_name(p))
@@ -297,6 +298,7 @@ class Study:
         rec = {'key': key, 'summary': summary}
         self.save_record(name, rec)
         self.trained.add(name)
+        self.used.add(name)
         acc = summary.get('eval', {}).get('avg', {}).get('acc', float('nan'))
         self.log(
             f'  {name:<34} {summary["train_time_s"]:6.1f}s  val loss {summary["val_loss"]:.3f}  '
@@ -339,8 +341,11 @@ class Study:
 
     def derived(self, name, runs, compute, **params):
         """compute()'s value for several runs' checkpoints (a merge, their spectra), kept in runs/<name>.json
-        keyed on those runs' keys, the base and params: any of them changed, it is computed again."""
-        key = {'base': self.base_fp, 'runs': {r: self.record_key_hash(r) for r in runs}, **params}
+        keyed on the base, params and those runs' records, their training's summary included: a run
+        trained again, even under the same arguments (--fresh, another thread count), recomputes it."""
+        trained = lambda rec: json.dumps([rec['key'], rec['summary']], sort_keys=True).encode()
+        runs = {r: hashlib.sha256(trained(self.record(r))).hexdigest()[:16] for r in runs}
+        key = {'base': self.base_fp, 'runs': runs, **params}
         rec = self.record(name)
         if rec is None or rec.get('key') != key:
             self.save_record(name, {'key': key, 'value': compute()})
@@ -775,9 +780,9 @@ class Study:
             grid, lrs[label], _ = tune_lr(grid, val_score, S.lr_widen)
             sweeps[label] = self.sweep_record(label, grid, lrs[label], runs, 'manual_qa')
 
-        def merges(skills):
+        def merges(pair):
             """The merge baselines of one seed's two skills."""
-            deltas = [baselines.lora_deltas(self.checkpoint(k)) for k in skills]
+            deltas = [baselines.lora_deltas(self.checkpoint(k)) for k in pair]
             mean_merge = baselines.merge_deltas(deltas, 'mean')
             # task arithmetic: W0 + λ (ΔA + ΔB), which merge_deltas' mean gives as 2λ · mean
             ta = tune('mean', deltas, [2 * lam for lam in LAMBDAS['task arithmetic']])
@@ -790,11 +795,15 @@ class Study:
 
         runs = {k: [] for k in ('base', *trained, 'task arithmetic', 'ΔW averaging', 'TIES')}
         trainable = {'base': 0, 'task arithmetic': 0, 'ΔW averaging': 0, 'TIES': 0}
-        base = self.derived('comp_base', [], lambda: score(self.base_model()))
+        base = self.derived(
+            'comp_base', [], lambda: score(self.base_model()), items=n, data=ds.fingerprint
+        )
         for s in S.seeds:
             for label in trained:
                 name, rec = train_method(label, s, lrs.get(label, COMPOSITION_LR))
-                measured = self.cached(name, 'composite', lambda n=name: score(self.adapted(n)))
+                measured = self.cached(
+                    name, 'composition_score', lambda n=name: score(self.adapted(n))
+                )
                 runs[label].append({'seed': s, 'lr': lrs.get(label, COMPOSITION_LR), **measured})
                 trainable[label] = rec['summary']['trainable_params']
             pair = [f'comp_{k}_s{s}' for k in ('manual', 'known_qa')]
@@ -875,7 +884,7 @@ STAGES = ('base', 'mixture', 'spectra', 'compression', 'composition', 'control',
 def run_stages(study, res, stages):
     """Run the named stages (base always: the others build on it), recording per stage the wall time and
     the training time its runs' records hold (what a fresh run of the stage costs, at the loads they met)."""
-    for k in ('seconds', 'train_seconds', 'runs'):
+    for k in ('seconds', 'train_seconds', 'runs_per_stage'):
         res.setdefault(k, {})
     for stage in ['base'] + [s for s in stages if s != 'base']:
         study.log(f'stage {stage}')
@@ -904,7 +913,7 @@ def run_stages(study, res, stages):
             recorded = [res['base'].get('train_time_s', 0.0)] if not res['base']['reused'] else []
         else:
             recorded = [study.record(n)['summary']['train_time_s'] for n in study.used]
-        res['train_seconds'][stage], res['runs'][stage] = sum(recorded), len(recorded)
+        res['train_seconds'][stage], res['runs_per_stage'][stage] = sum(recorded), len(recorded)
         study.log(f'stage {stage}: {res["seconds"][stage]:.1f}s')
     return res
 

@@ -492,8 +492,8 @@ def write_report(res, path, sections=()):
         f"inside ±{EQUIV_MARGIN} and both methods at least +{FLOOR_GATE:.2f} over the baseline, else it is "
         f"inconclusive. A verdict whose gate (below) fails or was not measured is inconclusive and names the gate.",
         '',
-        f"Wall time per stage of the invocation that wrote this file (s; it trained {res.get('trained', '?')} "
-        'runs and reused the others): '
+        f"Wall time per stage, each as its last invocation measured it (s; the last one trained "
+        f"{res.get('trained', '?')} runs and reused the others): "
         + ', '.join(f'{k} {v:.0f}' for k, v in res['seconds'].items())
         + f" (total {sum(res['seconds'].values()):.0f}; {res['torch_threads']} torch threads).",
         '',
@@ -502,7 +502,7 @@ def write_report(res, path, sections=()):
         + ', '.join(
             f"{k} {v:.0f} ({n} run{'s' * (n != 1)})"
             for k, v in res['train_seconds'].items()
-            if (n := res['runs'][k])
+            if (n := res['runs_per_stage'][k])
         )
         + f" (total {sum(res['train_seconds'].values()):.0f})."
         if 'train_seconds' in res

@@ -432,9 +432,11 @@ def test_compiled_decoding_equals_eager_and_follows_weight_changes():
     changed in place since it compiled."""
     model = tiny(scale=0.3)
     x, mask = left_pad([[5, 9, 2], [7, 1, 8, 3, 3, 4, 2], [40]])
+    torch._dynamo.utils.counters.clear()
     for kw in (dict(temperature=0), dict(num_beams=3)):
         eager = model.generate(x, 8, attention_mask=mask, **kw)
         assert torch.equal(model.generate(x, 8, attention_mask=mask, compile=True, **kw), eager)
+    assert torch._dynamo.utils.counters['stats']['unique_graphs'] >= 1  # compiled, not eager
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.3)

@@ -809,7 +809,9 @@ def test_write_report_renders_every_gate_table_and_published_number(tmp_path):
     res = planted(comp={study_verdicts.UPPER_BOUND: 0.3})
     res['verdicts'] = study.verdicts(res)
     res.update(
-        trained=2, train_seconds={'base': 0, 'mixture': 700.4}, runs={'base': 0, 'mixture': 6}
+        trained=2,
+        train_seconds={'base': 0, 'mixture': 700.4},
+        runs_per_stage={'base': 0, 'mixture': 6},
     )
     path = str(tmp_path / 'STUDY.md')
     study_verdicts.write_report(res, path)
@@ -843,8 +845,8 @@ def test_write_report_renders_every_gate_table_and_published_number(tmp_path):
     assert 'inside ±0.03 and both methods at least +0.10 over the baseline' in text
     assert 'Fact recall in the corpus\'s own wording: 0.900 (lives_in 0.90, works_as 0.90)' in text
     assert (
-        'Wall time per stage of the invocation that wrote this file (s; it trained 2 runs and reused the '
-        'others): base 10, mixture 20 (total 30; 1 torch threads).' in text
+        'Wall time per stage, each as its last invocation measured it (s; the last one trained 2 runs and '
+        'reused the others): base 10, mixture 20 (total 30; 1 torch threads).' in text
     )
     assert 'at the load of that time): mixture 700 (6 runs) (total 700).' in text
 
@@ -917,7 +919,7 @@ def fake_train(tmp_path, monkeypatch):
         calls.append(argv)
         out_dir = next(a for a in argv if a.startswith('--out_dir='))[len('--out_dir=') :]
         open(os.path.join(out_dir, 'ckpt.pt'), 'w').close()
-        return {'train_time_s': 1.0, 'val_loss': 2.0}
+        return {'train_time_s': float(len(calls)), 'val_loss': 2.0}  # each training its own time
 
     monkeypatch.setattr(study.train, 'main', fake)
     folders = {k: str(tmp_path / k) for k in ('base_dir', 'results', 'out')}
@@ -971,9 +973,6 @@ def test_numbers_from_a_checkpoint_are_kept_and_a_gone_checkpoint_retrains_as_re
     st.dataset = lambda name: types.SimpleNamespace(fingerprint=name)
     st.train('skill', ['--learning_rate=1.0'])
     assert st.checkpoint('skill') == st.ckpt('skill') and len(calls) == 1  # there: kept
-    os.remove(st.ckpt('skill'))  # gone (as in a fresh clone): retrained, with the same arguments
-    assert st.checkpoint('skill') == st.ckpt('skill')
-    assert len(calls) == 2 and calls[1] == calls[0]
     computed = []
     measure = lambda: computed.append(1) or {'acc': 0.5}
     assert st.cached('skill', 'test', measure) == {'acc': 0.5}
@@ -983,10 +982,15 @@ def test_numbers_from_a_checkpoint_are_kept_and_a_gone_checkpoint_retrains_as_re
     assert len(computed) == 2  # kept
     st.derived('merge', ['skill'], measure, lam=2)
     assert len(computed) == 3  # other parameters: computed again
-    st.train('skill', ['--learning_rate=2.0'])  # the skill retrained: what was measured on it goes
-    assert 'test' not in st.record('skill')
+    os.remove(st.ckpt('skill'))  # gone (as in a fresh clone): retrained, with the same arguments
+    assert st.checkpoint('skill') == st.ckpt('skill')
+    assert len(calls) == 2 and calls[1] == calls[0]
+    assert 'test' not in st.record('skill')  # what was measured on the old weights goes
     st.derived('merge', ['skill'], measure, lam=2)
-    assert len(computed) == 4
+    assert len(computed) == 4  # and what depends on them is measured again
+    st.train('skill', ['--learning_rate=2.0'])  # other arguments: the same
+    st.derived('merge', ['skill'], measure, lam=2)
+    assert len(computed) == 5
 
 
 def test_a_fresh_clone_rebuilds_the_study_from_its_records_without_training(tmp_path, monkeypatch):
@@ -1013,7 +1017,7 @@ def test_a_fresh_clone_rebuilds_the_study_from_its_records_without_training(tmp_
             res['seconds'],
             res['base'],
             res['trained'],
-            res['runs']['base'],
+            res['runs_per_stage']['base'],
             res['train_seconds']['base'],
         )
     assert json.loads(json.dumps(first)) == json.loads(json.dumps(again))
