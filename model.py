@@ -184,8 +184,7 @@ class GPT(nn.Module):
         hypotheses, best first: rows b*n .. b*n+n-1 of (B*n, T + n). A row that emits stop_token keeps
         emitting it; all done, decoding stops. no_repeat_ngram_size=n: no generated n-gram twice.
         Prompts of different lengths are left-padded: attention_mask (B, T) 0 on padding, else 1.
-        compile=True: the one-token steps run through torch.compile (_decode_step; the first call
-        compiles for a minute or so); the prompt's forward stays eager."""
+        compile=True: the one-token steps compiled (_decode_step, ~a minute at first; prompt eager)."""
         if idx.size(1) + max_new_tokens > self.config.block_size:
             msg = f"prompt {idx.size(1)} + {max_new_tokens} new tokens exceeds block_size="
             raise ValueError(msg + str(self.config.block_size))
@@ -196,7 +195,7 @@ class GPT(nn.Module):
         forward = self._decode_step() if compile else self  # one new token per row
         args = (logits, caches, valid, max_new_tokens, stop_token, no_repeat_ngram_size)
         if num_beams > 1:
-            out = self._beam_search(*args, num_beams, length_penalty, n_best, forward)
+            out = self._beam_search(forward, *args, num_beams, length_penalty, n_best)
             return torch.cat((idx.repeat_interleave(n_best, dim=0), out), dim=1)
         if n_best != 1:
             raise ValueError(f"n_best={n_best} needs beam search (num_beams > 1)")
@@ -240,42 +239,30 @@ class GPT(nn.Module):
                 m.weight.data = m.weight.data.t().contiguous().t()
 
     def _decode_step(self):
-        """GPT.forward compiled for decoding's one-token steps. At one to a few rows a step is bound
-        by reading the weights; inductor's own GEMM kernels (max_autotune's CPP backend) read them
-        from a blocked copy ~1.5x faster than MKL's (docs/bench.md), but only from weights frozen
-        as constants (freezing, which dynamo reads when it traces: hence the patch around each
-        call). The copy is made when compiling, so in-place changes to the weights (an optimizer
-        step, load_state_dict, merging an adapter) would go unseen: when a parameter's or buffer's
-        storage or version counter moved, every compiled graph of the process is dropped and this
-        one compiles again (writes through .data bump no version: they stay unseen). dynamic=True:
-        one graph for every batch size and cache length, beams included."""
+        """GPT.forward compiled for the one-token steps (dynamic=True: any batch and cache length).
+        A step reads every weight; inductor's GEMMs read a packed copy ~1.5x faster than MKL, but
+        only of weights frozen as constants (freezing, read when dynamo traces: hence the patch).
+        A frozen copy misses in-place changes (optimizer step, merge; .data writes stay unseen):
+        when a tensor's storage or version moved, all compiled graphs go (docs/bench.md)."""
         key = [(t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers())]
         if getattr(self, "_compiled_for", key) != key:
-            torch.compiler.reset()  # compiled with other weights: compile again
+            torch.compiler.reset()
         self._compiled_for = key
-        opts = {
-            "max_autotune": True,
-            "max_autotune_gemm_backends": "CPP,ATEN",
-            "autotune_num_choices_displayed": 0,  # it prints its kernel timings otherwise
-            "max_autotune_report_choices_stats": False,
-        }
+        quiet = {"autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}
+        opts = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN", **quiet}
         compiled = torch.compile(self, dynamic=True, options=opts)
-
-        def step(*args, **kwargs):
-            with torch._inductor.config.patch(freezing=True):
-                return compiled(*args, **kwargs)
-
-        return step
+        return torch._inductor.config.patch(freezing=True)(compiled)  # each call under the patch
 
     def _beam_search(
-        self, logits, caches, valid, max_new, stop, ngram, K, length_penalty, n_best=1, forward=None
+        self, forward, logits, caches, valid, max_new, stop, ngram, K, length_penalty, n_best=1
     ):
         """K beams per row after the prefill (logits (B, vocab)), as microsoft/LoRA's gpt2_beam.py
-        decodes E2E; all rows' beams share one forward per step. A beam that emits stop is a finished
-        hypothesis, scored sum(log p) / len**length_penalty (len counts its tokens, stop included),
-        and leaves (score -inf; the next top-K refills); after max_new steps the live beams are
-        hypotheses too. As log p <= 0, a live beam can end at best at score / max(len**lp) over the
-        lengths to come: once none beats its row's best, the rest cannot change the result.
+        decodes E2E; all rows' beams share one forward (model or compiled step) per step. A beam
+        that emits stop is a finished hypothesis, scored sum(log p) / len**length_penalty (len
+        counts its tokens, stop included), and leaves (score -inf; the next top-K refills); after
+        max_new steps the live beams are hypotheses too. As log p <= 0, a live beam can end at best
+        at score / max(len**lp) over the lengths to come: once none beats its row's best, the rest
+        cannot change the result.
         n_best=n keeps each row's n best hypotheses (B*n rows, best first; a row that found fewer
         is padded with stop-only rows) and searches until no live beam beats the n-th."""
         (B, V), dev = logits.shape, logits.device
@@ -312,7 +299,7 @@ class GPT(nn.Module):
             if step == max_new - 1 or bool((scores.max(1).values / lengths <= best[:, -1]).all()):
                 break  # no live beam can enter the n best
             valid = None if valid is None else F.pad(valid, (0, 1), value=True)
-            logits = (forward or self)(tok, caches=caches, valid=valid)[0][:, -1]
+            logits = forward(tok, caches=caches, valid=valid)[0][:, -1]
         return best_seq.view(B * n_best, max_new)[:, : int(best_len.max())]
 
     def flops_per_token(self, frozen_weights=False):

@@ -40,7 +40,9 @@ def beam_search(model, idx, max_new, K, stop=None, length_penalty=1.0, ngram=0):
     caches = [{"size": idx.size(1) + max_new, "n": 0} for _ in model.transformer.h]
     with torch.no_grad():
         logits = model(idx, caches=caches, last=True)[0][:, -1]
-        return model._beam_search(logits, caches, None, max_new, stop, ngram, K, length_penalty)
+        return model._beam_search(
+            model, logits, caches, None, max_new, stop, ngram, K, length_penalty
+        )
 
 
 def score(model, prompt, seq, length_penalty):
