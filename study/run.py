@@ -54,6 +54,11 @@ from study.verdicts import (
 )
 
 
+def short_hash(obj):
+    """16 hex digits of a JSON-able object's SHA-256: how a record names what it depends on."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def run_name(ckpt):
     """The study run whose checkpoint this is: out/<name>/ckpt.pt -> name."""
     return os.path.basename(os.path.dirname(ckpt))
@@ -311,7 +316,7 @@ class Study:
         rec = self.record(name)
         if rec is None:
             raise FileNotFoundError(f'{self.ckpt(name)}: no finished study run wrote it')
-        return hashlib.sha256(json.dumps(rec['key'], sort_keys=True).encode()).hexdigest()[:16]
+        return short_hash(rec['key'])
 
     # ---- numbers computed once from checkpoints, kept in the records -----------------------------
     # A fresh clone has results/runs/ but no checkpoints (out/ is not committed): every number a stage
@@ -343,8 +348,7 @@ class Study:
         """compute()'s value for several runs' checkpoints (a merge, their spectra), kept in runs/<name>.json
         keyed on the base, params and those runs' records, their training's summary included: a run
         trained again, even under the same arguments (--fresh, another thread count), recomputes it."""
-        trained = lambda rec: json.dumps([rec['key'], rec['summary']], sort_keys=True).encode()
-        runs = {r: hashlib.sha256(trained(self.record(r))).hexdigest()[:16] for r in runs}
+        runs = {r: short_hash([self.record(r)['key'], self.record(r)['summary']]) for r in runs}
         key = {'base': self.base_fp, 'runs': runs, **params}
         rec = self.record(name)
         if rec is None or rec.get('key') != key:
