@@ -4,4 +4,6 @@ import sys
 
 from study.run import cli
 
-cli(sys.argv[1:])
+# not in the worker processes that train runs side by side: they import this module
+if __name__ == '__main__':
+    cli(sys.argv[1:])

@@ -367,21 +367,30 @@ class Regret:
         lora = [f'--adapter_targets={targets}', f'--lora_r={r}', f'--lora_alpha={alpha}']
         return 'config/lora_mixture.py', lora + lr_args
 
-    def train(self, method, lr, seed, curve=True):
-        """(name, record) of one run; record None when it diverged (train.py stops on a NaN: no record is kept,
-        so a later invocation tries it again)."""
+    def job(self, method, lr, seed, curve=True):
+        """(name, arguments) of one run."""
         name = f'regret_{method}_lr{lr:g}_it{self.iters}_s{seed}'
         config, extra = self.args(method, lr)
         if curve:
             every, n = self.P['curve_every'], self.P['curve_eval_iters']
             extra += [f'--eval_interval={every}', f'--eval_iters={n}']
+        return name, self.st.run_args(config, seed, self.iters, extra)
+
+    def train(self, method, lr, seed, curve=True):
+        """(name, record) of one run; record None when it diverged (train.py stops on a NaN: no record is kept,
+        so a later invocation tries it again)."""
+        name, argv = self.job(method, lr, seed, curve)
         try:
-            return name, self.st.run(name, config, seed, self.iters, extra)
+            return name, self.st.train(name, argv)
         except RuntimeError as e:
             if 'a smaller --learning_rate may help' not in str(e):
                 raise
             self.st.log(f'  {name}: diverged ({e})')
             return name, None
+
+    def side_by_side(self, runs, curve=True):
+        """Train runs [(method, lr, seed), ...] at once (Study.train_side_by_side)."""
+        self.st.train_side_by_side([self.job(m, lr, s, curve) for m, lr, s in runs])
 
     def val_items(self, method, lr, seed):
         """Per-item validation losses of a run (for the bootstrap), computed once into its record; None: it diverged."""
@@ -426,16 +435,28 @@ class Regret:
         )
         return out
 
-    def fit_points(self, method, sw):
-        """The best rate and its neighbours, every fit seed (seeds[:2]): (lrs, per rate per seed per-item losses);
-        None when the best sits on an edge (nothing brackets it) or a neighbour diverged."""
+    def fit_rates(self, sw):
+        """The best rate and its neighbours; None when the best sits on an edge (nothing brackets it) or a
+        neighbour diverged."""
         i = sw['lrs'].index(sw['best'])
         if sw['edge'] or len(sw['lrs']) < 3 or None in sw['val_loss'][i - 1 : i + 2]:
             return None
-        lrs = sw['lrs'][i - 1 : i + 2]
-        seeds = self.S.seeds[:2]
+        return sw['lrs'][i - 1 : i + 2]
+
+    def fit_points(self, method, sw):
+        """Every fit seed (seeds[:2]) at fit_rates: (lrs, per rate per seed per-item losses); None when there
+        are none or a run diverged."""
+        lrs, seeds = self.fit_rates(sw), self.S.seeds[:2]
+        if lrs is None:
+            return None
         items = [[self.val_items(method, lr, s) for s in seeds] for lr in lrs]
         return None if any(None in per_seed for per_seed in items) else (lrs, items)
+
+    def fit_points_side_by_side(self, sweeps):
+        """fit_points of several methods {method: sweep}, their runs trained side by side first."""
+        rates = {m: self.fit_rates(sw) or [] for m, sw in sweeps.items()}
+        self.side_by_side([(m, lr, s) for m in sweeps for lr in rates[m] for s in self.S.seeds[:2]])
+        return {m: self.fit_points(m, sw) for m, sw in sweeps.items()}
 
     def forgetting(self, name=None):
         """Recall per probe ({fact: [0/1]}) and the LM loss per held-out window of the base (name None) or a
@@ -474,16 +495,20 @@ def stage(study, res, all_linears):
 
     # learning rate: full fine-tuning first (LoRA's grids centre on 10x its optimum)
     sweeps, fits = out['sweeps'], {}
+    # each sweep's first grid side by side, then its fit points (a grid widened past its edge: one at a time)
+    s0 = study.S.seeds[0]
+    rg.side_by_side([('full', ladder(k), s0) for k in P['full_rungs']])
     sweeps['full'] = rg.tune('full', P['full_rungs'])
-    fits['full'] = rg.fit_points('full', sweeps['full'])
+    fits.update(rg.fit_points_side_by_side({'full': sweeps['full']}))
     # the fitted optimum; the best grid rate where nothing brackets it
     centre_lr = sweeps['full']['best'] if fits['full'] is None else fitted_optimum(*fits['full'])
     centre = round(5 * math.log10(10 * centre_lr))
     lo = centre - (P['lora_points'] - 1) // 2
-    for r in P['ranks']:
-        m = f'lora_r{r}'
-        sweeps[m] = rg.tune(m, list(range(lo, lo + P['lora_points'])))
-        fits[m] = rg.fit_points(m, sweeps[m])
+    rungs = list(range(lo, lo + P['lora_points']))
+    rg.side_by_side([(f'lora_r{r}', ladder(k), s0) for r in P['ranks'] for k in rungs])
+    lora = {f'lora_r{r}': rg.tune(f'lora_r{r}', rungs) for r in P['ranks']}
+    sweeps.update(lora)
+    fits.update(rg.fit_points_side_by_side(lora))
     fitted = {m: f for m, f in fits.items() if f is not None}
     optima, ratios, spread = bootstrap_optima(fitted) if fitted else ({}, {}, None)
     out.update(optima=optima, ratios=ratios, spread=spread, lora_grid_centre=ladder(centre))
@@ -492,7 +517,9 @@ def stage(study, res, all_linears):
     per_rank = lambda t: lora_numbers_per_rank(base, t)
     q = round(R * per_rank(all_linears) / per_rank('attn.q,attn.v'))
     qv = f'qv_r{q}'
+    rg.side_by_side([(qv, ladder(k), s0) for k in P['qv_rungs']], curve=False)
     sweeps[qv] = rg.tune(qv, P['qv_rungs'], curve=False)
+    rg.side_by_side([(qv, sweeps[qv]['best'], s) for s in study.S.seeds], curve=False)
     rows = []
     for s in study.S.seeds:
         name, rec = rg.train(qv, sweeps[qv]['best'], s, curve=False)

@@ -30,9 +30,11 @@ import hashlib
 import io
 import json
 import math
+import multiprocessing
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import torch
 
@@ -62,6 +64,23 @@ def short_hash(obj):
 def run_name(ckpt):
     """The study run whose checkpoint this is: out/<name>/ckpt.pt -> name."""
     return os.path.basename(os.path.dirname(ckpt))
+
+
+def fit(argv, threads):
+    """train.main(argv) on `threads` threads, its log in <out_dir>/train.log: its summary, less the loss curve.
+    A function of its own, so that a worker process can run it (Study.train_side_by_side)."""
+    out_dir = train.parse_args(argv)['out_dir']
+    os.makedirs(out_dir, exist_ok=True)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with open(os.path.join(out_dir, 'train.log'), 'w') as f, contextlib.redirect_stdout(f):
+            # --overwrite: a stale or --fresh run of the study's own
+            summary = train.main(argv + ['--overwrite=True'])
+    finally:
+        torch.set_num_threads(before)
+    summary.pop('losses', None)
+    return summary
 
 
 # the synthetic world every run trains and is evaluated on (data.get_dataset's seed)
@@ -137,6 +156,12 @@ COMPOSITION_LR, CAT_LR = 3e-3, 1e-2
 # its matmuls: the base trains on this many, whatever the machine or OMP_NUM_THREADS, so that a fresh clone
 # on a CPU like ours rebuilds the very base of the records and reuses them.
 BASE_THREADS = 2
+# Every other run trains on one thread: full fine-tuning's numbers depend on the thread count too (LoRA's did
+# not, measured), and runs on one thread each train side by side, one per core: two such on our 2 cores do
+# 1.3x the work of one run on both (measured; docs/study.md).
+RUN_THREADS = 1
+# the cores this process may use (python -m study --workers' default)
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
 # tuned on the composite split
 LAMBDAS = {
     'task arithmetic': [0.5, 0.75, 1.0, 1.25, 1.5],
@@ -155,18 +180,27 @@ def tune_lr(grid, score, widen):
     """The rate with the best score(lr) (a tuple: higher is better) over grid, widening the grid one ladder
     step past whichever edge the best rate sits on, at most `widen` times: a best rate at the edge of a grid
     says the optimum may lie beyond it. Returns (the grid as swept, the best rate, {lr: score})."""
-    grid, scores = list(grid), {}
+    return tune_lrs({None: grid}, lambda _, lr: score(lr), widen)[None]
+
+
+def tune_lrs(grids, score, widen, ahead=lambda rates: None):
+    """tune_lr for several grids {what: grid} at once, score(what, lr): each round, the rates every grid is
+    about to score go to ahead([(what, lr), ...]) first (to train them side by side). {what: tune_lr's}."""
+    grids, scores, best = {k: list(g) for k, g in grids.items()}, {k: {} for k in grids}, {}
+    widening = list(grids)
     for _ in range(widen + 1):
-        scores.update({lr: score(lr) for lr in grid if lr not in scores})
-        best = max(grid, key=scores.get)
-        if len(grid) < 2 or best not in (grid[0], grid[-1]):
-            break
-        grid = (
-            grid + [next_rate(best, up=True)]
-            if best == grid[-1]
-            else [next_rate(best, up=False)] + grid
-        )
-    return [lr for lr in grid if lr in scores], best, scores
+        ahead([(k, lr) for k in widening for lr in grids[k] if lr not in scores[k]])
+        for k in list(widening):
+            grid = grids[k]
+            scores[k].update({lr: score(k, lr) for lr in grid if lr not in scores[k]})
+            best[k] = max(grid, key=scores[k].get)
+            if len(grid) < 2 or best[k] not in (grid[0], grid[-1]):
+                widening.remove(k)
+            elif best[k] == grid[-1]:
+                grids[k] = grid + [next_rate(best[k], up=True)]
+            else:
+                grids[k] = [next_rate(best[k], up=False)] + grid
+    return {k: ([lr for lr in g if lr in scores[k]], best[k], scores[k]) for k, g in grids.items()}
 
 
 def mixture_methods(R, n_embd):
@@ -262,22 +296,25 @@ def answer_rates(model, ds, task, split='test', max_items=None):
 
 
 class Study:
-    def __init__(self, S, fresh=False, log=print):
+    def __init__(self, S, fresh=False, log=print, workers=1):
         self.S, self.fresh, self.log = argparse.Namespace(**S), fresh, log
         # runs this invocation trained (--fresh retrains a run once, then reuses it); the runs the current
         # stage trained or reused (for its training-time line)
         self.trained, self.used, self.datasets = set(), set(), {}
+        # how many runs train side by side (train_side_by_side); those that failed there: {name: (key, error)}
+        self.workers, self.failed = workers, {}
         self.base_path = os.path.join(self.S.base_dir, 'ckpt.pt')
         self.runs_dir = os.path.join(self.S.results, 'runs')
         os.makedirs(self.runs_dir, exist_ok=True)
 
     # ---- running train.py, one small JSON per finished run --------------------------------------
-    def train(self, name, argv, need_ckpt=False):
-        """train.main(argv) with its log in <out>/<name>/train.log and its numbers in results/runs/<name>.json;
-        a finished run with the same arguments over the same base is reused (with --fresh: only one trained by
-        this invocation, e.g. the sweep's run at the chosen rate, which is also seed 0's)."""
-        out_dir = os.path.join(self.S.out, name)
-        argv = list(argv) + [f'--out_dir={out_dir}', f'--data_seed={WORLD_SEED}']
+    def job(self, name, argv):
+        """A run as train.main gets it: (argv, key: what its record must match to be reused, the checkpoints it
+        reads)."""
+        argv = list(argv) + [
+            f'--out_dir={os.path.join(self.S.out, name)}',
+            f'--data_seed={WORLD_SEED}',
+        ]
         # the data's fingerprint too: a world whose tasks changed (world.VERSION) trains its runs again
         key = {
             'argv': argv,
@@ -289,27 +326,74 @@ class Study:
         inputs = [p for a in argv if a.startswith('--cat_adapters=') for p in a[15:].split(',')]
         if inputs:
             key['inputs'] = {p: self.record_key_hash(run_name(p)) for p in inputs}
+        return argv, key, inputs
+
+    def finished(self, name, key, need_ckpt=False):
+        """The run's record when it may be reused: the same key (with --fresh: and trained by this invocation,
+        e.g. the sweep's run at the chosen rate, which is also seed 0's); None when it must train."""
         rec = None if self.fresh and name not in self.trained else self.record(name)
         if rec and rec['key'] == key and (not need_ckpt or os.path.exists(self.ckpt(name))):
-            self.used.add(name)
             return rec
-        for p in inputs:  # training reads them
-            self.checkpoint(run_name(p))
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, 'train.log'), 'w') as f, contextlib.redirect_stdout(f):
-            # a stale or --fresh run of the study's own
-            summary = train.main(argv + ['--overwrite=True'])
-        summary.pop('losses', None)
+        return None
+
+    def train(self, name, argv, need_ckpt=False):
+        """train.main(argv) with its log in <out>/<name>/train.log and its numbers in results/runs/<name>.json,
+        unless a finished run can be reused (Study.finished)."""
+        argv, key, inputs = self.job(name, argv)
+        rec = self.finished(name, key, need_ckpt)
+        if rec is None:
+            if (
+                name in self.failed and self.failed[name][0] == key
+            ):  # failed side by side: its error
+                raise self.failed[name][1]
+            for p in inputs:  # training reads them
+                self.checkpoint(run_name(p))
+            rec = self.keep(name, key, fit(argv, RUN_THREADS))
+        self.used.add(name)
+        return rec
+
+    def keep(self, name, key, summary):
+        """A finished run's record, saved and logged."""
         rec = {'key': key, 'summary': summary}
         self.save_record(name, rec)
         self.trained.add(name)
-        self.used.add(name)
         acc = summary.get('eval', {}).get('avg', {}).get('acc', float('nan'))
         self.log(
             f'  {name:<34} {summary["train_time_s"]:6.1f}s  val loss {summary["val_loss"]:.3f}  '
-            f'{"val" if "--eval_split=val" in argv else "test"} acc {acc:.3f}'
+            f'{"val" if "--eval_split=val" in key["argv"] else "test"} acc {acc:.3f}'
         )
         return rec
+
+    def train_side_by_side(self, runs):
+        """Train those of runs [(name, argv), ...] that are not finished, self.workers at once, each in a process
+        of its own on RUN_THREADS threads: the numbers Study.train would give, in less time. A later
+        Study.train of each reads its record (or, for one that failed, raises its error)."""
+        if self.workers < 2:
+            return  # Study.train trains each where it is asked for
+        todo = {}
+        for name, argv in runs:
+            argv, key, inputs = self.job(name, argv)
+            if name not in todo and not self.finished(name, key) and name not in self.failed:
+                for p in inputs:
+                    self.checkpoint(run_name(p))
+                todo[name] = (argv, key)
+        if len(todo) < 2:
+            return  # Study.train trains it where it is asked for
+        ctx = multiprocessing.get_context('spawn')  # not fork: a forked OpenMP runtime may hang
+        with ProcessPoolExecutor(min(self.workers, len(todo)), mp_context=ctx) as pool:
+            running = {
+                pool.submit(fit, argv, RUN_THREADS): name for name, (argv, _) in todo.items()
+            }
+            for done in as_completed(running):
+                name = running[done]
+                key = todo[name][1]
+                try:
+                    self.keep(name, key, done.result())
+                except (
+                    Exception
+                ) as e:  # e.g. diverged: kept for Study.train to raise where it is asked for
+                    self.failed[name] = (key, e)
+                    self.log(f'  {name}: {type(e).__name__}: {e}')
 
     def record_key_hash(self, name):
         """A short hash of a finished run's key: what a number computed from its checkpoint depends on."""
@@ -371,23 +455,24 @@ class Study:
             json.dump(rec, f)
         os.replace(path + '.tmp', path)
 
-    def run(self, name, config, seed, iters, extra=()):
+    def run_args(self, config, seed, iters, extra=()):
+        """A fine-tuning run's arguments: the study's evaluation settings, warmup a tenth of the budget."""
         S = self.S
-        return self.train(
-            name,
-            [
-                config,
-                f'--init_from={self.base_path}',
-                f'--seed={seed}',
-                f'--max_iters={iters}',
-                f'--warmup_iters={max(1, iters // 10)}',
-                f'--eval_interval={iters}',
-                f'--eval_iters={S.eval_iters}',
-                f'--log_interval={max(1, iters // 5)}',
-                f'--eval_max_items={S.eval_items}',
-                *extra,
-            ],
-        )
+        return [
+            config,
+            f'--init_from={self.base_path}',
+            f'--seed={seed}',
+            f'--max_iters={iters}',
+            f'--warmup_iters={max(1, iters // 10)}',
+            f'--eval_interval={iters}',
+            f'--eval_iters={S.eval_iters}',
+            f'--log_interval={max(1, iters // 5)}',
+            f'--eval_max_items={S.eval_items}',
+            *extra,
+        ]
+
+    def run(self, name, config, seed, iters, extra=()):
+        return self.train(name, self.run_args(config, seed, iters, extra))
 
     def ckpt(self, name):
         return os.path.join(self.S.out, name, 'ckpt.pt')
@@ -451,25 +536,10 @@ class Study:
                 f'{"same" if same_data else "differs"} -> {"reused" if reuse else "retrained"}'
             )
         if not reuse:
-            os.makedirs(self.S.base_dir, exist_ok=True)
-            threads = torch.get_num_threads()
-            torch.set_num_threads(BASE_THREADS)
-            try:
-                with (
-                    open(os.path.join(self.S.base_dir, 'train.log'), 'w') as f,
-                    contextlib.redirect_stdout(f),
-                ):
-                    summary = train.main(
-                        self.S.base_args
-                        + [
-                            f'--out_dir={self.S.base_dir}',
-                            f'--data_seed={WORLD_SEED}',
-                            '--overwrite=True',
-                        ]
-                    )
-            finally:
-                torch.set_num_threads(threads)
-            summary.pop('losses', None)
+            summary = fit(
+                self.S.base_args + [f'--out_dir={self.S.base_dir}', f'--data_seed={WORLD_SEED}'],
+                BASE_THREADS,
+            )
             summary['reused'] = False
             self.log(
                 f'  base pretrained in {summary["train_time_s"]:.1f}s, val loss {summary["val_loss"]:.3f}'
@@ -530,14 +600,18 @@ class Study:
             'val_loss': [runs[lr]['val_loss'] for lr in grid],
         }
 
-    def mixture_run(self, method, lr, seed, iters):
+    def mixture_job(self, method, lr, seed, iters):
+        """(name, arguments) of a mixture run."""
         config, extra = mixture_methods(self.S.R, self.base_shape['n_embd'])[method]
         extra = extra + [f'--learning_rate={lr}', f'--min_lr={lr / 10}', '--eval_split=val']
         if method == 'nola':
             extra.append(f'--nola_seed={seed}')
-        return f'mix_{method}_lr{lr:g}_it{iters}_s{seed}', self.run(
-            f'mix_{method}_lr{lr:g}_it{iters}_s{seed}', config, seed, iters, extra
-        )
+        name = f'mix_{method}_lr{lr:g}_it{iters}_s{seed}'
+        return name, self.run_args(config, seed, iters, extra)
+
+    def mixture_run(self, method, lr, seed, iters):
+        name, argv = self.mixture_job(method, lr, seed, iters)
+        return name, self.train(name, argv)
 
     def test_eval(self, name, ds):
         """Exact match on every test item (per item kept), stored beside the run's numbers."""
@@ -560,19 +634,31 @@ class Study:
 
     def stage_mixture(self):
         S, ds = self.S, self.dataset('mixture')
+        methods, s0 = mixture_methods(S.R, self.base_shape['n_embd']), S.seeds[0]
+
+        def score(method, lr):  # val exact match, ties broken by val loss
+            summ = self.mixture_run(method, lr, s0, S.sweep_iters)[1]['summary']
+            return summ['eval']['avg']['acc'], -summ['val_loss']
+
+        # every method's sweep (seed 0), then every seed at the chosen rates, each round side by side
+        tuned = tune_lrs(
+            {m: S.lr_grid['full' if m == 'full' else 'lora'] for m in methods},
+            score,
+            S.lr_widen,
+            lambda rates: self.train_side_by_side(
+                [self.mixture_job(m, lr, s0, S.sweep_iters) for m, lr in rates]
+            ),
+        )
+        self.train_side_by_side(
+            [self.mixture_job(m, tuned[m][1], s, S.mix_iters) for m in methods for s in S.seeds]
+        )
         out, sweep = {}, {}
-        for method in mixture_methods(S.R, self.base_shape['n_embd']):
-            runs = {}
-
-            def score(lr, runs=runs, method=method):  # val exact match, ties broken by val loss
-                runs[lr] = self.mixture_run(method, lr, S.seeds[0], S.sweep_iters)[1]['summary']
-                return runs[lr]['eval']['avg']['acc'], -runs[lr]['val_loss']
-
-            grid, best, _ = tune_lr(
-                S.lr_grid['full' if method == 'full' else 'lora'], score, S.lr_widen
-            )
+        for method, (grid, best, _) in tuned.items():
+            runs = {
+                lr: self.mixture_run(method, lr, s0, S.sweep_iters)[1]['summary'] for lr in grid
+            }
             sweep[method] = self.sweep_record(
-                method, grid, best, runs, 'avg', iters=S.sweep_iters, seed=S.seeds[0]
+                method, grid, best, runs, 'avg', iters=S.sweep_iters, seed=s0
             )
             rows = []
             for s in S.seeds:
@@ -690,10 +776,6 @@ class Study:
         }
 
     # ---- composition: LoRA Soups' Q/A bot on a manual ------------------------------------------
-    def comp_run(self, what, seed, iters, extra, config='config/lora_skill1.py'):
-        """A composition run (LoRA r=8 on every Linear unless config says CAT), final eval on val."""
-        return self.run(f'comp_{what}_s{seed}', config, seed, iters, extra + ['--eval_split=val'])
-
     def stage_composition(self):
         S, ds = self.S, self.dataset('manual_upper')  # evaluates known_qa and manual_qa
         n, s0 = S.eval_items or None, S.seeds[0]
@@ -718,8 +800,9 @@ class Study:
         }  # fmt: skip
         swept = ('data mixing', 'data mixing + composite split', 'CAT', 'CAT (softmax)')
 
-        def train_method(label, seed, lr):
-            """-> (run name, its record)"""
+        def method_job(label, seed, lr):
+            """(run name, arguments) of a composition run (a LoRA r=8 on every Linear unless said otherwise),
+            its final eval on val"""
             what, dataset, iters, config, weights = trained[label]
             name = f'{what}_lr{lr:g}' if label in swept else what
             if config is None:  # a LoRA
@@ -733,8 +816,13 @@ class Study:
                     *skills(seed),
                     *rate(lr),
                 ]
-            rec = self.comp_run(name, seed, iters, extra, config or 'config/lora_skill1.py')
-            return f'comp_{name}_s{seed}', rec
+            argv = self.run_args(config or 'config/lora_skill1.py', seed, iters, extra)
+            return f'comp_{name}_s{seed}', argv + ['--eval_split=val']
+
+        def train_method(label, seed, lr):
+            """-> (run name, its record)"""
+            name, argv = method_job(label, seed, lr)
+            return name, self.train(name, argv)
 
         def score(model, lam=None):
             with adapters.merged(model):
@@ -767,22 +855,41 @@ class Study:
                     best = (lam, em, model)
             return score(best[2], best[0])
 
-        # the skills of seed s0 first (CAT's sweep composes them); then each swept method's rate, seed s0, by
-        # exact match on the composite's validation split (ties: val loss); the skills and the upper bound
-        # keep the rate that taught them (COMPOSITION_LR)
-        for label in ('skill A alone', 'skill B alone'):
+        # side by side: every seed's skills and upper bound, with data mixing's first sweep (seed s0); then
+        # each swept method's rate, seed s0, by exact match on the composite's validation split (ties: val
+        # loss; CAT composes seed s0's skills); then every seed at the chosen rates. The skills and the upper
+        # bound keep the rate that taught them (COMPOSITION_LR).
+        fixed = [label for label in trained if label not in swept]
+        grids = {lb: S.cat_lr_grid if lb.startswith('CAT') else S.comp_lr_grid for lb in swept}
+        self.train_side_by_side(
+            [method_job(lb, s, COMPOSITION_LR) for lb in fixed for s in S.seeds]
+            + [
+                method_job(lb, s0, lr)
+                for lb in swept
+                if not lb.startswith('CAT')
+                for lr in grids[lb]
+            ]
+        )
+        for label in ('skill A alone', 'skill B alone'):  # before CAT's sweep, which composes them
             train_method(label, s0, COMPOSITION_LR)
-        lrs, sweeps = {}, {}
-        for label in swept:
-            runs = {}
+        runs = {lb: {} for lb in swept}
 
-            def val_score(lr, runs=runs, label=label):
-                runs[lr] = train_method(label, s0, lr)[1]['summary']
-                return runs[lr]['eval']['manual_qa']['acc'], -runs[lr]['val_loss']
+        def val_score(label, lr):
+            runs[label][lr] = train_method(label, s0, lr)[1]['summary']
+            return runs[label][lr]['eval']['manual_qa']['acc'], -runs[label][lr]['val_loss']
 
-            grid = S.cat_lr_grid if label.startswith('CAT') else S.comp_lr_grid
-            grid, lrs[label], _ = tune_lr(grid, val_score, S.lr_widen)
-            sweeps[label] = self.sweep_record(label, grid, lrs[label], runs, 'manual_qa')
+        tuned = tune_lrs(
+            grids,
+            val_score,
+            S.lr_widen,
+            lambda rates: self.train_side_by_side([method_job(lb, s0, lr) for lb, lr in rates]),
+        )
+        lrs = {label: best for label, (_, best, _) in tuned.items()}
+        sweeps = {
+            label: self.sweep_record(label, grid, best, runs[label], 'manual_qa')
+            for label, (grid, best, _) in tuned.items()
+        }
+        self.train_side_by_side([method_job(lb, s, lrs[lb]) for lb in swept for s in S.seeds])
 
         def merges(pair):
             """The merge baselines of one seed's two skills."""
@@ -843,7 +950,9 @@ class Study:
         S, comp, s = self.S, self.dataset('composite'), self.S.seeds[0]
         it = S.control_iters
         skills = [f'ctl_skill{i}_it{it}_s{s}' for i in (1, 2)]
-        for name, config in zip(skills, ('config/lora_skill1.py', 'config/lora_skill2.py')):
+        configs = ('config/lora_skill1.py', 'config/lora_skill2.py')
+        self.train_side_by_side([(n, self.run_args(c, s, it)) for n, c in zip(skills, configs)])
+        for name, config in zip(skills, configs):
             self.run(name, config, s, it)
         skill = lambda i: self.ckpt(skills[i - 1])
         cat = self.run(
@@ -960,6 +1069,12 @@ def main(argv=None):
         '--fresh', action='store_true', help='retrain every run instead of reusing finished ones'
     )
     p.add_argument(
+        '--workers',
+        type=int,
+        default=CORES,
+        help='how many runs train at once, each on one thread (default: one per core this process may use)',
+    )
+    p.add_argument(
         '--out', help='where runs go (default out/study, or out/study-quick with --quick)'
     )
     p.add_argument(
@@ -972,6 +1087,8 @@ def main(argv=None):
         help='only rewrite STUDY.md (verdicts recomputed) from study.json',
     )
     a = p.parse_args(argv)
+    if a.workers < 1:
+        p.error(f'--workers={a.workers}: at least 1')
     S = dict(QUICK if a.quick else FULL)
     if a.out:
         S['out'] = a.out
@@ -988,10 +1105,9 @@ def main(argv=None):
         raise FileNotFoundError(f'{path} not found: run python -m study first')
     if not a.report:
         t0 = time.time()
-        study = Study(
-            S, fresh=a.fresh, log=lambda s: print(f'[{time.time() - t0:6.0f}s] {s}', flush=True)
-        )
-        res.update({'settings': S, 'torch_threads': torch.get_num_threads()})
+        log = lambda s: print(f'[{time.time() - t0:6.0f}s] {s}', flush=True)
+        study = Study(S, fresh=a.fresh, log=log, workers=a.workers)
+        res.update({'settings': S, 'torch_threads': torch.get_num_threads(), 'workers': a.workers})
         run_stages(study, res, [a.stage] if a.stage else STAGES)
         res['trained'] = len(study.trained)
         study.log(f'trained {res["trained"]} runs; reused the others from {study.runs_dir}')
