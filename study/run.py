@@ -17,7 +17,8 @@ Stages (methods: docs/methods.md; data: sources/world.py's docstring):
               known people; CAT, task arithmetic, ΔW averaging, TIES and data mixing on the composite
  control      shift-then-reverse, a two-hop composition: the skills, CAT and ΔW averaging (one seed)
  regret       study 3.1 (study/regret.py): LoRA Without Regret; LoRA Learns Less and Forgets Less
-Every training run goes through train.main. Each finished run's numbers go to study/results/runs/<run>.json
+Every training run goes through train.main, as many side by side as there are cores (--workers), each on one
+thread. Each finished run's numbers go to study/results/runs/<run>.json
 (small, committed), keyed by its arguments and the base's fingerprint, with every number later measured on
 its checkpoint: an interrupted study continues where it stopped, and a fresh clone (records, no
 checkpoints) retrains only its base and rebuilds STUDY.md from the records. Verdicts, gates and the
@@ -189,6 +190,8 @@ def tune_lrs(grids, score, widen, ahead=lambda rates: None):
     grids, scores, best = {k: list(g) for k, g in grids.items()}, {k: {} for k in grids}, {}
     widening = list(grids)
     for _ in range(widen + 1):
+        if not widening:
+            break
         ahead([(k, lr) for k in widening for lr in grids[k] if lr not in scores[k]])
         for k in list(widening):
             grid = grids[k]
@@ -342,10 +345,8 @@ class Study:
         argv, key, inputs = self.job(name, argv)
         rec = self.finished(name, key, need_ckpt)
         if rec is None:
-            if (
-                name in self.failed and self.failed[name][0] == key
-            ):  # failed side by side: its error
-                raise self.failed[name][1]
+            if name in self.failed and self.failed[name][0] == key:  # failed side by side
+                raise self.failed[name][1]  # the same error, without training it again
             for p in inputs:  # training reads them
                 self.checkpoint(run_name(p))
             rec = self.keep(name, key, fit(argv, RUN_THREADS))
@@ -389,9 +390,7 @@ class Study:
                 key = todo[name][1]
                 try:
                     self.keep(name, key, done.result())
-                except (
-                    Exception
-                ) as e:  # e.g. diverged: kept for Study.train to raise where it is asked for
+                except Exception as e:  # e.g. diverged: Study.train raises it where it is asked for
                     self.failed[name] = (key, e)
                     self.log(f'  {name}: {type(e).__name__}: {e}')
 

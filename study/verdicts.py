@@ -495,7 +495,8 @@ def write_report(res, path, sections=()):
         f"Wall time per stage, each as its last invocation measured it (s; the last one trained "
         f"{res.get('trained', '?')} runs and reused the others): "
         + ', '.join(f'{k} {v:.0f}' for k, v in res['seconds'].items())
-        + f" (total {sum(res['seconds'].values()):.0f}; {res['torch_threads']} torch threads).",
+        + f" (total {sum(res['seconds'].values()):.0f}; {res['torch_threads']} torch threads, "
+        f"runs trained {res.get('workers', 1)} at a time, on one thread each).",
         '',
         "Training time of each stage's runs, as their records hold it (s; each measured when it was trained, "
         'at the load of that time): '

@@ -910,6 +910,57 @@ def test_tune_lr_widens_past_the_edge_its_best_rate_sits_on(peak, widen, grid_sw
     assert sorted(calls) == sorted(grid_swept) and set(scores) == set(grid_swept)
 
 
+def test_tune_lrs_tunes_grids_together_and_announces_each_rounds_rates():
+    """Several grids at once give what tune_lr gives each, and ahead() hears every rate before it is scored,
+    each round's rates of every grid together (what the study trains side by side)."""
+    peaks = {'inside': 3e-3, 'up': 3e-2, 'down': 1e-4}
+    score = lambda k, lr: (-abs(math.log10(lr / peaks[k])), 0.0)
+    rounds, scored = [], []
+    together = study.tune_lrs(
+        {k: [1e-3, 3e-3, 1e-2] for k in peaks},
+        lambda k, lr: scored.append((k, lr)) or score(k, lr),
+        2,
+        rounds.append,
+    )
+    for k in peaks:
+        assert together[k] == study.tune_lr([1e-3, 3e-3, 1e-2], lambda lr, k=k: score(k, lr), 2)
+    assert rounds[0] == [(k, lr) for k in peaks for lr in (1e-3, 3e-3, 1e-2)]
+    assert rounds[1:] == [[('up', 3e-2), ('down', 3e-4)], [('up', 1e-1), ('down', 1e-4)]]
+    assert scored == [p for r in rounds for p in r]  # nothing scored unannounced, nothing twice
+
+
+def test_runs_trained_side_by_side_are_those_trained_one_at_a_time(env, tmp_path, monkeypatch):
+    """Two runs in worker processes, then the same two in this process: the same numbers, bit for bit (each on
+    one thread). A run that failed side by side raises its error where it is asked for, without training."""
+    S = {k: str(tmp_path / k) for k in ('base_dir', 'results', 'out')}
+    args = ['config/finetune_mixture.py', *TINY, f'--init_from={env / "base.pt"}']
+    jobs = [(f'lr{lr:g}', args + [f'--learning_rate={lr}']) for lr in (1e-3, 3e-2)]
+    too_long = ('too_long', args + ['--block_size=128'])  # the base's is 64: train.main refuses it
+
+    def studies(**kw):
+        st = study.Study(S, log=lambda s: None, **kw)
+        st.base_fp = 'planted'
+        return st
+
+    side = studies(workers=2)
+    side.train_side_by_side(jobs + [too_long])
+    assert side.trained == {'lr0.001', 'lr0.03'} and 'exceeds' in str(side.failed['too_long'][1])
+
+    def no_training(argv):
+        raise AssertionError(f'retrained {argv}')
+
+    monkeypatch.setattr(study.train, 'main', no_training)
+    with pytest.raises(ValueError, match='exceeds'):
+        side.train(*too_long)
+    kept = {name: side.train(name, argv)['summary'] for name, argv in jobs}
+    monkeypatch.undo()
+    one = studies(fresh=True, workers=1)
+    for name, argv in jobs:
+        again = one.train(name, argv)['summary']
+        assert again['val_loss'] == kept[name]['val_loss'] and again['iters'] == 2
+    assert kept['lr0.001']['val_loss'] != kept['lr0.03']['val_loss']
+
+
 @pytest.fixture
 def fake_train(tmp_path, monkeypatch):
     """train.main recorded instead of run: (the argv of each call, the study's folders under tmp_path)."""
