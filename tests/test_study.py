@@ -846,7 +846,8 @@ def test_write_report_renders_every_gate_table_and_published_number(tmp_path):
     assert 'Fact recall in the corpus\'s own wording: 0.900 (lives_in 0.90, works_as 0.90)' in text
     assert (
         'Wall time per stage, each as its last invocation measured it (s; the last one trained 2 runs and '
-        'reused the others): base 10, mixture 20 (total 30; 1 torch threads).' in text
+        'reused the others): base 10, mixture 20 (total 30; 1 torch threads, runs trained 1 at a time, on one '
+        'thread each).' in text
     )
     assert 'at the load of that time): mixture 700 (6 runs) (total 700).' in text
 
