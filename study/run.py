@@ -1145,3 +1145,9 @@ def cli(argv):
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:  # 130: killed by SIGINT
+        print(
+            'interrupted: every finished run is kept in its record; the same command goes on from there',
+            file=sys.stderr,
+        )
+        sys.exit(130)
