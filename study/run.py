@@ -634,9 +634,10 @@ class Study:
     def stage_mixture(self):
         S, ds = self.S, self.dataset('mixture')
         methods, s0 = mixture_methods(S.R, self.base_shape['n_embd']), S.seeds[0]
+        runs = {m: {} for m in methods}  # each sweep's run summaries, {method: {lr: summary}}
 
         def score(method, lr):  # val exact match, ties broken by val loss
-            summ = self.mixture_run(method, lr, s0, S.sweep_iters)[1]['summary']
+            summ = runs[method][lr] = self.mixture_run(method, lr, s0, S.sweep_iters)[1]['summary']
             return summ['eval']['avg']['acc'], -summ['val_loss']
 
         # every method's sweep (seed 0), then every seed at the chosen rates, each round side by side
@@ -653,11 +654,8 @@ class Study:
         )
         out, sweep = {}, {}
         for method, (grid, best, _) in tuned.items():
-            runs = {
-                lr: self.mixture_run(method, lr, s0, S.sweep_iters)[1]['summary'] for lr in grid
-            }
             sweep[method] = self.sweep_record(
-                method, grid, best, runs, 'avg', iters=S.sweep_iters, seed=s0
+                method, grid, best, runs[method], 'avg', iters=S.sweep_iters, seed=s0
             )
             rows = []
             for s in S.seeds:
